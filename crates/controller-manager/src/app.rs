@@ -1,0 +1,270 @@
+//! Wiring: the HTTP server first, then the CSI driver, the API clients, the informers, and the
+//! controllers under leader election.
+//!
+//! Start-up never crash-loops on an absent driver: the process serves `/healthz` (ok) and `/readyz`
+//! (not ready) and logs that it waits, until the driver answers. Readiness then follows the driver
+//! (probed continuously) and the informers' sync. A replica that is not the leader is ready too:
+//! its caches are warm, so a failover starts from memory rather than from a full list.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use csi::{CsiClient, CsiEndpoint, CsiMetrics, Discovery, DriverWatch};
+use runtime::Controller;
+use runtime::http::{self, Health};
+use runtime::informer::{Informers, RunningInformers};
+use runtime::leader::{LeaderElectionConfig, LeaderMetrics, sanitize_name};
+use runtime::leadership::{self, LeaseGroup};
+use runtime::{Metrics, kubeclient};
+use tokio_util::sync::CancellationToken;
+
+use crate::controllers;
+use crate::flags::{ControllerKind, Flags};
+
+const SERVICE_ACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+/// Why the process stops with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// A flag value is unusable.
+    #[error("{0}")]
+    Flags(String),
+    /// The HTTP endpoint cannot be served.
+    #[error("cannot serve HTTP on {endpoint}: {source}")]
+    Http {
+        /// The endpoint.
+        endpoint: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The CSI endpoint is unusable.
+    #[error(transparent)]
+    Csi(#[from] csi::CsiError),
+    /// No API client.
+    #[error(transparent)]
+    Kube(#[from] kubeclient::ClientError),
+    /// Leader election is misconfigured.
+    #[error(transparent)]
+    Leader(#[from] runtime::leader::LeaderError),
+}
+
+/// Runs the process until SIGTERM/SIGINT.
+pub async fn run(flags: Flags) -> Result<(), AppError> {
+    flags.validate().map_err(AppError::Flags)?;
+    let shutdown = runtime::shutdown::on_signals();
+    let metrics = Metrics::default();
+    let health = Health::default();
+    health.add_live("ping", || Ok(()));
+
+    let http_task = match flags.http_address() {
+        Some(endpoint) => {
+            let listener = http::bind(endpoint)
+                .await
+                .map_err(|source| AppError::Http {
+                    endpoint: endpoint.to_string(),
+                    source,
+                })?;
+            let (path, metrics, health, token) = (
+                flags.metrics_path.clone(),
+                metrics.clone(),
+                health.clone(),
+                shutdown.clone(),
+            );
+            Some(tokio::spawn(async move {
+                if let Err(error) = http::serve(listener, &path, metrics, health, token).await {
+                    tracing::error!(%error, "HTTP server failed");
+                }
+            }))
+        }
+        None => None,
+    };
+
+    let endpoint = CsiEndpoint::parse(&flags.csi_address)?;
+    let csi = CsiClient::connect(endpoint, flags.timeout, metrics.register(CsiMetrics::new))?;
+    let driver = DriverWatch::spawn(csi.clone(), shutdown.clone());
+    {
+        let driver = driver.clone();
+        health.add_ready("csi-driver", move || {
+            if driver.is_ready() {
+                Ok(())
+            } else {
+                Err("the CSI driver does not answer".into())
+            }
+        });
+    }
+
+    let clients = kubeclient::clients(
+        flags.kubeconfig.as_deref(),
+        flags.kube_api_qps,
+        flags.kube_api_burst,
+    )
+    .await?;
+
+    let discovery = tokio::select! {
+        d = driver.discovered() => d,
+        () = shutdown.cancelled() => None,
+    };
+    let Some(discovery) = discovery else {
+        return finish(http_task).await;
+    };
+
+    let (kinds, skipped) = controllers::select(&flags.controllers, &discovery);
+    for (kind, why) in &skipped {
+        if flags.controllers.contains(kind) {
+            tracing::warn!(
+                controller = kind.name(),
+                reason = why,
+                "requested controller not started"
+            );
+        } else {
+            tracing::info!(
+                controller = kind.name(),
+                reason = why,
+                "controller not needed"
+            );
+        }
+    }
+
+    let mut informers = Informers::new(clients.main.clone());
+    let built = build_controllers(&kinds, &discovery, &mut informers);
+    let running_informers = Arc::new(informers.start(shutdown.clone()));
+    {
+        let informers = running_informers.clone();
+        health.add_ready("informers", move || {
+            let unsynced = informers.unsynced();
+            if unsynced.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("not synced: {}", unsynced.join(", ")))
+            }
+        });
+    }
+    tracing::info!(
+        driver = %discovery.driver_name,
+        controllers = ?kinds.iter().map(|k| k.name()).collect::<Vec<_>>(),
+        leader_election = flags.leader_election,
+        "started"
+    );
+
+    let term = |token: CancellationToken| run_term(built.clone(), running_informers.clone(), token);
+    if flags.leader_election && !kinds.is_empty() {
+        let group = LeaseGroup {
+            leases: lease_configs(&flags, &kinds, &discovery.driver_name),
+            stores: leadership::kube_stores(clients.election.clone()),
+            metrics: metrics.register(LeaderMetrics::register),
+        };
+        let live = health.clone();
+        leadership::run_leading(
+            group,
+            shutdown.clone(),
+            None,
+            move |h| {
+                live.add_live("leader-election", move || {
+                    h.check().map_err(|e| e.to_string())
+                })
+            },
+            term,
+        )
+        .await?;
+    } else {
+        term(shutdown.child_token()).await;
+    }
+    finish(http_task).await
+}
+
+async fn finish(http_task: Option<tokio::task::JoinHandle<()>>) -> Result<(), AppError> {
+    if let Some(task) = http_task {
+        let _ = task.await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// One leader term: waits for the caches, then runs every controller until `token` is cancelled.
+async fn run_term(
+    controllers: Vec<Arc<dyn Controller>>,
+    informers: Arc<RunningInformers>,
+    token: CancellationToken,
+) {
+    tokio::select! {
+        synced = informers.wait_synced() => if !synced { return },
+        () = token.cancelled() => return,
+    }
+    let runs: Vec<_> = controllers.iter().map(|c| c.run(token.clone())).collect();
+    if runs.is_empty() {
+        token.cancelled().await;
+    } else {
+        futures::future::join_all(runs).await;
+    }
+}
+
+/// Builds the controllers of `kinds`, registering their informers.
+///
+/// The controllers themselves arrive with their own issues (provisioner, attacher, resizer,
+/// snapshotter); until one is built in, its kind is reported and skipped, and the process still
+/// holds its Lease so that a migrated cluster never runs two actors.
+fn build_controllers(
+    kinds: &BTreeSet<ControllerKind>,
+    _driver: &Discovery,
+    _informers: &mut Informers,
+) -> Vec<Arc<dyn Controller>> {
+    for kind in kinds {
+        tracing::warn!(
+            controller = kind.name(),
+            "controller is not part of this build yet"
+        );
+    }
+    Vec::new()
+}
+
+fn lease_configs(
+    flags: &Flags,
+    kinds: &BTreeSet<ControllerKind>,
+    driver: &str,
+) -> Vec<LeaderElectionConfig> {
+    let namespace = lease_namespace(&flags.leader_election_namespace);
+    let identity = sanitize_name(&identity(&flags.leader_election_identity));
+    let labels = flags.lease_labels().unwrap_or_default();
+    kinds
+        .iter()
+        .map(|kind| LeaderElectionConfig {
+            lease_duration: flags.leader_election_lease_duration,
+            renew_deadline: flags.leader_election_renew_deadline,
+            retry_period: flags.leader_election_retry_period,
+            release_on_cancel: flags.leader_election_release_on_cancel,
+            labels: labels.clone(),
+            ..LeaderElectionConfig::new(kind.lease_name(driver), &namespace, &identity)
+        })
+        .collect()
+}
+
+/// `--leader-election-namespace`, else $POD_NAMESPACE, else the service account's, else default.
+fn lease_namespace(flag: &str) -> String {
+    if !flag.is_empty() {
+        return flag.to_string();
+    }
+    if let Ok(ns) = std::env::var("POD_NAMESPACE")
+        && !ns.is_empty()
+    {
+        return ns;
+    }
+    std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE)
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "default".to_string())
+}
+
+/// `--leader-election-identity` ($POD_NAME), else the host name.
+fn identity(flag: &str) -> String {
+    if !flag.is_empty() {
+        return flag.to_string();
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "csi-controller-manager".to_string())
+}

@@ -1,0 +1,160 @@
+//! Which controllers to run: the `--controllers` flag, narrowed by what the driver can do, and the
+//! upstream Lease name of each, so a migration from the Go sidecars never has two active actors.
+
+use std::collections::BTreeSet;
+
+use csi::Discovery;
+use csi::v1::controller_service_capability::rpc::Type as Cap;
+use runtime::leader::sanitize_name;
+
+use crate::flags::ControllerKind;
+
+impl ControllerKind {
+    /// Every controller, in Lease order.
+    pub const ALL: [ControllerKind; 4] = [
+        ControllerKind::Provisioner,
+        ControllerKind::Attacher,
+        ControllerKind::Resizer,
+        ControllerKind::Snapshotter,
+    ];
+
+    /// The name used in logs, metrics and `--controllers`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ControllerKind::Provisioner => "provisioner",
+            ControllerKind::Attacher => "attacher",
+            ControllerKind::Resizer => "resizer",
+            ControllerKind::Snapshotter => "snapshotter",
+        }
+    }
+
+    /// Whether the driver's Controller service can serve this controller; if not, why.
+    pub fn supported_by(self, driver: &Discovery) -> Result<(), &'static str> {
+        let ok = match self {
+            ControllerKind::Provisioner => driver.has_controller(Cap::CreateDeleteVolume),
+            ControllerKind::Attacher => driver.has_controller(Cap::PublishUnpublishVolume),
+            ControllerKind::Resizer => {
+                driver.has_controller(Cap::ExpandVolume) || driver.has_controller(Cap::ModifyVolume)
+            }
+            ControllerKind::Snapshotter => driver.has_controller(Cap::CreateDeleteSnapshot),
+        };
+        if ok {
+            return Ok(());
+        }
+        Err(match self {
+            ControllerKind::Provisioner => "the driver lacks CREATE_DELETE_VOLUME",
+            ControllerKind::Attacher => "the driver lacks PUBLISH_UNPUBLISH_VOLUME",
+            ControllerKind::Resizer => "the driver lacks EXPAND_VOLUME and MODIFY_VOLUME",
+            ControllerKind::Snapshotter => "the driver lacks CREATE_DELETE_SNAPSHOT",
+        })
+    }
+
+    /// The Lease name the upstream sidecar uses for `driver`.
+    pub fn lease_name(self, driver: &str) -> String {
+        match self {
+            ControllerKind::Provisioner => sanitize_name(&driver.replace('/', "-")),
+            ControllerKind::Attacher => {
+                sanitize_name(&format!("external-attacher-leader-{driver}"))
+            }
+            ControllerKind::Resizer => sanitize_name(&format!("external-resizer-{driver}")),
+            ControllerKind::Snapshotter => {
+                sanitize_name(&format!("external-snapshotter-leader-{driver}"))
+            }
+        }
+    }
+}
+
+/// The controllers to run: those requested (all when none are), minus those the driver cannot
+/// serve; each one left out is reported with the reason.
+pub fn select(
+    requested: &[ControllerKind],
+    driver: &Discovery,
+) -> (
+    BTreeSet<ControllerKind>,
+    Vec<(ControllerKind, &'static str)>,
+) {
+    let explicit = !requested.is_empty();
+    let wanted: BTreeSet<ControllerKind> = if explicit {
+        requested.iter().copied().collect()
+    } else {
+        ControllerKind::ALL.into_iter().collect()
+    };
+    let mut run = BTreeSet::new();
+    let mut skipped = Vec::new();
+    for kind in wanted {
+        match kind.supported_by(driver) {
+            Ok(()) => {
+                run.insert(kind);
+            }
+            Err(why) => skipped.push((kind, why)),
+        }
+    }
+    (run, skipped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn driver(caps: &[Cap]) -> Discovery {
+        Discovery {
+            driver_name: "hostpath.csi.k8s.io".into(),
+            controller: caps.iter().map(|c| *c as i32).collect(),
+            ..Discovery::default()
+        }
+    }
+
+    #[test]
+    fn lease_names_match_the_sidecars() {
+        let d = "hostpath.csi.k8s.io";
+        assert_eq!(
+            ControllerKind::Provisioner.lease_name(d),
+            "hostpath-csi-k8s-io"
+        );
+        assert_eq!(
+            ControllerKind::Attacher.lease_name(d),
+            "external-attacher-leader-hostpath-csi-k8s-io"
+        );
+        assert_eq!(
+            ControllerKind::Resizer.lease_name(d),
+            "external-resizer-hostpath-csi-k8s-io"
+        );
+        assert_eq!(
+            ControllerKind::Snapshotter.lease_name(d),
+            "external-snapshotter-leader-hostpath-csi-k8s-io"
+        );
+        assert_eq!(
+            ControllerKind::Provisioner.lease_name("example.com/x-"),
+            "example-com-x-X"
+        );
+    }
+
+    #[test]
+    fn selection_follows_capabilities() {
+        let d = driver(&[Cap::CreateDeleteVolume, Cap::PublishUnpublishVolume]);
+        let (run, skipped) = select(&[], &d);
+        assert_eq!(
+            run.into_iter().collect::<Vec<_>>(),
+            [ControllerKind::Provisioner, ControllerKind::Attacher]
+        );
+        assert_eq!(skipped.len(), 2);
+        let (run, skipped) = select(&[ControllerKind::Attacher, ControllerKind::Snapshotter], &d);
+        assert_eq!(
+            run.into_iter().collect::<Vec<_>>(),
+            [ControllerKind::Attacher]
+        );
+        assert_eq!(
+            skipped,
+            [(
+                ControllerKind::Snapshotter,
+                "the driver lacks CREATE_DELETE_SNAPSHOT"
+            )]
+        );
+        let resizer_by_modify = driver(&[Cap::ModifyVolume]);
+        assert!(
+            ControllerKind::Resizer
+                .supported_by(&resizer_by_modify)
+                .is_ok()
+        );
+    }
+}

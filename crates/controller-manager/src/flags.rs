@@ -1,0 +1,267 @@
+//! Command-line flags. The Go sidecars' common flag names are accepted with their meanings, so a
+//! Deployment's `args` carry over; where our default differs, the help says why.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::duration;
+
+/// The controllers this process can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, ValueEnum)]
+pub enum ControllerKind {
+    /// Dynamic provisioning and deletion (external-provisioner).
+    Provisioner,
+    /// VolumeAttachment attach and detach (external-attacher).
+    Attacher,
+    /// Volume expansion and modification (external-resizer).
+    Resizer,
+    /// Volume snapshots (csi-snapshotter).
+    Snapshotter,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn go_duration(s: &str) -> Result<Duration, String> {
+    duration::parse(s)
+}
+
+/// csi-controller-manager: one process in place of a CSI driver's controller sidecars.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "csi-controller-manager", version, about, long_about = None)]
+pub struct Flags {
+    /// CSI driver endpoint: unix:///path, a bare path, or tcp://host:port.
+    #[arg(long, default_value = "/run/csi/socket", env = "CSI_ADDRESS")]
+    pub csi_address: String,
+
+    /// Timeout of each CSI call.
+    #[arg(long, default_value = "10s", value_parser = go_duration)]
+    pub timeout: Duration,
+
+    /// kubeconfig file; without it, the in-cluster configuration (or the default kubeconfig).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Controllers to run, comma-separated; default: every one the driver's capabilities allow.
+    #[arg(long, value_delimiter = ',')]
+    pub controllers: Vec<ControllerKind>,
+
+    /// Sustained API requests per second of the controllers' client. Upstream's default is 5,
+    /// which throttles busy clusters; ours is higher.
+    #[arg(long, default_value_t = 50.0)]
+    pub kube_api_qps: f32,
+
+    /// Largest burst of API requests of the controllers' client (upstream: 10).
+    #[arg(long, default_value_t = 100)]
+    pub kube_api_burst: u32,
+
+    /// Workers per controller queue.
+    #[arg(long, default_value_t = 10)]
+    pub worker_threads: usize,
+
+    /// First retry delay of a failed object; doubles per failure.
+    #[arg(long, default_value = "1s", value_parser = go_duration)]
+    pub retry_interval_start: Duration,
+
+    /// Longest retry delay.
+    #[arg(long, default_value = "5m", value_parser = go_duration)]
+    pub retry_interval_max: Duration,
+
+    /// Elect a leader among replicas on Leases; only the leader runs controllers.
+    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    pub leader_election: bool,
+
+    /// Namespace of the Leases; default: $POD_NAMESPACE, else the service account's, else default.
+    #[arg(long, default_value = "")]
+    pub leader_election_namespace: String,
+
+    /// How long others wait on an unrenewed Lease before taking over.
+    #[arg(long, default_value = "15s", value_parser = go_duration)]
+    pub leader_election_lease_duration: Duration,
+
+    /// How long the leader keeps leading without a successful renewal.
+    #[arg(long, default_value = "10s", value_parser = go_duration)]
+    pub leader_election_renew_deadline: Duration,
+
+    /// Interval between election attempts.
+    #[arg(long, default_value = "5s", value_parser = go_duration)]
+    pub leader_election_retry_period: Duration,
+
+    /// Labels put on the Leases, as k1:v1,k2:v2.
+    #[arg(long, default_value = "")]
+    pub leader_election_labels: String,
+
+    /// Release the Leases on shutdown so a standby takes over at once (upstream: off by default,
+    /// behind the ReleaseLeaderElectionOnExit gate).
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub leader_election_release_on_cancel: bool,
+
+    /// Our identity in the Leases; default: $POD_NAME, else the host name.
+    #[arg(long, env = "POD_NAME", default_value = "")]
+    pub leader_election_identity: String,
+
+    /// host:port (or :port) of the HTTP server for metrics and health; empty: no server.
+    #[arg(long, default_value = "")]
+    pub http_endpoint: String,
+
+    /// Deprecated upstream alias of --http-endpoint.
+    #[arg(long, default_value = "", hide = true)]
+    pub metrics_address: String,
+
+    /// Path of the metrics on the HTTP server.
+    #[arg(long, default_value = "/metrics")]
+    pub metrics_path: String,
+
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log level (error, warn, info, debug, trace); RUST_LOG, when set, takes precedence.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+
+    /// klog verbosity, accepted for compatibility: 4 and up mean debug, 6 and up trace.
+    #[arg(short = 'v', long = "v")]
+    pub verbosity: Option<u8>,
+}
+
+impl Flags {
+    /// Checks what clap cannot: combinations and value ranges.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.http_endpoint.is_empty() && !self.metrics_address.is_empty() {
+            return Err("only one of `--metrics-address` and `--http-endpoint` can be set".into());
+        }
+        if self.retry_interval_start.is_zero()
+            || self.retry_interval_max < self.retry_interval_start
+        {
+            return Err(
+                "--retry-interval-start must be positive and at most --retry-interval-max".into(),
+            );
+        }
+        if self.worker_threads == 0 {
+            return Err("--worker-threads must be at least 1".into());
+        }
+        if !self.metrics_path.starts_with('/') {
+            return Err("--metrics-path must start with /".into());
+        }
+        self.lease_labels()?;
+        Ok(())
+    }
+
+    /// The HTTP endpoint to serve on, if any.
+    pub fn http_address(&self) -> Option<&str> {
+        [&self.http_endpoint, &self.metrics_address]
+            .into_iter()
+            .find(|a| !a.is_empty())
+            .map(String::as_str)
+    }
+
+    /// `--leader-election-labels` parsed.
+    pub fn lease_labels(&self) -> Result<std::collections::BTreeMap<String, String>, String> {
+        let mut labels = std::collections::BTreeMap::new();
+        for item in self
+            .leader_election_labels
+            .split(',')
+            .filter(|s| !s.is_empty())
+        {
+            let Some((k, v)) = item.split_once(':').filter(|(_, v)| !v.contains(':')) else {
+                return Err(format!("malformed item in list of labels: {item}"));
+            };
+            labels.insert(k.to_string(), v.to_string());
+        }
+        Ok(labels)
+    }
+
+    /// The log filter: RUST_LOG if set, else from --v, else --log-level.
+    pub fn log_filter(&self) -> String {
+        if let Ok(filter) = std::env::var("RUST_LOG")
+            && !filter.is_empty()
+        {
+            return filter;
+        }
+        match self.verbosity {
+            Some(v) if v >= 6 => "trace".into(),
+            Some(v) if v >= 4 => "debug".into(),
+            _ => self.log_level.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Flags {
+        let mut all = vec!["csi-controller-manager"];
+        all.extend_from_slice(args);
+        Flags::try_parse_from(all).unwrap()
+    }
+
+    #[test]
+    fn upstream_sidecar_args_are_accepted() {
+        let f = parse(&[
+            "--csi-address=/csi/csi.sock",
+            "--timeout=30s",
+            "--leader-election",
+            "--leader-election-namespace=kube-system",
+            "--leader-election-lease-duration=20s",
+            "--leader-election-renew-deadline=15s",
+            "--leader-election-retry-period=3s",
+            "--kube-api-qps=20",
+            "--kube-api-burst=40",
+            "--http-endpoint=:8080",
+            "--worker-threads=5",
+            "--retry-interval-start=2s",
+            "--retry-interval-max=10m",
+            "--v=5",
+        ]);
+        assert_eq!(f.csi_address, "/csi/csi.sock");
+        assert_eq!(f.timeout, Duration::from_secs(30));
+        assert!(f.leader_election);
+        assert_eq!(f.leader_election_lease_duration, Duration::from_secs(20));
+        assert_eq!(f.retry_interval_max, Duration::from_secs(600));
+        assert_eq!(f.http_address(), Some(":8080"));
+        assert_eq!(f.verbosity, Some(5));
+        f.validate().unwrap();
+    }
+
+    #[test]
+    fn controllers_and_defaults() {
+        let f = parse(&["--controllers=provisioner,attacher"]);
+        assert_eq!(
+            f.controllers,
+            [ControllerKind::Provisioner, ControllerKind::Attacher]
+        );
+        let d = parse(&[]);
+        assert!(d.controllers.is_empty());
+        assert!(!d.leader_election);
+        assert!(d.leader_election_release_on_cancel);
+        assert_eq!(d.leader_election_renew_deadline, Duration::from_secs(10));
+        assert!(Flags::try_parse_from(["x", "--controllers=bogus"]).is_err());
+        assert!(Flags::try_parse_from(["x", "--timeout=10"]).is_err());
+    }
+
+    #[test]
+    fn invalid_combinations_are_refused() {
+        assert!(
+            parse(&["--http-endpoint=:1", "--metrics-address=:2"])
+                .validate()
+                .is_err()
+        );
+        let labels = parse(&["--leader-election-labels=a:b,c:d"]);
+        assert_eq!(labels.lease_labels().unwrap().len(), 2);
+        let bad = parse(&["--leader-election-labels=a:b,c"]);
+        assert_eq!(
+            bad.validate().unwrap_err(),
+            "malformed item in list of labels: c"
+        );
+    }
+}

@@ -1,0 +1,50 @@
+//! csi-mock: an in-memory CSI driver (Identity, Controller, GroupController and a bookkeeping
+//! Node service, spec v1.12) with fault injection, for tests, benchmarks and demos.
+//!
+//! It behaves as the spec asks a real driver to: idempotent by name, NOT_FOUND / ALREADY_EXISTS /
+//! OUT_OF_RANGE / FAILED_PRECONDITION / RESOURCE_EXHAUSTED / ABORTED where the per-RPC error
+//! tables say so, INVALID_ARGUMENT for missing required fields, UNIMPLEMENTED for RPCs whose
+//! capability is disabled. Capacity is accounted against a pool, volumes are placed in zones when
+//! topology is on, publications follow the access-mode rules and the node attach limit.
+//!
+//! # Use from tests
+//! - [`MockDriver`] holds configuration ([`MockConfig`]), state ([`MockState`]), the fault queue
+//!   and call counters; clones share them. [`MockDriver::inject`] queues a [`Fault`] for a
+//!   [`Method`] (precedence: see [`fault`]), [`MockDriver::state`] returns a copy of the state,
+//!   [`MockDriver::calls`] the number of calls of a method.
+//! - [`MockServer::start`] serves a driver on `unix:///path` or `tcp://host:port`;
+//!   [`MockServer::shutdown`] stops it and removes the socket.
+//! - [`control::router`] / [`ControlServer`] expose the same over HTTP JSON (the binary's
+//!   `--control-endpoint`).
+//!
+//! With [`MockConfig::state_file`] set, the state is written after every change and loaded at
+//! start, so a restarted mock keeps its volumes, snapshots and publications.
+//!
+//! # Warning
+//! Requests are logged at debug level through their `Debug` form, which the `csi` crate redacts;
+//! never log a secrets map from a request directly.
+
+pub mod config;
+pub mod control;
+mod controller;
+mod driver;
+pub mod error;
+pub mod fault;
+mod identity;
+pub mod method;
+mod node;
+pub mod server;
+mod service;
+pub mod state;
+
+pub use config::{ControllerCapability, MockConfig, TopologyConfig};
+pub use control::ControlServer;
+pub use driver::{ExitHook, MockDriver};
+pub use error::MockError;
+pub use fault::{Fault, FaultRule, FaultSpec, Outcome};
+pub use method::Method;
+pub use server::MockServer;
+pub use state::{
+    AccessType, ContentSource, GroupSnapshotRecord, MockState, Publication, SnapshotRecord,
+    VolumeHealth, VolumeRecord,
+};

@@ -1,0 +1,472 @@
+//! Shared informers: one watch and one cache per resource type for the whole process.
+//!
+//! # Sharing
+//! Controllers do not watch anything themselves. At wiring time each asks [`Informers::for_type`]
+//! for the informer of a type and registers
+//! - a *keep* predicate: which objects it cares about (e.g. PVs whose `spec.csi.driver` is ours).
+//!   The cache holds an object if any registered predicate keeps it; with no predicate it holds
+//!   all. Objects that concern no controller are decoded, looked at and dropped, so memory follows
+//!   this driver's objects, not the cluster's. An object that stops concerning us is removed (and
+//!   reported as deleted); one that starts to is added.
+//! - change handlers: cheap, synchronous functions that map a changed object to work-queue keys.
+//!
+//! Then [`Informers::start`] runs one watcher per type. For types where only metadata matters,
+//! register `PartialObjectMeta<K>` as the type: kube then lists and watches metadata only.
+//!
+//! # Back-pressure
+//! There is none to couple consumers: handlers only insert keys into de-duplicating work queues,
+//! which never block and hold each key once, so a slow controller makes its own queue older, never
+//! the watch or the other controllers slower. Queues are bounded by the number of objects.
+//!
+//! # Consistency
+//! Handlers run after the cache is updated, so a worker woken by a handler reads at least that
+//! version. During a (re)list, notifications are held back until the new list is complete and
+//! swapped in; objects that vanished during a relist are reported as deleted. Deletes are always
+//! delivered (unlike kube-runtime's shared streams).
+
+use std::any::{Any, TypeId};
+use std::collections::{HashMap, HashSet};
+use std::fmt::{self, Debug};
+use std::sync::Arc;
+
+use futures::StreamExt;
+use kube::api::Api;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher::{self, Event, watcher};
+use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A change seen by an informer, passed to handlers.
+#[derive(Debug)]
+pub enum Change<'a, K> {
+    /// The object was added or updated (or listed again after a relist).
+    Applied(&'a K),
+    /// The object was deleted, or stopped concerning this process; this is its last known state.
+    Deleted(&'a K),
+}
+
+impl<K> Change<'_, K> {
+    /// The object, whichever the change.
+    pub fn object(&self) -> &K {
+        match self {
+            Change::Applied(o) | Change::Deleted(o) => o,
+        }
+    }
+}
+
+type Keep<K> = Arc<dyn Fn(&K) -> bool + Send + Sync>;
+type Handler<K> = Arc<dyn Fn(&Change<'_, K>) + Send + Sync>;
+
+/// Types an informer can watch.
+pub trait Watchable:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
+{
+}
+impl<K> Watchable for K where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
+{
+}
+
+/// The informer of one type, being configured. Obtain it from [`Informers::for_type`].
+pub struct InformerBuilder<K: Watchable> {
+    config: watcher::Config,
+    keep: Vec<Keep<K>>,
+    handlers: Vec<Handler<K>>,
+    store: Store<K>,
+    writer: Writer<K>,
+    synced: watch::Sender<bool>,
+}
+
+impl<K: Watchable> Debug for InformerBuilder<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InformerBuilder")
+            .field("kind", &K::kind(&()))
+            .field("keep", &self.keep.len())
+            .field("handlers", &self.handlers.len())
+            .finish()
+    }
+}
+
+impl<K: Watchable> InformerBuilder<K> {
+    fn new() -> Self {
+        let (store, writer) = kube::runtime::reflector::store();
+        Self {
+            // Any-semantic relists are served from the API server's watch cache, not etcd.
+            config: watcher::Config::default().any_semantic(),
+            keep: Vec::new(),
+            handlers: Vec::new(),
+            store,
+            writer,
+            synced: watch::channel(false).0,
+        }
+    }
+
+    /// Narrows the watch with a label or field selector, for every consumer of this type.
+    pub fn config(&mut self, config: watcher::Config) -> &mut Self {
+        self.config = config;
+        self
+    }
+
+    /// Keeps objects for which `keep` is true (OR-ed with the other consumers' predicates).
+    pub fn keep(&mut self, keep: impl Fn(&K) -> bool + Send + Sync + 'static) -> &mut Self {
+        self.keep.push(Arc::new(keep));
+        self
+    }
+
+    /// Calls `handler` for every change of a kept object. It must be cheap and must not block:
+    /// map the object to keys and add them to a work queue.
+    pub fn on_change(
+        &mut self,
+        handler: impl Fn(&Change<'_, K>) + Send + Sync + 'static,
+    ) -> &mut Self {
+        self.handlers.push(Arc::new(handler));
+        self
+    }
+
+    /// The read handle of the cache (empty until the informer has synced).
+    pub fn store(&self) -> Store<K> {
+        self.store.clone()
+    }
+
+    /// A receiver that turns true once the first list is in the cache.
+    pub fn synced(&self) -> watch::Receiver<bool> {
+        self.synced.subscribe()
+    }
+}
+
+struct Running<K: Watchable> {
+    keep: Vec<Keep<K>>,
+    handlers: Vec<Handler<K>>,
+    store: Store<K>,
+    writer: Writer<K>,
+    synced: watch::Sender<bool>,
+    /// Objects listed during the current (re)list, notified once it completes.
+    listing: Option<HashSet<ObjectRef<K>>>,
+}
+
+impl<K: Watchable> Running<K> {
+    fn keeps(&self, obj: &K) -> bool {
+        self.keep.is_empty() || self.keep.iter().any(|k| k(obj))
+    }
+
+    fn notify(&self, change: Change<'_, K>) {
+        for handler in &self.handlers {
+            handler(&change);
+        }
+    }
+
+    fn handle(&mut self, event: Event<K>) {
+        match event {
+            Event::Init => {
+                self.listing = Some(HashSet::new());
+                self.writer.apply_watcher_event(&Event::Init);
+            }
+            Event::InitApply(obj) => {
+                if self.keeps(&obj) {
+                    if let Some(listing) = &mut self.listing {
+                        listing.insert(ObjectRef::from_obj(&obj));
+                    }
+                    self.writer.apply_watcher_event(&Event::InitApply(obj));
+                }
+            }
+            Event::InitDone => {
+                let before = self.store.state();
+                self.writer.apply_watcher_event(&Event::InitDone);
+                let listed = self.listing.take().unwrap_or_default();
+                for gone in before
+                    .iter()
+                    .filter(|o| !listed.contains(&ObjectRef::from_obj(o.as_ref())))
+                {
+                    self.notify(Change::Deleted(gone));
+                }
+                for obj in listed.iter().filter_map(|r| self.store.get(r)) {
+                    self.notify(Change::Applied(&obj));
+                }
+                self.synced.send_replace(true);
+            }
+            Event::Apply(obj) => {
+                if self.keeps(&obj) {
+                    self.writer.apply_watcher_event(&Event::Apply(obj.clone()));
+                    self.notify(Change::Applied(&obj));
+                } else if self.store.get(&ObjectRef::from_obj(&obj)).is_some() {
+                    self.writer.apply_watcher_event(&Event::Delete(obj.clone()));
+                    self.notify(Change::Deleted(&obj));
+                }
+            }
+            Event::Delete(obj) => {
+                if self.store.get(&ObjectRef::from_obj(&obj)).is_some() || self.keeps(&obj) {
+                    self.writer.apply_watcher_event(&Event::Delete(obj.clone()));
+                    self.notify(Change::Deleted(&obj));
+                }
+            }
+        }
+    }
+}
+
+trait ErasedInformer: Send {
+    fn as_any(&mut self) -> &mut dyn Any;
+    fn kind(&self) -> String;
+    fn synced_erased(&self) -> watch::Receiver<bool>;
+    fn spawn(self: Box<Self>, client: Client, token: CancellationToken) -> JoinHandle<()>;
+}
+
+impl<K: Watchable> ErasedInformer for InformerBuilder<K> {
+    fn as_any(&mut self) -> &mut dyn Any {
+        self
+    }
+
+    fn kind(&self) -> String {
+        K::kind(&()).into_owned()
+    }
+
+    fn synced_erased(&self) -> watch::Receiver<bool> {
+        self.synced()
+    }
+
+    fn spawn(self: Box<Self>, client: Client, token: CancellationToken) -> JoinHandle<()> {
+        let builder = *self;
+        let kind = K::kind(&()).into_owned();
+        let api: Api<K> = Api::all(client);
+        let mut running = Running {
+            keep: builder.keep,
+            handlers: builder.handlers,
+            store: builder.store,
+            writer: builder.writer,
+            synced: builder.synced,
+            listing: None,
+        };
+        let stream = watcher(api, builder.config).default_backoff();
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            loop {
+                let next = tokio::select! {
+                    () = token.cancelled() => return,
+                    next = stream.next() => next,
+                };
+                match next {
+                    Some(Ok(event)) => running.handle(event),
+                    Some(Err(error)) => {
+                        tracing::warn!(kind = %kind, %error, "watch failed; retrying with backoff")
+                    }
+                    None => return,
+                }
+            }
+        })
+    }
+}
+
+/// Every informer of the process, by type.
+pub struct Informers {
+    client: Client,
+    informers: HashMap<TypeId, Box<dyn ErasedInformer>>,
+}
+
+impl Debug for Informers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kinds: Vec<String> = self.informers.values().map(|i| i.kind()).collect();
+        f.debug_struct("Informers").field("kinds", &kinds).finish()
+    }
+}
+
+/// The started informers.
+#[derive(Debug)]
+pub struct RunningInformers {
+    synced: Vec<(String, watch::Receiver<bool>)>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningInformers {
+    /// True once every informer has listed its type.
+    pub fn all_synced(&self) -> bool {
+        self.synced.iter().all(|(_, rx)| *rx.borrow())
+    }
+
+    /// The kinds that have not synced yet.
+    pub fn unsynced(&self) -> Vec<String> {
+        self.synced
+            .iter()
+            .filter(|(_, rx)| !*rx.borrow())
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Waits until every informer has synced; false if one stopped first.
+    pub async fn wait_synced(&self) -> bool {
+        for (_, rx) in &self.synced {
+            if rx.clone().wait_for(|s| *s).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Waits for the informer tasks to end (after their token is cancelled).
+    pub async fn join(self) {
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Informers {
+    /// An empty set of informers that will watch through `client`.
+    pub fn new(client: Client) -> Self {
+        Self {
+            client,
+            informers: HashMap::new(),
+        }
+    }
+
+    /// The informer of `K`, created on first use. Call before [`start`](Self::start).
+    pub fn for_type<K: Watchable>(&mut self) -> &mut InformerBuilder<K> {
+        self.informers
+            .entry(TypeId::of::<K>())
+            .or_insert_with(|| Box::new(InformerBuilder::<K>::new()))
+            .as_any()
+            .downcast_mut::<InformerBuilder<K>>()
+            .expect("informers are keyed by their type")
+    }
+
+    /// Starts one watch per registered type; they run until `token` is cancelled.
+    pub fn start(self, token: CancellationToken) -> RunningInformers {
+        let mut synced = Vec::new();
+        let mut tasks = Vec::new();
+        for informer in self.informers.into_values() {
+            synced.push((informer.kind(), informer.synced_erased()));
+            tasks.push(informer.spawn(self.client.clone(), token.clone()));
+        }
+        RunningInformers { synced, tasks }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::PersistentVolume;
+    use kube::api::ObjectMeta;
+    use std::sync::Mutex;
+
+    fn pv(name: &str, driver: &str) -> PersistentVolume {
+        PersistentVolume {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                labels: Some([("driver".to_string(), driver.to_string())].into()),
+                ..ObjectMeta::default()
+            },
+            ..PersistentVolume::default()
+        }
+    }
+
+    type Log = Arc<Mutex<Vec<String>>>;
+
+    fn running() -> (Running<PersistentVolume>, Log, watch::Receiver<bool>) {
+        let mut builder = InformerBuilder::<PersistentVolume>::new();
+        let log: Log = Arc::default();
+        let seen = log.clone();
+        builder
+            .keep(|pv| {
+                pv.metadata
+                    .labels
+                    .as_ref()
+                    .is_some_and(|l| l["driver"] == "ours")
+            })
+            .on_change(move |change| {
+                let (what, obj) = match change {
+                    Change::Applied(o) => ("applied", o),
+                    Change::Deleted(o) => ("deleted", o),
+                };
+                seen.lock()
+                    .unwrap()
+                    .push(format!("{what} {}", obj.metadata.name.as_deref().unwrap()));
+            });
+        let synced = builder.synced();
+        let running = Running {
+            keep: builder.keep,
+            handlers: builder.handlers,
+            store: builder.store,
+            writer: builder.writer,
+            synced: builder.synced,
+            listing: None,
+        };
+        (running, log, synced)
+    }
+
+    fn names(store: &Store<PersistentVolume>) -> Vec<String> {
+        let mut n: Vec<String> = store
+            .state()
+            .iter()
+            .map(|o| o.metadata.name.clone().unwrap())
+            .collect();
+        n.sort();
+        n
+    }
+
+    fn take(log: &Log) -> Vec<String> {
+        std::mem::take(&mut *log.lock().unwrap())
+    }
+
+    #[test]
+    fn keeps_only_our_objects_and_notifies_after_the_cache_is_updated() {
+        let (mut r, log, synced) = running();
+        r.handle(Event::Init);
+        r.handle(Event::InitApply(pv("a", "ours")));
+        r.handle(Event::InitApply(pv("other", "theirs")));
+        assert!(
+            take(&log).is_empty(),
+            "nothing is notified before the list is complete"
+        );
+        assert!(!*synced.borrow());
+        r.handle(Event::InitDone);
+        assert!(*synced.borrow());
+        assert_eq!(take(&log), ["applied a"]);
+        assert_eq!(
+            names(&r.store),
+            ["a"],
+            "objects of other drivers are not kept"
+        );
+
+        // An object that starts to concern us is added; one that stops is removed.
+        r.handle(Event::Apply(pv("other", "ours")));
+        r.handle(Event::Apply(pv("a", "theirs")));
+        assert_eq!(take(&log), ["applied other", "deleted a"]);
+        assert_eq!(names(&r.store), ["other"]);
+
+        // Changes and deletes of objects we never kept are ignored.
+        r.handle(Event::Apply(pv("x", "theirs")));
+        r.handle(Event::Delete(pv("x", "theirs")));
+        assert!(take(&log).is_empty());
+
+        r.handle(Event::Delete(pv("other", "ours")));
+        assert_eq!(take(&log), ["deleted other"]);
+        assert!(names(&r.store).is_empty());
+    }
+
+    #[test]
+    fn a_relist_reports_objects_that_vanished_meanwhile() {
+        let (mut r, log, _) = running();
+        r.handle(Event::Init);
+        r.handle(Event::InitApply(pv("a", "ours")));
+        r.handle(Event::InitApply(pv("b", "ours")));
+        r.handle(Event::InitDone);
+        take(&log);
+        // The watch broke; b was deleted while we were not watching.
+        r.handle(Event::Init);
+        r.handle(Event::InitApply(pv("a", "ours")));
+        r.handle(Event::InitApply(pv("c", "ours")));
+        assert_eq!(
+            names(&r.store),
+            ["a", "b"],
+            "the old cache serves until the relist is done"
+        );
+        r.handle(Event::InitDone);
+        let mut got = take(&log);
+        got.sort();
+        assert_eq!(got, ["applied a", "applied c", "deleted b"]);
+        assert_eq!(names(&r.store), ["a", "c"]);
+    }
+}

@@ -1,0 +1,82 @@
+//! API clients: one for the controllers, with the client-side budget of `--kube-api-qps` and
+//! `--kube-api-burst`, and one for leader election with no budget, so that a busy controller can
+//! never delay a lease renewal.
+
+use std::path::Path;
+use std::time::Duration;
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+/// Why an API client could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The kubeconfig could not be read.
+    #[error("cannot read kubeconfig {path}: {source}")]
+    Kubeconfig {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    /// Neither a kubeconfig nor the in-cluster environment gave a configuration.
+    #[error("no Kubernetes configuration: {0}")]
+    Infer(#[from] kube::config::InferConfigError),
+    /// The client could not be built from the configuration.
+    #[error("cannot build a Kubernetes client: {0}")]
+    Build(#[from] kube::Error),
+    /// The budget flags are invalid.
+    #[error("--kube-api-qps and --kube-api-burst must be positive")]
+    Budget,
+}
+
+/// The process's API clients.
+#[derive(Clone)]
+pub struct Clients {
+    /// For controllers and informers: rate-limited.
+    pub main: Client,
+    /// For leader election only: not rate-limited.
+    pub election: Client,
+}
+
+impl std::fmt::Debug for Clients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Clients").finish_non_exhaustive()
+    }
+}
+
+/// Loads the configuration (`kubeconfig`, else in-cluster, else the default kubeconfig) and builds
+/// the clients. `qps`/`burst` allow `burst` requests at once and `qps` per second sustained.
+pub async fn clients(
+    kubeconfig: Option<&Path>,
+    qps: f32,
+    burst: u32,
+) -> Result<Clients, ClientError> {
+    if qps.is_nan() || qps <= 0.0 || burst == 0 {
+        return Err(ClientError::Budget);
+    }
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path).map_err(|source| ClientError::Kubeconfig {
+                path: path.display().to_string(),
+                source,
+            })?;
+            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .map_err(|source| ClientError::Kubeconfig {
+                    path: path.display().to_string(),
+                    source,
+                })?
+        }
+        None => Config::infer().await?,
+    };
+    let election = Client::try_from(config.clone())?;
+    // `burst` requests per `burst / qps` seconds: the same long-run rate as client-go's token
+    // bucket, and the same largest burst.
+    let window = Duration::from_secs_f64(f64::from(burst) / f64::from(qps));
+    let main = kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&tower::limit::RateLimitLayer::new(u64::from(burst), window))
+        .build();
+    Ok(Clients { main, election })
+}

@@ -1,0 +1,29 @@
+//! What every controller of csi-controller-manager shares and kube-rs does not provide:
+//!
+//! - [`informer`]: one watch and cache per resource type for the whole process, keeping only the
+//!   objects that concern this driver;
+//! - [`queue`] and [`worker`]: per-key work queues with de-duplication, exclusivity and exponential
+//!   backoff, and bounded workers that survive panics;
+//! - [`leader`]: leader election on a `coordination.k8s.io/v1` Lease;
+//! - [`events`]: Kubernetes Events that never block a reconcile;
+//! - [`metrics`] and [`http`]: one registry, and `/metrics`, `/healthz`, `/readyz`;
+//! - [`kubeclient`]: the API clients (rate-limited for controllers, unthrottled for the lease);
+//! - [`shutdown`]: one cancellation token reaching every task.
+
+pub mod controller;
+pub mod events;
+pub mod http;
+pub mod informer;
+pub mod kubeclient;
+pub mod leader;
+pub mod leadership;
+pub mod metrics;
+pub mod queue;
+pub mod shutdown;
+pub mod worker;
+
+pub use controller::Controller;
+pub use informer::{Change, Informers};
+pub use metrics::Metrics;
+pub use queue::{Backoff, WorkQueue};
+pub use worker::{Outcome, run_workers};
