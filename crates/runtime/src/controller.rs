@@ -12,3 +12,32 @@ pub trait Controller: Send + Sync + 'static {
     /// Called once per leader term; its queues persist between terms.
     fn run(&self, token: CancellationToken) -> BoxFuture<'static, ()>;
 }
+
+/// What the manager hands every controller when it builds it.
+#[derive(Clone)]
+pub struct ControllerContext {
+    /// API client for the controller (rate-limited by `--kube-api-qps`/`--kube-api-burst`).
+    pub client: kube::Client,
+    /// The CSI driver.
+    pub csi: csi::CsiClient,
+    /// What discovery learnt of the driver (its name, capabilities).
+    pub driver: std::sync::Arc<csi::Discovery>,
+    /// The process's metrics registry.
+    pub metrics: crate::Metrics,
+    /// Per-key retry backoff (`--retry-interval-start`, `--retry-interval-max`).
+    pub backoff: crate::Backoff,
+    /// Workers per queue (`--worker-threads`).
+    pub workers: usize,
+    /// This replica's identity (pod name), for Events' reporting instance.
+    pub identity: String,
+}
+
+impl std::fmt::Debug for ControllerContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControllerContext")
+            .field("driver", &self.driver.driver_name)
+            .field("workers", &self.workers)
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
+}

@@ -22,7 +22,7 @@ pub mod queue;
 pub mod shutdown;
 pub mod worker;
 
-pub use controller::Controller;
+pub use controller::{Controller, ControllerContext};
 pub use informer::{Change, Informers};
 pub use metrics::Metrics;
 pub use queue::{Backoff, WorkQueue};
