@@ -9,12 +9,12 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use csi::{CsiClient, CsiEndpoint, CsiMetrics, Discovery, DriverWatch};
-use runtime::Controller;
+use csi::{CsiClient, CsiEndpoint, CsiMetrics, DriverWatch};
 use runtime::http::{self, Health};
 use runtime::informer::{Informers, RunningInformers};
 use runtime::leader::{LeaderElectionConfig, LeaderMetrics, sanitize_name};
 use runtime::leadership::{self, LeaseGroup};
+use runtime::{Backoff, Controller, ControllerContext};
 use runtime::{Metrics, kubeclient};
 use tokio_util::sync::CancellationToken;
 
@@ -127,7 +127,19 @@ pub async fn run(flags: Flags) -> Result<(), AppError> {
     }
 
     let mut informers = Informers::new(clients.main.clone());
-    let built = build_controllers(&kinds, &discovery, &mut informers);
+    let context = ControllerContext {
+        client: clients.main.clone(),
+        csi: csi.clone(),
+        driver: discovery.clone(),
+        metrics: metrics.clone(),
+        backoff: Backoff {
+            start: flags.retry_interval_start,
+            max: flags.retry_interval_max,
+        },
+        workers: flags.worker_threads,
+        identity: identity(&flags.leader_election_identity),
+    };
+    let built = build_controllers(&kinds, &context, &mut informers);
     let running_informers = Arc::new(informers.start(shutdown.clone()));
     {
         let informers = running_informers.clone();
@@ -206,7 +218,7 @@ async fn run_term(
 /// holds its Lease so that a migrated cluster never runs two actors.
 fn build_controllers(
     kinds: &BTreeSet<ControllerKind>,
-    _driver: &Discovery,
+    _context: &ControllerContext,
     _informers: &mut Informers,
 ) -> Vec<Arc<dyn Controller>> {
     for kind in kinds {
