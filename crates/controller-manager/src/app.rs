@@ -139,7 +139,7 @@ pub async fn run(flags: Flags) -> Result<(), AppError> {
         workers: flags.worker_threads,
         identity: identity(&flags.leader_election_identity),
     };
-    let built = build_controllers(&kinds, &context, &mut informers);
+    let built = build_controllers(&kinds, &flags, &context, &mut informers);
     let running_informers = Arc::new(informers.start(shutdown.clone()));
     {
         let informers = running_informers.clone();
@@ -213,21 +213,35 @@ async fn run_term(
 
 /// Builds the controllers of `kinds`, registering their informers.
 ///
-/// The controllers themselves arrive with their own issues (provisioner, attacher, resizer,
-/// snapshotter); until one is built in, its kind is reported and skipped, and the process still
-/// holds its Lease so that a migrated cluster never runs two actors.
+/// A controller whose crate is not part of this build yet is reported and skipped; the process
+/// still holds its Lease, so that a migrated cluster never runs two actors.
 fn build_controllers(
     kinds: &BTreeSet<ControllerKind>,
-    _context: &ControllerContext,
-    _informers: &mut Informers,
+    flags: &Flags,
+    context: &ControllerContext,
+    informers: &mut Informers,
 ) -> Vec<Arc<dyn Controller>> {
+    let mut built: Vec<Arc<dyn Controller>> = Vec::new();
     for kind in kinds {
-        tracing::warn!(
-            controller = kind.name(),
-            "controller is not part of this build yet"
-        );
+        match kind {
+            ControllerKind::Attacher => {
+                let config = attacher::AttacherConfig {
+                    default_fstype: flags.default_fstype.clone(),
+                    reconcile_sync: flags.reconcile_sync,
+                    resync: flags.resync,
+                    ..attacher::AttacherConfig::default()
+                };
+                built.push(attacher::build(context.clone(), config, informers));
+            }
+            ControllerKind::Provisioner | ControllerKind::Resizer | ControllerKind::Snapshotter => {
+                tracing::warn!(
+                    controller = kind.name(),
+                    "controller is not part of this build yet"
+                );
+            }
+        }
     }
-    Vec::new()
+    built
 }
 
 fn lease_configs(

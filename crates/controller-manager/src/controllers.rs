@@ -86,6 +86,11 @@ pub fn select(
             Ok(()) => {
                 run.insert(kind);
             }
+            // As upstream, an attacher asked for explicitly serves a driver without
+            // PUBLISH_UNPUBLISH_VOLUME by marking its VolumeAttachments attached without a call.
+            Err(_) if explicit && kind == ControllerKind::Attacher => {
+                run.insert(kind);
+            }
             Err(why) => skipped.push((kind, why)),
         }
     }

@@ -75,6 +75,19 @@ pub struct Flags {
     #[arg(long, default_value = "5m", value_parser = go_duration)]
     pub retry_interval_max: Duration,
 
+    /// Filesystem type used when a volume's spec names none (provisioner and attacher).
+    #[arg(long, default_value = "")]
+    pub default_fstype: String,
+
+    /// Period of the attacher's ListVolumes reconciliation (0 turns it off; used only when the
+    /// driver has LIST_VOLUMES_PUBLISHED_NODES).
+    #[arg(long, default_value = "1m", value_parser = go_duration)]
+    pub reconcile_sync: Duration,
+
+    /// Period of the full resync of every cached object (0 turns it off).
+    #[arg(long, default_value = "10m", value_parser = go_duration)]
+    pub resync: Duration,
+
     /// Elect a leader among replicas on Leases; only the leader runs controllers.
     #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
     pub leader_election: bool,

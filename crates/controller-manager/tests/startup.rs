@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use csi_mock::{MockConfig, MockDriver, MockServer};
 
-/// A kubeconfig for an API server that is never contacted (no controller is built in yet, so no
-/// informer runs); creating the clients must not need a reachable server.
+/// A kubeconfig for an API server that is never contacted; creating the clients must not need a
+/// reachable server.
 const KUBECONFIG: &str = "apiVersion: v1
 kind: Config
 clusters:
@@ -92,8 +92,14 @@ async fn waits_for_the_driver_then_becomes_ready() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("waiting for CSI driver at unix://"), "{text}");
 
-    // The driver appears.
-    let driver = MockDriver::new(MockConfig::default());
+    // The driver appears. It offers no controller capability, so no controller (and no informer,
+    // which could not sync against this test's unreachable API server) is started: readiness then
+    // depends on the driver alone, which is what this test is about. Readiness with informers is
+    // covered by the e2e suite on a real cluster.
+    let driver = MockDriver::new(MockConfig {
+        controller_capabilities: Default::default(),
+        ..MockConfig::default()
+    });
     let appeared = Instant::now();
     let server = MockServer::start(&format!("unix://{}", sock.display()), driver)
         .await

@@ -1,0 +1,95 @@
+//! The VolumeAttachment controller of csi-controller-manager: a drop-in for external-attacher
+//! v4.12 (`kubernetes-csi/external-attacher`), same finalizers, annotation, patches, status
+//! fields and error texts.
+//!
+//! # Shape
+//! - [`names`]: the strings other software reads (finalizer, annotation, queue and metric names);
+//! - [`request`], [`patch`]: pure builders of CSI requests and API patches;
+//! - [`plan`]: the pure planner, state → next step;
+//! - [`filter`]: upstream's filter that keeps our own error writes from defeating backoff;
+//! - [`csi_call`]: the CSI calls and the mapping of their outcomes;
+//! - `controller`: informers, lanes, workers and the API calls (thin);
+//! - [`reconciler`]: the ListVolumes reconciler.
+//!
+//! # Lanes (beyond upstream)
+//! Attaches and detaches have separate queues, `csi-attacher-va-attach` and
+//! `csi-attacher-va-detach`, each with its own worker pool; the PV finalizer queue keeps
+//! upstream's `csi-attacher-pv`. A key is routed by state (deletionTimestamp → detach) and is
+//! never processed by both lanes at once.
+//!
+//! # Deleted nodes (beyond upstream)
+//! - A VA whose Node object is gone is not attached (ControllerPublish is not called; an
+//!   `attachError` says why, retried with backoff, so a node that comes back is attached).
+//! - A deleting VA whose Node object is gone is unpublished with the node ID from the CSINode or,
+//!   as upstream, from the `csi.alpha.kubernetes.io/node-id` annotation; if the driver answers
+//!   NOT_FOUND the volume is treated as detached (finalizer removed), where upstream retries
+//!   forever. Any other error is retried as upstream, because the backend may still hold the
+//!   attachment.
+//! - Kubernetes' attach/detach controller is what deletes the VA of a deleted node (after the
+//!   node's pods are gone, or after its 6-minute force-detach timeout); this controller never
+//!   deletes a VolumeAttachment itself.
+
+mod controller;
+pub mod csi_call;
+pub mod error;
+pub mod filter;
+pub mod names;
+pub mod patch;
+pub mod plan;
+pub mod reconciler;
+pub mod request;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use controller::Attacher;
+pub use error::Error;
+
+/// The attacher's settings beyond those in [`runtime::ControllerContext`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttacherConfig {
+    /// `--default-fstype`: fsType for Filesystem volumes whose PV has none.
+    pub default_fstype: String,
+    /// `--reconcile-sync`: period of the ListVolumes reconciler (0 turns it off).
+    pub reconcile_sync: Duration,
+    /// `--resync`: every VA of ours is queued again this often (0 turns it off).
+    pub resync: Duration,
+    /// `--max-entries`: ListVolumes page size (0 = no limit).
+    pub max_entries: i32,
+    /// Workers of the attach lane; `None` = `--worker-threads`.
+    pub attach_workers: Option<usize>,
+    /// Workers of the detach lane; `None` = `--worker-threads`.
+    pub detach_workers: Option<usize>,
+    /// Timeout of each API call.
+    pub api_timeout: Duration,
+}
+
+impl Default for AttacherConfig {
+    fn default() -> Self {
+        Self {
+            default_fstype: String::new(),
+            reconcile_sync: Duration::from_secs(60),
+            resync: Duration::from_secs(600),
+            max_entries: 0,
+            attach_workers: None,
+            detach_workers: None,
+            api_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Builds the attacher: registers its informers (VolumeAttachment, PersistentVolume, CSINode,
+/// Node metadata) and their handlers in `informers`, and returns the controller whose
+/// [`run`](runtime::Controller::run) starts the workers for one leader term.
+///
+/// The handler (CSI or trivial) is chosen from `ctx.driver`, as upstream: without
+/// PUBLISH_UNPUBLISH_VOLUME, VolumeAttachments are marked attached without calling the driver.
+pub fn build(
+    ctx: runtime::ControllerContext,
+    config: AttacherConfig,
+    informers: &mut runtime::Informers,
+) -> Arc<dyn runtime::Controller> {
+    Arc::new(Attacher {
+        shared: controller::build(ctx, config, informers),
+    })
+}

@@ -1,0 +1,821 @@
+//! The act layer: informers, the `claims` and `volumes` queues, and one thin step per pass.
+//!
+//! Each pass reads the shared caches, asks a pure planner (`intent::plan`, `pv::plan_volume`)
+//! what to do, and does it. API writes are strategic-merge patches naming the object's UID (a
+//! recreated object with the same name is never patched by mistake); every API call has a
+//! timeout, every CSI call has the client's `--timeout`.
+//!
+//! # Invariants
+//! - Provisioning and deletion of one volume name never overlap: both passes hold the volume
+//!   name's lock ([`NameLocks`]) for their whole duration.
+//! - Intent is recorded before CreateVolume and released only when a PV records the volume, when
+//!   the driver answered with a final error, or after a rollback's DeleteVolume succeeded.
+//! - Secrets are read into CSI requests only; they are never logged (the request's `Debug` redacts).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use csi::v1;
+use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::{
+    Node, ObjectReference, PersistentVolume, PersistentVolumeClaim, Secret,
+};
+use k8s_openapi::api::storage::v1::{
+    CSINode, StorageClass, VolumeAttachment, VolumeAttributesClass,
+};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{ObjectRef, Store};
+use runtime::events::EventRecorder;
+use runtime::{Change, Controller, ControllerContext, Informers, Outcome, WorkQueue};
+use serde_json::json;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::claim;
+use crate::constants::*;
+use crate::error::{Error, ProvisionError, ProvisioningState, check_error, grpc_message};
+use crate::intent::{self, ClaimObservation, ClaimPlan, Recorded, ReplayResult, RollBackStep};
+use crate::params::SecretRef;
+use crate::pv::{self, DeletionSecrets, VolumeAction};
+use crate::request::{self, DriverCaps, Intent, PrepareInput, ProvisionerConfig, VacInfo};
+use crate::topology::ClusterTopology;
+
+/// Timeout of every API call.
+const API_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often upstream retries DeleteVolume of a too-small volume within one `--timeout`.
+const CLEANUP_RETRIES: usize = 5;
+
+/// Per-name async locks; entries are dropped when nobody holds them.
+#[derive(Debug, Default)]
+pub struct NameLocks {
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl NameLocks {
+    /// Locks `name` until the guard is dropped.
+    pub async fn lock(&self, name: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+            // Drop idle entries so the map follows the names in flight, not all names ever seen.
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
+            locks.entry(name.to_string()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+}
+
+struct Shared {
+    ctx: ControllerContext,
+    config: ProvisionerConfig,
+    driver: String,
+    caps: DriverCaps,
+    pvcs: Store<PersistentVolumeClaim>,
+    pvs: Store<PersistentVolume>,
+    classes: Store<StorageClass>,
+    csinodes: Option<Store<CSINode>>,
+    nodes: Option<Store<PartialObjectMeta<Node>>>,
+    attachments: Option<Store<VolumeAttachment>>,
+    claims: WorkQueue<String>,
+    volumes: WorkQueue<String>,
+    locks: NameLocks,
+    events: EventRecorder,
+    /// Claims held back after INVALID_ARGUMENT: UID -> (until, StorageClass UID).
+    infeasible: Mutex<HashMap<String, (Instant, String)>>,
+}
+
+/// The provisioner controller (see the crate docs).
+pub struct Provisioner {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Provisioner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provisioner")
+            .field("driver", &self.shared.driver)
+            .finish_non_exhaustive()
+    }
+}
+
+fn claim_key(ns: &str, name: &str) -> String {
+    format!("{ns}/{name}")
+}
+
+fn has_intent_finalizer(pvc: &PersistentVolumeClaim) -> bool {
+    pvc.metadata
+        .finalizers
+        .as_ref()
+        .is_some_and(|f| f.iter().any(|x| x == FINALIZER_VOLUME_INTENT))
+}
+
+/// Builds the provisioner: registers its informers and handlers. Call before the informers start.
+pub fn build(
+    ctx: ControllerContext,
+    config: ProvisionerConfig,
+    informers: &mut Informers,
+) -> Arc<dyn Controller> {
+    let driver = ctx.driver.driver_name.clone();
+    let caps = DriverCaps::from_discovery(&ctx.driver, config.topology_gate);
+    let claims = WorkQueue::new(QUEUE_CLAIMS, ctx.backoff, ctx.metrics.queues());
+    let volumes = WorkQueue::new(QUEUE_VOLUMES, ctx.backoff, ctx.metrics.queues());
+
+    let pvcs = {
+        let d = driver.clone();
+        let q = claims.clone();
+        informers
+            .for_type::<PersistentVolumeClaim>()
+            .keep(move |pvc| claim::is_for_driver(pvc, &d) || has_intent_finalizer(pvc))
+            .on_change(move |change: &Change<'_, PersistentVolumeClaim>| {
+                let m = &change.object().metadata;
+                if let (Some(ns), Some(n)) = (&m.namespace, &m.name) {
+                    q.add(claim_key(ns, n));
+                }
+            })
+            .store()
+    };
+    let pvs = {
+        let d = driver.clone();
+        let (cq, vq) = (claims.clone(), volumes.clone());
+        informers
+            .for_type::<PersistentVolume>()
+            .keep(move |p| pv::is_ours(p, &d))
+            .on_change(move |change: &Change<'_, PersistentVolume>| {
+                let p = change.object();
+                if let Some(n) = &p.metadata.name {
+                    vq.add(n.clone());
+                }
+                // A new PV releases its claim's intent.
+                if let Some(r) = p.spec.as_ref().and_then(|s| s.claim_ref.as_ref())
+                    && let (Some(ns), Some(n)) = (&r.namespace, &r.name)
+                {
+                    cq.add(claim_key(ns, n));
+                }
+            })
+            .store()
+    };
+    let classes = {
+        let d = driver.clone();
+        informers
+            .for_type::<StorageClass>()
+            .keep(move |sc| sc.provisioner == d)
+            .store()
+    };
+    let (csinodes, nodes) = if caps.topology {
+        (
+            Some(informers.for_type::<CSINode>().store()),
+            Some(informers.for_type::<PartialObjectMeta<Node>>().store()),
+        )
+    } else {
+        (None, None)
+    };
+    let attachments = caps.publish_unpublish.then(|| {
+        let d = driver.clone();
+        informers
+            .for_type::<VolumeAttachment>()
+            .keep(move |va| va.spec.attacher == d)
+            .store()
+    });
+    let events = EventRecorder::new(
+        ctx.client.clone(),
+        EVENT_CONTROLLER,
+        Some(ctx.identity.clone()),
+    );
+    Arc::new(Provisioner {
+        shared: Arc::new(Shared {
+            ctx,
+            config,
+            driver,
+            caps,
+            pvcs,
+            pvs,
+            classes,
+            csinodes,
+            nodes,
+            attachments,
+            claims,
+            volumes,
+            locks: NameLocks::default(),
+            events,
+            infeasible: Mutex::default(),
+        }),
+    })
+}
+
+impl Controller for Provisioner {
+    fn name(&self) -> &'static str {
+        "provisioner"
+    }
+
+    fn run(&self, token: CancellationToken) -> BoxFuture<'static, ()> {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let metrics = shared.ctx.metrics.controllers();
+            let workers = shared.ctx.workers;
+            let s1 = shared.clone();
+            let claims = runtime::run_workers(
+                "provisioner",
+                shared.claims.clone(),
+                workers,
+                metrics.clone(),
+                token.clone(),
+                move |key| {
+                    let s = s1.clone();
+                    async move { s.sync_claim(&key).await }
+                },
+            );
+            let s2 = shared.clone();
+            let volumes = runtime::run_workers(
+                "provisioner",
+                shared.volumes.clone(),
+                workers,
+                metrics,
+                token,
+                move |key| {
+                    let s = s2.clone();
+                    async move { s.sync_volume(&key).await }
+                },
+            );
+            futures::join!(claims, volumes);
+        })
+    }
+}
+
+async fn call_api<T>(
+    action: impl Into<String>,
+    call: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Result<T, Error> {
+    let action = action.into();
+    match tokio::time::timeout(API_TIMEOUT, call).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(source)) => Err(Error::Kube {
+            action,
+            source: Box::new(source),
+        }),
+        Err(_) => Err(Error::KubeTimeout(action)),
+    }
+}
+
+fn is_status(e: &Error, code: u16) -> bool {
+    matches!(e, Error::Kube { source, .. } if matches!(**source, kube::Error::Api(ref s) if s.code == code))
+}
+
+fn pvc_ref(pvc: &PersistentVolumeClaim) -> ObjectReference {
+    pv::claim_ref(pvc)
+}
+
+fn pv_ref(pv: &PersistentVolume) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("PersistentVolume".into()),
+        name: pv.metadata.name.clone(),
+        uid: pv.metadata.uid.clone(),
+        ..ObjectReference::default()
+    }
+}
+
+impl Shared {
+    fn pvc_api(&self, ns: &str) -> Api<PersistentVolumeClaim> {
+        Api::namespaced(self.ctx.client.clone(), ns)
+    }
+
+    fn pv_api(&self) -> Api<PersistentVolume> {
+        Api::all(self.ctx.client.clone())
+    }
+
+    fn cluster_topology(&self) -> ClusterTopology {
+        let mut t = ClusterTopology::default();
+        if let Some(s) = &self.csinodes {
+            for n in s.state() {
+                let keys = n
+                    .spec
+                    .drivers
+                    .iter()
+                    .find(|d| d.name == self.driver)
+                    .and_then(|d| d.topology_keys.clone())
+                    .unwrap_or_default();
+                t.csinode_keys
+                    .insert(n.metadata.name.clone().unwrap_or_default(), keys);
+            }
+        }
+        if let Some(s) = &self.nodes {
+            for n in s.state() {
+                t.node_labels.insert(
+                    n.metadata.name.clone().unwrap_or_default(),
+                    n.metadata.labels.clone().unwrap_or_default(),
+                );
+            }
+        }
+        t
+    }
+
+    async fn secret_data(&self, r: &SecretRef) -> Result<BTreeMap<String, String>, String> {
+        let api: Api<Secret> = Api::namespaced(self.ctx.client.clone(), &r.namespace);
+        let secret = call_api("get secret", api.get(&r.name))
+            .await
+            .map_err(|e| {
+                format!(
+                    "error getting secret {} in namespace {}: {e}",
+                    r.name, r.namespace
+                )
+            })?;
+        Ok(secret
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+            .collect())
+    }
+
+    async fn sync_claim(&self, key: &str) -> Result<Outcome, Error> {
+        let Some((ns, name)) = key.split_once('/') else {
+            return Ok(Outcome::Done);
+        };
+        let Some(pvc) = self.pvcs.get(&ObjectRef::new(name).within(ns)) else {
+            return Ok(Outcome::Done);
+        };
+        let class = self.classes.get(&ObjectRef::new(&claim::claim_class(&pvc)));
+        let selection = claim::select(&pvc, class.as_deref(), &self.driver);
+        let uid = pvc.metadata.uid.clone().unwrap_or_default();
+        let computed = claim::volume_name(
+            &self.config.volume_name_prefix,
+            &uid,
+            self.config.volume_name_uuid_length,
+        )
+        .ok();
+        let pv_exists = |n: &str| self.pvs.get(&ObjectRef::new(n)).is_some();
+        let intent_pv_exists = match intent::recorded(&pvc) {
+            Recorded::Intent(i) => pv_exists(&i.volume_name),
+            _ => false,
+        };
+        let plan = intent::plan(&ClaimObservation {
+            pvc: &pvc,
+            intent_pv_exists,
+            pv_exists: computed.as_deref().is_some_and(pv_exists),
+            selection: &selection,
+        });
+        tracing::debug!(pvc = %key, ?plan, "claim plan");
+        match plan {
+            ClaimPlan::Nothing(_) => Ok(Outcome::Done),
+            ClaimPlan::MissingClass(e) => Err(Error::Held(e)),
+            ClaimPlan::Prepare { selected_node } => {
+                let Some(class) = class else {
+                    return Ok(Outcome::Done);
+                };
+                let lock_name = computed.unwrap_or_default();
+                let _guard = self.locks.lock(&lock_name).await;
+                self.prepare(&pvc, &class, selected_node.as_deref()).await
+            }
+            ClaimPlan::Provision(intent) => {
+                let _guard = self.locks.lock(&intent.volume_name).await;
+                self.provision(&pvc, &intent).await
+            }
+            ClaimPlan::RollBack(intent) => {
+                let _guard = self.locks.lock(&intent.volume_name).await;
+                self.roll_back(&pvc, &intent).await
+            }
+            ClaimPlan::Release(why) => {
+                tracing::info!(pvc = %key, reason = %why, "releasing volume intent");
+                self.release(&pvc, false).await?;
+                Ok(Outcome::Done)
+            }
+        }
+    }
+
+    /// Upstream's "infeasible" slow set: held while `--retry-interval-max` has not passed since
+    /// an INVALID_ARGUMENT, unless the StorageClass was recreated.
+    fn held_back(&self, uid: &str, class_uid: &str) -> bool {
+        let mut held = self.infeasible.lock().unwrap_or_else(|e| e.into_inner());
+        match held.get(uid) {
+            Some((until, sc)) if *until > Instant::now() && sc == class_uid => true,
+            Some(_) => {
+                held.remove(uid);
+                false
+            }
+            None => false,
+        }
+    }
+
+    async fn prepare(
+        &self,
+        pvc: &PersistentVolumeClaim,
+        class: &StorageClass,
+        selected_node: Option<&str>,
+    ) -> Result<Outcome, Error> {
+        let uid = pvc.metadata.uid.clone().unwrap_or_default();
+        let class_uid = class.metadata.uid.clone().unwrap_or_default();
+        if self.held_back(&uid, &class_uid) {
+            return Err(Error::Held(format!(
+                "skipping volume provisioning for pvc {uid}, because provisioning previously failed with infeasible error"
+            )));
+        }
+        let vac = match request::vac_name(pvc, &self.config) {
+            Some(name) => {
+                let api: Api<VolumeAttributesClass> = Api::all(self.ctx.client.clone());
+                Some(
+                    call_api("get volumeattributesclass", api.get(name))
+                        .await
+                        .map(|v| VacInfo {
+                            driver_name: v.driver_name,
+                            parameters: v.parameters.unwrap_or_default(),
+                        })
+                        .map_err(|e| e.to_string()),
+                )
+            }
+            None => None,
+        };
+        let cluster = self.cluster_topology();
+        let prepared = request::prepare(&PrepareInput {
+            claim: pvc,
+            class,
+            config: &self.config,
+            driver: &self.driver,
+            caps: self.caps,
+            selected_node,
+            cluster: &cluster,
+            vac: vac.as_ref(),
+        });
+        let intent = match prepared {
+            Ok(i) => i,
+            Err(e) if e.state == ProvisioningState::Ignored => {
+                self.events
+                    .normal(
+                        &pvc_ref(pvc),
+                        REASON_PROVISIONING,
+                        "Provision",
+                        "Assuming an external populator will provision the volume",
+                    )
+                    .await;
+                return Ok(Outcome::Done);
+            }
+            Err(e) => {
+                if e.state == ProvisioningState::Reschedule {
+                    // Give the claim back to the scheduler (the patch also clears no intent).
+                    self.release(pvc, true).await?;
+                }
+                return self.failed(pvc, e).await;
+            }
+        };
+        let json = serde_json::to_string(&intent).unwrap_or_default();
+        let patch = json!({"metadata": {
+            "uid": uid,
+            "finalizers": [FINALIZER_VOLUME_INTENT],
+            "annotations": {ANN_VOLUME_INTENT: json},
+        }});
+        let ns = pvc.metadata.namespace.as_deref().unwrap_or_default();
+        let name = pvc.metadata.name.as_deref().unwrap_or_default();
+        call_api(
+            "record volume intent",
+            self.pvc_api(ns)
+                .patch(name, &PatchParams::default(), &Patch::Strategic(&patch)),
+        )
+        .await?;
+        tracing::info!(pvc = %claim_key(ns, name), volume = %intent.volume_name, "recorded volume intent");
+        Ok(Outcome::Done)
+    }
+
+    /// Reports a failed attempt (Event), applies its state, and fails the pass for backoff.
+    async fn failed(
+        &self,
+        pvc: &PersistentVolumeClaim,
+        e: ProvisionError,
+    ) -> Result<Outcome, Error> {
+        self.events
+            .warning(
+                &pvc_ref(pvc),
+                REASON_PROVISIONING_FAILED,
+                "Provision",
+                &e.event_message(),
+            )
+            .await;
+        Err(Error::Provision(e))
+    }
+
+    async fn release(&self, pvc: &PersistentVolumeClaim, reschedule: bool) -> Result<(), Error> {
+        let mut annotations = serde_json::Map::new();
+        annotations.insert(ANN_VOLUME_INTENT.into(), serde_json::Value::Null);
+        if reschedule {
+            annotations.insert(ANN_SELECTED_NODE.into(), serde_json::Value::Null);
+        }
+        let patch = json!({"metadata": {
+            "uid": pvc.metadata.uid,
+            "$deleteFromPrimitiveList/finalizers": [FINALIZER_VOLUME_INTENT],
+            "annotations": annotations,
+        }});
+        let ns = pvc.metadata.namespace.as_deref().unwrap_or_default();
+        let name = pvc.metadata.name.as_deref().unwrap_or_default();
+        let r = call_api(
+            "release volume intent",
+            self.pvc_api(ns)
+                .patch(name, &PatchParams::default(), &Patch::Strategic(&patch)),
+        )
+        .await;
+        match r {
+            Err(e) if is_status(&e, 404) => Ok(()),
+            r => r.map(|_| ()),
+        }
+    }
+
+    async fn provision(
+        &self,
+        pvc: &PersistentVolumeClaim,
+        intent: &Intent,
+    ) -> Result<Outcome, Error> {
+        let secrets = match &intent.provisioner_secret {
+            Some(r) => match self.secret_data(r).await {
+                Ok(s) => s,
+                Err(m) => return self.failed(pvc, ProvisionError::no_change(m)).await,
+            },
+            None => BTreeMap::new(),
+        };
+        let ns = pvc.metadata.namespace.as_deref().unwrap_or_default();
+        let name = pvc.metadata.name.as_deref().unwrap_or_default();
+        self.events
+            .normal(
+                &pvc_ref(pvc),
+                REASON_PROVISIONING,
+                "Provision",
+                &format!("External provisioner is provisioning volume for claim \"{ns}/{name}\""),
+            )
+            .await;
+        let request = intent.request.to_csi(&intent.volume_name, secrets.clone());
+        let volume = match self.ctx.csi.create_volume(request).await {
+            Ok(v1::CreateVolumeResponse { volume: Some(v) }) => v,
+            Ok(_) => {
+                let e = ProvisionError::new(
+                    ProvisioningState::InBackground,
+                    "CreateVolume returned no volume",
+                );
+                return self.failed(pvc, e).await;
+            }
+            Err(err) => {
+                let e = ProvisionError::from_csi(&err, intent.may_reschedule);
+                if e.infeasible {
+                    let class_uid = self
+                        .classes
+                        .get(&ObjectRef::new(&intent.pv.storage_class_name))
+                        .and_then(|c| c.metadata.uid.clone())
+                        .unwrap_or_default();
+                    let until = Instant::now() + self.ctx.backoff.max;
+                    self.infeasible
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(intent.claim_uid.clone(), (until, class_uid));
+                }
+                match e.state {
+                    ProvisioningState::Finished => self.release(pvc, false).await?,
+                    ProvisioningState::Reschedule => self.release(pvc, true).await?,
+                    _ => {}
+                }
+                return self.failed(pvc, e).await;
+            }
+        };
+        let capacity = match pv::pv_capacity(volume.capacity_bytes, intent.request.required_bytes) {
+            Ok(c) => c,
+            Err(mut m) => {
+                if let Err(err) = self.cleanup(&volume.volume_id, &secrets).await {
+                    m = format!(
+                        "{m}. Cleanup of volume {} failed, volume is orphaned: {}",
+                        intent.volume_name,
+                        grpc_message(&err)
+                    );
+                }
+                let e = ProvisionError::new(ProvisioningState::InBackground, m);
+                return self.failed(pvc, e).await;
+            }
+        };
+        let pv = pv::build_pv(
+            pvc,
+            intent,
+            &volume,
+            capacity,
+            &self.driver,
+            &self.ctx.identity,
+        );
+        match call_api(
+            "create PV",
+            self.pv_api().create(&PostParams::default(), &pv),
+        )
+        .await
+        {
+            Ok(_) => {}
+            Err(e) if is_status(&e, 409) => {}
+            Err(e) => return Err(e),
+        }
+        tracing::info!(pvc = %claim_key(ns, name), pv = %intent.volume_name, volume_id = %volume.volume_id, "provisioned volume");
+        self.events
+            .normal(
+                &pvc_ref(pvc),
+                REASON_PROVISIONING_SUCCEEDED,
+                "Provision",
+                &format!("Successfully provisioned volume {}", intent.volume_name),
+            )
+            .await;
+        self.infeasible
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&intent.claim_uid);
+        // The PV's informer event brings the claim back to release its intent.
+        Ok(Outcome::Done)
+    }
+
+    /// Upstream `cleanupVolume`: DeleteVolume up to 5 times.
+    async fn cleanup(
+        &self,
+        volume_id: &str,
+        secrets: &BTreeMap<String, String>,
+    ) -> Result<(), csi::CsiError> {
+        let mut last = Ok(());
+        for _ in 0..CLEANUP_RETRIES {
+            let req = v1::DeleteVolumeRequest {
+                volume_id: volume_id.to_string(),
+                secrets: secrets.clone().into_iter().collect(),
+            };
+            last = self.ctx.csi.delete_volume(req).await.map(|_| ());
+            if last.is_ok() {
+                break;
+            }
+        }
+        last
+    }
+
+    async fn roll_back(
+        &self,
+        pvc: &PersistentVolumeClaim,
+        intent: &Intent,
+    ) -> Result<Outcome, Error> {
+        let secrets = match &intent.provisioner_secret {
+            Some(r) => self.secret_data(r).await.map_err(Error::Delete)?,
+            None => BTreeMap::new(),
+        };
+        let request = intent.request.to_csi(&intent.volume_name, secrets.clone());
+        let replay = match self.ctx.csi.create_volume(request).await {
+            Ok(v1::CreateVolumeResponse { volume: Some(v) }) => ReplayResult::Exists(v.volume_id),
+            Ok(_) => ReplayResult::InFlight,
+            Err(e) if e.code_label() == "AlreadyExists" => ReplayResult::Conflict,
+            Err(e) => match check_error(&e, false) {
+                ProvisioningState::InBackground => ReplayResult::InFlight,
+                _ => ReplayResult::NotCreated,
+            },
+        };
+        let key = claim_key(
+            pvc.metadata.namespace.as_deref().unwrap_or_default(),
+            pvc.metadata.name.as_deref().unwrap_or_default(),
+        );
+        match intent::rollback_step(&replay) {
+            RollBackStep::Delete(id) => {
+                let req = v1::DeleteVolumeRequest {
+                    volume_id: id.clone(),
+                    secrets: secrets.into_iter().collect(),
+                };
+                self.ctx
+                    .csi
+                    .delete_volume(req)
+                    .await
+                    .map_err(|e| Error::Csi {
+                        action: format!("roll back volume {id}"),
+                        source: Box::new(e),
+                    })?;
+                tracing::info!(pvc = %key, volume_id = %id, "rolled back volume of a deleted claim");
+                self.release(pvc, false).await?;
+                Ok(Outcome::Done)
+            }
+            RollBackStep::Release => {
+                self.release(pvc, false).await?;
+                Ok(Outcome::Done)
+            }
+            RollBackStep::ReleaseOrphan => {
+                tracing::error!(pvc = %key, volume = %intent.volume_name, "a volume of this name exists with other arguments; it cannot be found by id and is left on the driver");
+                self.release(pvc, false).await?;
+                Ok(Outcome::Done)
+            }
+            RollBackStep::Retry => Err(Error::Delete(format!(
+                "CreateVolume of {} may still be in progress; rollback retried",
+                intent.volume_name
+            ))),
+        }
+    }
+
+    async fn sync_volume(&self, name: &str) -> Result<Outcome, Error> {
+        let Some(pv) = self.pvs.get(&ObjectRef::new(name)) else {
+            return Ok(Outcome::Done);
+        };
+        if !pv::is_ours(&pv, &self.driver) {
+            return Ok(Outcome::Done);
+        }
+        let action = pv::plan_volume(&pv);
+        let patch_finalizer = |add: bool| {
+            let list = if add {
+                "finalizers"
+            } else {
+                "$deleteFromPrimitiveList/finalizers"
+            };
+            json!({"metadata": {"uid": pv.metadata.uid, list: [FINALIZER_PV]}})
+        };
+        match action {
+            VolumeAction::Nothing => Ok(Outcome::Done),
+            VolumeAction::AddFinalizer | VolumeAction::RemoveFinalizer => {
+                let patch = patch_finalizer(action == VolumeAction::AddFinalizer);
+                call_api(
+                    "patch PV finalizer",
+                    self.pv_api()
+                        .patch(name, &PatchParams::default(), &Patch::Strategic(&patch)),
+                )
+                .await?;
+                Ok(Outcome::Done)
+            }
+            VolumeAction::Delete => {
+                let _guard = self.locks.lock(name).await;
+                if let Err(m) = self.delete_volume(&pv).await {
+                    self.events
+                        .warning(&pv_ref(&pv), REASON_VOLUME_FAILED_DELETE, "Delete", &m)
+                        .await;
+                    return Err(Error::Delete(m));
+                }
+                match call_api(
+                    "delete PV",
+                    self.pv_api().delete(name, &DeleteParams::default()),
+                )
+                .await
+                {
+                    Err(e) if !is_status(&e, 404) => return Err(e),
+                    _ => {}
+                }
+                let patch = patch_finalizer(false);
+                match call_api(
+                    "remove PV finalizer",
+                    self.pv_api()
+                        .patch(name, &PatchParams::default(), &Patch::Strategic(&patch)),
+                )
+                .await
+                {
+                    Err(e) if !is_status(&e, 404) => Err(e),
+                    _ => Ok(Outcome::Done),
+                }
+            }
+        }
+    }
+
+    /// Upstream `Delete`: DeleteVolume for a Released PV; the error text is the Event message.
+    async fn delete_volume(&self, pv: &PersistentVolume) -> Result<(), String> {
+        let name = pv.metadata.name.as_deref().unwrap_or_default();
+        let Some(source) = pv.spec.as_ref().and_then(|s| s.csi.as_ref()) else {
+            return Err("invalid CSI PV".into());
+        };
+        self.caps.check_basic()?;
+        let class_params = pv::pv_class(pv)
+            .and_then(|c| self.classes.get(&ObjectRef::new(&c)))
+            .map(|c| c.parameters.clone().unwrap_or_default());
+        let secrets = match pv::deletion_secrets(pv, class_params.as_ref()) {
+            DeletionSecrets::None => BTreeMap::new(),
+            DeletionSecrets::Error(m) => return Err(m),
+            // Continue without secrets: the Secret may have been deleted already.
+            DeletionSecrets::Secret(r) => self.secret_data(&r).await.unwrap_or_else(|e| {
+                tracing::error!(pv = %name, error = %e, "failed to get credentials for volume");
+                BTreeMap::new()
+            }),
+        };
+        if let Some(vas) = &self.attachments
+            && let Some(va) = vas
+                .state()
+                .into_iter()
+                .find(|va| va.spec.source.persistent_volume_name.as_deref() == Some(name))
+        {
+            return Err(format!(
+                "persistentvolume {name} is still attached to node {}",
+                va.spec.node_name
+            ));
+        }
+        let req = v1::DeleteVolumeRequest {
+            volume_id: source.volume_handle.clone(),
+            secrets: secrets.into_iter().collect(),
+        };
+        self.ctx
+            .csi
+            .delete_volume(req)
+            .await
+            .map_err(|e| grpc_message(&e))?;
+        tracing::info!(pv = %name, volume_id = %source.volume_handle, "deleted volume");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn name_locks_serialise_one_name_and_not_others() {
+        let locks = Arc::new(NameLocks::default());
+        let a = locks.lock("a").await;
+        // Another name is free.
+        let b = tokio::time::timeout(Duration::from_millis(50), locks.lock("b")).await;
+        assert!(b.is_ok());
+        // The same name waits.
+        let again = tokio::time::timeout(Duration::from_millis(50), locks.lock("a")).await;
+        assert!(again.is_err(), "a second holder of the same name must wait");
+        drop(a);
+        let again = tokio::time::timeout(Duration::from_millis(50), locks.lock("a")).await;
+        assert!(again.is_ok());
+    }
+}

@@ -1,0 +1,167 @@
+//! The no-leak state machine of one claim (see `README.md`): the pure `plan` of the claim worker.
+//!
+//! Intent is recorded on the PVC (finalizer [`FINALIZER_VOLUME_INTENT`] plus annotation
+//! [`ANN_VOLUME_INTENT`] holding the [`Intent`]) *before* any CreateVolume, and released only once
+//! a PV records the volume, or the volume is known not to exist. While it is recorded, the claim
+//! worker either drives the recorded request to a PV (claim alive) or rolls it back with
+//! DeleteVolume (claim deleted, or bound to another volume); the finalizer keeps a deleted claim
+//! readable until then. A restart at any instant finds the intent and resumes.
+
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+
+use crate::claim::{self, Selection};
+use crate::constants::*;
+use crate::request::Intent;
+
+/// What the claim's annotations and finalizers say about recorded intent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// No finalizer, no annotation.
+    None,
+    /// A valid intent for this very object.
+    Intent(Box<Intent>),
+    /// Our finalizer or annotation is there but the intent cannot be used (missing, unreadable,
+    /// or recorded on an object with another UID); the string says why.
+    Invalid(String),
+}
+
+/// Reads the recorded intent of `pvc`.
+pub fn recorded(pvc: &PersistentVolumeClaim) -> Recorded {
+    let finalizer = pvc
+        .metadata
+        .finalizers
+        .as_ref()
+        .is_some_and(|f| f.iter().any(|x| x == FINALIZER_VOLUME_INTENT));
+    let annotation = pvc
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANN_VOLUME_INTENT));
+    match (finalizer, annotation) {
+        (false, None) => Recorded::None,
+        (_, None) => Recorded::Invalid("the intent annotation is missing".into()),
+        (_, Some(json)) => match serde_json::from_str::<Intent>(json) {
+            Ok(i) if Some(i.claim_uid.as_str()) == pvc.metadata.uid.as_deref() => {
+                Recorded::Intent(Box::new(i))
+            }
+            Ok(_) => Recorded::Invalid("the intent was recorded for another claim UID".into()),
+            Err(e) => Recorded::Invalid(format!("the intent annotation is unreadable: {e}")),
+        },
+    }
+}
+
+/// What one pass of the claim worker does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClaimPlan {
+    /// Nothing to do.
+    Nothing(&'static str),
+    /// The StorageClass is missing: retry with backoff.
+    MissingClass(String),
+    /// Build the request (`request::prepare`) and record it: patch the finalizer and annotation.
+    Prepare {
+        /// The selected node, if any.
+        selected_node: Option<String>,
+    },
+    /// Call CreateVolume with the recorded request, then create the PV.
+    Provision(Box<Intent>),
+    /// Replay the recorded CreateVolume to learn the volume id, DeleteVolume it, then release.
+    RollBack(Box<Intent>),
+    /// Remove the finalizer and the annotation.
+    Release(String),
+}
+
+/// The observed state of one claim.
+#[derive(Clone, Copy, Debug)]
+pub struct ClaimObservation<'a> {
+    /// The claim.
+    pub pvc: &'a PersistentVolumeClaim,
+    /// Whether a PV with the recorded intent's volume name exists (`None` without an intent).
+    pub intent_pv_exists: bool,
+    /// Whether a PV with the name the claim would get now exists.
+    pub pv_exists: bool,
+    /// Claim selection (class lookup included) for a claim without intent.
+    pub selection: &'a Selection,
+}
+
+/// The claim worker's plan.
+pub fn plan(obs: &ClaimObservation<'_>) -> ClaimPlan {
+    let pvc = obs.pvc;
+    match recorded(pvc) {
+        Recorded::Intent(intent) => {
+            if obs.intent_pv_exists {
+                return ClaimPlan::Release(format!(
+                    "PV {} exists and records the volume",
+                    intent.volume_name
+                ));
+            }
+            let bound_elsewhere = pvc
+                .spec
+                .as_ref()
+                .and_then(|s| s.volume_name.as_deref())
+                .is_some_and(|v| !v.is_empty() && v != intent.volume_name);
+            if claim::is_deleting(pvc) || bound_elsewhere {
+                ClaimPlan::RollBack(intent)
+            } else {
+                ClaimPlan::Provision(intent)
+            }
+        }
+        // Nothing can be resumed or rolled back without the request; do not block the claim.
+        Recorded::Invalid(why) => ClaimPlan::Release(why),
+        Recorded::None => {
+            if claim::is_deleting(pvc) {
+                return ClaimPlan::Nothing("the claim is being deleted");
+            }
+            match obs.selection {
+                Selection::Skip(why) => ClaimPlan::Nothing(why),
+                Selection::MissingClass(e) => ClaimPlan::MissingClass(e.clone()),
+                // LIB: a PV of that name already exists: provisioned, nothing to do.
+                Selection::Provision { .. } if obs.pv_exists => {
+                    ClaimPlan::Nothing("the PV already exists")
+                }
+                Selection::Provision { selected_node } => ClaimPlan::Prepare {
+                    selected_node: selected_node.clone(),
+                },
+            }
+        }
+    }
+}
+
+/// What a rollback's CreateVolume replay answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplayResult {
+    /// The volume exists with this id.
+    Exists(String),
+    /// A final error other than ALREADY_EXISTS: nothing was created.
+    NotCreated,
+    /// ALREADY_EXISTS: a volume of that name exists but with other arguments; its id is unknown.
+    Conflict,
+    /// The call may still be running.
+    InFlight,
+}
+
+/// The next step of a rollback after the replayed CreateVolume.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RollBackStep {
+    /// DeleteVolume this id, then release the intent.
+    Delete(String),
+    /// Release the intent: nothing exists.
+    Release,
+    /// Release the intent with a warning: the volume can not be found by id.
+    ReleaseOrphan,
+    /// Keep the intent and retry with backoff.
+    Retry,
+}
+
+/// What to do after the rollback's replay.
+pub fn rollback_step(result: &ReplayResult) -> RollBackStep {
+    match result {
+        ReplayResult::Exists(id) => RollBackStep::Delete(id.clone()),
+        ReplayResult::NotCreated => RollBackStep::Release,
+        ReplayResult::Conflict => RollBackStep::ReleaseOrphan,
+        ReplayResult::InFlight => RollBackStep::Retry,
+    }
+}
+
+#[cfg(test)]
+#[path = "intent_tests.rs"]
+mod tests;

@@ -1,0 +1,160 @@
+//! The no-leak state machine at every crash point, with and without the claim deleted.
+
+use super::*;
+use crate::request::{PvTemplate, RecordedRequest};
+use k8s_openapi::api::core::v1::PersistentVolumeClaimSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::ObjectMeta;
+use rstest::rstest;
+
+fn intent() -> Intent {
+    Intent {
+        volume_name: "pvc-uid-1".into(),
+        claim_uid: "uid-1".into(),
+        request: RecordedRequest::default(),
+        provisioner_secret: None,
+        pv: PvTemplate::default(),
+        may_reschedule: false,
+    }
+}
+
+/// A claim with (or without) recorded intent, maybe deleted, maybe bound.
+fn pvc(recorded: bool, deleting: bool, volume_name: Option<&str>) -> PersistentVolumeClaim {
+    let mut annotations = std::collections::BTreeMap::new();
+    let mut finalizers = vec!["kubernetes.io/pvc-protection".to_string()];
+    if recorded {
+        annotations.insert(
+            ANN_VOLUME_INTENT.to_string(),
+            serde_json::to_string(&intent()).unwrap(),
+        );
+        finalizers.push(FINALIZER_VOLUME_INTENT.to_string());
+    }
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some("claim".into()),
+            namespace: Some("ns".into()),
+            uid: Some("uid-1".into()),
+            annotations: Some(annotations),
+            finalizers: Some(finalizers),
+            deletion_timestamp: deleting.then(|| Time(Default::default())),
+            ..Default::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            volume_name: volume_name.map(Into::into),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+fn plan_of(p: &PersistentVolumeClaim, pv_exists: bool, selection: Selection) -> ClaimPlan {
+    plan(&ClaimObservation {
+        pvc: p,
+        intent_pv_exists: pv_exists,
+        pv_exists,
+        selection: &selection,
+    })
+}
+
+fn provision() -> Selection {
+    Selection::Provision {
+        selected_node: None,
+    }
+}
+
+fn kind(p: &ClaimPlan) -> &'static str {
+    match p {
+        ClaimPlan::Nothing(_) => "nothing",
+        ClaimPlan::MissingClass(_) => "missing-class",
+        ClaimPlan::Prepare { .. } => "prepare",
+        ClaimPlan::Provision(_) => "provision",
+        ClaimPlan::RollBack(_) => "rollback",
+        ClaimPlan::Release(_) => "release",
+    }
+}
+
+#[rstest]
+// Fresh claim: record intent first (nothing on the driver yet).
+#[case::fresh(false, false, None, false, "prepare")]
+// Crash before CreateVolume / during it / after it before the PV: replay the same request.
+#[case::crash_before_or_during_create(true, false, None, false, "provision")]
+// Crash after the PV was created, before the finalizer came off: release.
+#[case::crash_after_pv_create(true, false, None, true, "release")]
+// Bound to the PV, intent still there: release.
+#[case::bound_to_our_pv(true, false, Some("pvc-uid-1"), true, "release")]
+// Claim deleted before the intent was recorded: nothing on the driver, nothing to do.
+#[case::deleted_before_intent(false, true, None, false, "nothing")]
+// Claim deleted while intent is recorded and no PV: roll back with DeleteVolume.
+#[case::deleted_with_intent(true, true, None, false, "rollback")]
+// Claim deleted after the PV was created: release; the PV is Released and deleted normally.
+#[case::deleted_after_pv_create(true, true, None, true, "release")]
+// Claim bound to another volume meanwhile: roll ours back.
+#[case::bound_elsewhere(true, false, Some("other-pv"), false, "rollback")]
+// Provisioned already (PV of that name exists): nothing.
+#[case::already_provisioned(false, false, None, true, "nothing")]
+fn crash_points(
+    #[case] recorded: bool,
+    #[case] deleting: bool,
+    #[case] volume_name: Option<&str>,
+    #[case] pv_exists: bool,
+    #[case] want: &str,
+) {
+    let p = pvc(recorded, deleting, volume_name);
+    let got = plan_of(&p, pv_exists, provision());
+    assert_eq!(kind(&got), want, "{got:?}");
+    if let ClaimPlan::Provision(i) | ClaimPlan::RollBack(i) = got {
+        assert_eq!(*i, intent(), "the recorded request is replayed unchanged");
+    }
+}
+
+#[test]
+fn recorded_intent_wins_over_selection() {
+    // The claim no longer qualifies (e.g. the scheduler removed the selected node), but a
+    // CreateVolume may be running: keep driving the recorded request.
+    let p = pvc(true, false, None);
+    let got = plan_of(&p, false, Selection::Skip("waiting for the scheduler"));
+    assert_eq!(kind(&got), "provision");
+}
+
+#[test]
+fn selection_outcomes_without_intent() {
+    let p = pvc(false, false, None);
+    assert_eq!(
+        kind(&plan_of(&p, false, Selection::MissingClass("x".into()))),
+        "missing-class"
+    );
+    assert_eq!(kind(&plan_of(&p, false, Selection::Skip("x"))), "nothing");
+}
+
+#[test]
+fn invalid_intent_is_released_not_kept_forever() {
+    let mut p = pvc(true, true, None);
+    p.metadata
+        .annotations
+        .as_mut()
+        .unwrap()
+        .insert(ANN_VOLUME_INTENT.into(), "{not json".into());
+    assert!(matches!(recorded(&p), Recorded::Invalid(_)));
+    assert_eq!(kind(&plan_of(&p, false, provision())), "release");
+    // An intent copied onto another object (other UID) is not ours to act on.
+    let mut q = pvc(true, false, None);
+    q.metadata.uid = Some("uid-2".into());
+    assert!(matches!(recorded(&q), Recorded::Invalid(_)));
+    // A finalizer without annotation.
+    let mut r = pvc(false, false, None);
+    r.metadata
+        .finalizers
+        .as_mut()
+        .unwrap()
+        .push(FINALIZER_VOLUME_INTENT.into());
+    assert!(matches!(recorded(&r), Recorded::Invalid(_)));
+}
+
+#[rstest]
+#[case(ReplayResult::Exists("v".into()), RollBackStep::Delete("v".into()))]
+#[case(ReplayResult::NotCreated, RollBackStep::Release)]
+#[case(ReplayResult::Conflict, RollBackStep::ReleaseOrphan)]
+#[case(ReplayResult::InFlight, RollBackStep::Retry)]
+fn rollback_steps(#[case] r: ReplayResult, #[case] want: RollBackStep) {
+    assert_eq!(rollback_step(&r), want);
+}
