@@ -1,0 +1,153 @@
+# Shared helpers for e2e/cluster and e2e/smoke-upstream.sh.
+# shellcheck shell=bash
+
+E2E_SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)   # .../e2e
+REPO_ROOT=$(cd "$E2E_SRC/.." && pwd)
+export REPO_ROOT
+
+# Everything built or fetched lives here, outside the repository, keyed by component+version.
+E2E_CACHE=${E2E_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/csi-controller-manager}
+# State and logs of one running cluster.
+E2E_DIR=${E2E_DIR:-$E2E_CACHE/run}
+
+if [[ -t 2 ]]; then _c_red=$'\e[31m' _c_grn=$'\e[32m' _c_yel=$'\e[33m' _c_off=$'\e[0m'; else _c_red='' _c_grn='' _c_yel='' _c_off=''; fi
+log()  { printf '%s[e2e]%s %s\n' "$_c_grn" "$_c_off" "$*" >&2; }
+warn() { printf '%s[e2e] warning:%s %s\n' "$_c_yel" "$_c_off" "$*" >&2; }
+die()  { printf '%s[e2e] error:%s %s\n' "$_c_red" "$_c_off" "$*" >&2; exit 1; }
+
+now_s() { date +%s; }
+
+# ---------------------------------------------------------------------------------------------
+# Go toolchain
+
+require_go() {
+	if ! command -v go >/dev/null 2>&1; then
+		die "the Go toolchain is missing (need Go >= 1.26 to build the Kubernetes binaries).
+  Install it, e.g.: curl -fsSL https://go.dev/dl/go1.26.8.linux-amd64.tar.gz | tar -C /usr/local -xz
+  and add /usr/local/go/bin to PATH (Debian's golang package is too old)."
+	fi
+	local v
+	v=$(go env GOVERSION 2>/dev/null || true)            # e.g. go1.26.8
+	local minor=${v#go1.}; minor=${minor%%.*}; minor=${minor%%[!0-9]*}
+	if [[ -z $minor || $minor -lt 26 ]]; then
+		die "Go $v is too old: the pinned modules declare 'go 1.26.0'. Install Go >= 1.26 (https://go.dev/dl/)."
+	fi
+}
+
+# Environment for every Go build: no toolchain download, static, small, reproducible.
+# GOCACHE and GOMODCACHE keep Go's defaults ($HOME/.cache/go-build, $HOME/go/pkg/mod), so they
+# persist between runs on the same machine.
+go_env() {
+	export GOTOOLCHAIN=local CGO_ENABLED=0
+	export GOFLAGS="-trimpath -buildvcs=false ${E2E_EXTRA_GOFLAGS:-}"
+}
+
+# Serialize Go builds (several `cluster` invocations may race; 2 cores are shared).
+with_build_lock() {
+	mkdir -p "$E2E_CACHE"
+	(
+		flock -w 7200 9 || die "timed out waiting for $E2E_CACHE/build.lock"
+		"$@"
+	) 9>"$E2E_CACHE/build.lock"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Processes: each component runs in its own session/process group; its pid is in $E2E_DIR/pids.
+
+pidfile() { echo "$E2E_DIR/pids/$1.pid"; }
+
+# is_running NAME: the recorded pid is alive (and is still the process we started).
+is_running() {
+	local f pid
+	f=$(pidfile "$1")
+	[[ -f $f ]] || return 1
+	pid=$(<"$f")
+	[[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 1
+	# Guard against pid reuse: the command line must still mention the recorded binary.
+	local want
+	want=$(cat "$E2E_DIR/pids/$1.cmd" 2>/dev/null || true)
+	[[ -z $want ]] || tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$want"
+}
+
+# start_bg NAME BINARY ARGS...: start detached in a new session, log to $E2E_DIR/logs/NAME.log.
+start_bg() {
+	local name=$1; shift
+	mkdir -p "$E2E_DIR/pids" "$E2E_DIR/logs"
+	local logf="$E2E_DIR/logs/$name.log"
+	printf '\n==== %s %s\n' "$(date -Is)" "$*" >>"$logf"
+	setsid "$@" >>"$logf" 2>&1 </dev/null &
+	local pid=$! i
+	echo "$pid" >"$(pidfile "$name")"
+	echo "$1" >"$E2E_DIR/pids/$name.cmd"
+	# Wait for the fork to exec the binary, so is_running's pid-reuse guard sees it.
+	for ((i = 0; i < 50; i++)); do
+		tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$1" && break
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.1
+	done
+}
+
+# stop_bg NAME: TERM the process group, then KILL after a grace period.
+stop_bg() {
+	local name=$1 f pid i
+	f=$(pidfile "$name")
+	[[ -f $f ]] || return 0
+	pid=$(<"$f")
+	if is_running "$name"; then
+		kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+		for ((i = 0; i < 50; i++)); do
+			kill -0 "$pid" 2>/dev/null || break
+			sleep 0.2
+		done
+		if kill -0 "$pid" 2>/dev/null; then
+			warn "$name (pid $pid) ignored SIGTERM, killing"
+			kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+		fi
+	fi
+	rm -f "$f" "$E2E_DIR/pids/$name.cmd"
+}
+
+# fail_component NAME MESSAGE: print the tail of NAME's log and exit.
+fail_component() {
+	local name=$1; shift
+	local logf="$E2E_DIR/logs/$name.log"
+	printf '%s[e2e] error:%s %s\n' "$_c_red" "$_c_off" "$*" >&2
+	if [[ -f $logf ]]; then
+		printf -- '----- last 40 lines of %s -----\n' "$logf" >&2
+		tail -n 40 "$logf" >&2
+		printf -- '-----\n' >&2
+	fi
+	exit 1
+}
+
+# wait_until NAME TIMEOUT_S CMD...: poll CMD until it succeeds; fail with NAME's log tail if
+# the process dies or the timeout passes.
+wait_until() {
+	local name=$1 timeout=$2; shift 2
+	local deadline=$(($(now_s) + timeout))
+	until "$@" >/dev/null 2>&1; do
+		if [[ -f $(pidfile "$name") ]] && ! is_running "$name"; then
+			fail_component "$name" "$name exited before becoming healthy"
+		fi
+		if (($(now_s) >= deadline)); then
+			fail_component "$name" "$name did not become healthy within ${timeout}s"
+		fi
+		sleep 0.3
+	done
+}
+
+# check_port NAME PORT: fail clearly if something else listens on 127.0.0.1:PORT.
+check_port() {
+	local name=$1 port=$2 who=""
+	if command -v ss >/dev/null 2>&1; then
+		who=$(ss -Hltnp "sport = :$port" 2>/dev/null | head -n 3)
+		[[ -z $who ]] && return 0
+	elif (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+		who="(ss not available to tell which process)"
+	else
+		return 0
+	fi
+	die "port $port needed by $name is already in use:
+$who
+  Stop that process, or choose another port (see 'e2e/cluster help' for the *_PORT variables)."
+}
