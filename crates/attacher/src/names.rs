@@ -26,22 +26,10 @@ pub const PV_QUEUE: &str = "csi-attacher-pv";
 pub const DELETED_NODE_DETACHES_METRIC: &str = "csi_attacher_deleted_node_detaches";
 
 /// The driver name as upstream's `SanitizeDriverName`: every character outside `[a-zA-Z0-9-]`
-/// becomes `-`, and an `X` is appended if the result ends in `-`.
+/// becomes `-`, and an `X` is appended if the result ends in `-` — the same rule as the Lease
+/// names', so it is the runtime's.
 pub fn sanitize_driver_name(driver: &str) -> String {
-    let mut name: String = driver
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    if name.ends_with('-') {
-        name.push('X');
-    }
-    name
+    runtime::leader::sanitize_name(driver)
 }
 
 /// The finalizer this driver puts on VolumeAttachments and PersistentVolumes.

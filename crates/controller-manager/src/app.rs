@@ -233,7 +233,20 @@ fn build_controllers(
                 };
                 built.push(attacher::build(context.clone(), config, informers));
             }
-            ControllerKind::Provisioner | ControllerKind::Resizer | ControllerKind::Snapshotter => {
+            ControllerKind::Provisioner => {
+                let config = provisioner::ProvisionerConfig {
+                    volume_name_prefix: flags.volume_name_prefix.clone(),
+                    volume_name_uuid_length: flags.volume_name_uuid_length,
+                    default_fs_type: flags.default_fstype.clone(),
+                    extra_create_metadata: flags.extra_create_metadata,
+                    strict_topology: flags.strict_topology,
+                    immediate_topology: flags.immediate_topology,
+                    controller_publish_readonly: flags.controller_publish_readonly,
+                    ..provisioner::ProvisionerConfig::default()
+                };
+                built.push(provisioner::build(context.clone(), config, informers));
+            }
+            ControllerKind::Resizer | ControllerKind::Snapshotter => {
                 tracing::warn!(
                     controller = kind.name(),
                     "controller is not part of this build yet"

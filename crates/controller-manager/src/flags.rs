@@ -79,6 +79,30 @@ pub struct Flags {
     #[arg(long, default_value = "")]
     pub default_fstype: String,
 
+    /// Prefix of provisioned volume (and PV) names.
+    #[arg(long, default_value = "pvc")]
+    pub volume_name_prefix: String,
+
+    /// Characters of the claim's UID (dashes removed) in volume names; -1 keeps the whole UID.
+    #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
+    pub volume_name_uuid_length: i64,
+
+    /// Add the claim's name and namespace and the PV's name to CreateVolume parameters.
+    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub extra_create_metadata: bool,
+
+    /// Late binding: require exactly the selected node's topology segment.
+    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub strict_topology: bool,
+
+    /// Immediate binding without allowedTopologies: send the cluster's aggregated topology.
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub immediate_topology: bool,
+
+    /// Mark PVs of single-ReadOnlyMany claims read-only for ControllerPublish.
+    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub controller_publish_readonly: bool,
+
     /// Period of the attacher's ListVolumes reconciliation (0 turns it off; used only when the
     /// driver has LIST_VOLUMES_PUBLISHED_NODES).
     #[arg(long, default_value = "1m", value_parser = go_duration)]
