@@ -170,6 +170,7 @@ impl CsiClient {
                 (Err(error), "DeadlineExceeded")
             }
             Ok(Err(status)) => {
+                let status = transport_failure_as_unavailable(status);
                 let code = code_name(status.code());
                 let error = CsiError::Status {
                     method,
@@ -338,6 +339,26 @@ impl CsiClient {
             delay = (delay * 2).min(WAIT_BACKOFF_MAX);
         }
     }
+}
+
+/// tonic reports a broken or refused connection as UNKNOWN with the local error as its source; a
+/// status the driver sent has no source. A failed connection says nothing about the operation, so
+/// it must not read as a final answer: like Go's gRPC, report it as UNAVAILABLE (in flight).
+fn transport_failure_as_unavailable(status: tonic::Status) -> tonic::Status {
+    let Some(source) = std::error::Error::source(&status) else {
+        return status;
+    };
+    if status.code() != tonic::Code::Unknown {
+        return status;
+    }
+    let mut detail = source.to_string();
+    let mut next = source.source();
+    while let Some(cause) = next {
+        detail.push_str(": ");
+        detail.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    tonic::Status::unavailable(format!("connection to the CSI driver failed: {detail}"))
 }
 
 /// What [`DriverWatch`] knows of the driver right now.
