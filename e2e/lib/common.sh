@@ -58,15 +58,23 @@ pidfile() { echo "$E2E_DIR/pids/$1.pid"; }
 
 # is_running NAME: the recorded pid is alive (and is still the process we started).
 is_running() {
-	local f pid
+	local f pid want exe cmd state
 	f=$(pidfile "$1")
 	[[ -f $f ]] || return 1
 	pid=$(<"$f")
 	[[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 1
-	# Guard against pid reuse: the command line must still mention the recorded binary.
-	local want
+	# An exited child that nobody has reaped yet still answers kill -0.
+	state=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null || true)
+	[[ ${state%% *} != Z ]] || return 1
+	# Guard against pid reuse: the process must be the recorded binary, or setsid about to
+	# exec it. While the kernel execs a binary, /proc/PID/cmdline reads empty for a moment;
+	# that is the process we started, not a stranger.
 	want=$(cat "$E2E_DIR/pids/$1.cmd" 2>/dev/null || true)
-	[[ -z $want ]] || tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$want"
+	[[ -n $want ]] || return 0
+	exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || return 1 # a kernel thread: not ours
+	[[ ${exe% (deleted)} == "$(readlink -f "$want")" ]] && return 0
+	cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)
+	[[ -z $cmd || $cmd == *"$want"* ]]
 }
 
 # start_bg NAME BINARY ARGS...: start detached in a new session, log to $E2E_DIR/logs/NAME.log.
@@ -79,9 +87,11 @@ start_bg() {
 	local pid=$! i
 	echo "$pid" >"$(pidfile "$name")"
 	echo "$1" >"$E2E_DIR/pids/$name.cmd"
-	# Wait for the fork to exec the binary, so is_running's pid-reuse guard sees it.
+	# Wait until setsid has exec'd the binary itself, so that signals reach it, not setsid.
+	local want
+	want=$(readlink -f "$(command -v "$1")")
 	for ((i = 0; i < 50; i++)); do
-		tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$1" && break
+		[[ $(readlink "/proc/$pid/exe" 2>/dev/null) == "$want" ]] && break
 		kill -0 "$pid" 2>/dev/null || break
 		sleep 0.1
 	done
@@ -107,16 +117,25 @@ stop_bg() {
 	rm -f "$f" "$E2E_DIR/pids/$name.cmd"
 }
 
-# fail_component NAME MESSAGE: print the tail of NAME's log and exit.
+# fail_component NAME MESSAGE: print the tail of NAME's log, how it ended if it did, and exit.
+# The message comes last, so that a CI log cut to its tail still says what failed.
 fail_component() {
 	local name=$1; shift
-	local logf="$E2E_DIR/logs/$name.log"
-	printf '%s[e2e] error:%s %s\n' "$_c_red" "$_c_off" "$*" >&2
+	local logf="$E2E_DIR/logs/$name.log" pid how="" rc=0
+	pid=$(cat "$(pidfile "$name")" 2>/dev/null || true)
+	if [[ -n $pid ]] && ! kill -0 "$pid" 2>/dev/null || [[ $(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null) == Z* ]]; then
+		# Our own child (started by start_bg in this shell): its exit status is still ours to read.
+		wait "$pid" 2>/dev/null || rc=$?
+		if ((rc > 128)); then how=" (killed by signal $((rc - 128)))"; elif ((rc)); then how=" (exit status $rc)"; fi
+	elif [[ -n $pid ]]; then
+		how=" (pid $pid: exe '$(readlink "/proc/$pid/exe" 2>&1)', cmdline '$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>&1)')"
+	fi
 	if [[ -f $logf ]]; then
 		printf -- '----- last 40 lines of %s -----\n' "$logf" >&2
 		tail -n 40 "$logf" >&2
 		printf -- '-----\n' >&2
 	fi
+	printf '%s[e2e] error:%s %s%s\n' "$_c_red" "$_c_off" "$*" "$how" >&2
 	exit 1
 }
 
