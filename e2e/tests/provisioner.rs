@@ -7,14 +7,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use csi::{CsiClient, CsiEndpoint, CsiMetrics, v1};
-use e2e::{clients, eventually, unique};
-use k8s_openapi::api::core::v1::{
-    PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimSpec, VolumeResourceRequirements,
-};
+use e2e::{clients, eventually, storage_class, unique};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::storage::v1::StorageClass;
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 
 fn env(name: &str) -> String {
     std::env::var(name)
@@ -40,39 +37,11 @@ async fn driver_volume_names() -> Vec<String> {
 }
 
 fn class(name: &str, parameters: BTreeMap<String, String>) -> StorageClass {
-    StorageClass {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        provisioner: env("DRIVER_NAME"),
-        parameters: Some(parameters),
-        reclaim_policy: Some("Delete".into()),
-        volume_binding_mode: Some("Immediate".into()),
-        ..Default::default()
-    }
+    storage_class(name, &env("DRIVER_NAME"), "Delete", parameters)
 }
 
 fn claim(name: &str, class: &str) -> PersistentVolumeClaim {
-    PersistentVolumeClaim {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        spec: Some(PersistentVolumeClaimSpec {
-            access_modes: Some(vec!["ReadWriteOnce".into()]),
-            storage_class_name: Some(class.into()),
-            resources: Some(VolumeResourceRequirements {
-                requests: Some(BTreeMap::from([(
-                    "storage".to_string(),
-                    Quantity("1Gi".into()),
-                )])),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    e2e::claim(name, class, "1Gi")
 }
 
 #[tokio::test]

@@ -9,7 +9,8 @@
 //! - Provisioning and deletion of one volume name never overlap: both passes hold the volume
 //!   name's lock ([`NameLocks`]) for their whole duration.
 //! - Intent is recorded before CreateVolume and released only when a PV records the volume, when
-//!   the driver answered with a final error, or after a rollback's DeleteVolume succeeded.
+//!   the driver's error proves that nothing was created (`intent::proves_nothing_created`), or
+//!   after a rollback's DeleteVolume succeeded.
 //! - Secrets are read into CSI requests only; they are never logged (the request's `Debug` redacts).
 
 use std::collections::{BTreeMap, HashMap};
@@ -35,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::claim;
 use crate::constants::*;
-use crate::error::{Error, ProvisionError, ProvisioningState, check_error, grpc_message};
+use crate::error::{Error, ProvisionError, ProvisioningState, grpc_message};
 use crate::intent::{self, ClaimObservation, ClaimPlan, Recorded, ReplayResult, RollBackStep};
 use crate::params::SecretRef;
 use crate::pv::{self, DeletionSecrets, VolumeAction};
@@ -563,7 +564,13 @@ impl Shared {
                         .insert(intent.claim_uid.clone(), (until, class_uid));
                 }
                 match e.state {
-                    ProvisioningState::Finished => self.release(pvc, false).await?,
+                    // Upstream forgets the claim here. We drop the intent only if the error
+                    // proves that no earlier call (perhaps of a killed process) created the
+                    // volume; otherwise it stays, and the next pass replays the recorded request,
+                    // or rolls it back if the claim is deleted meanwhile.
+                    ProvisioningState::Finished if intent::proves_nothing_created(err.code()) => {
+                        self.release(pvc, false).await?;
+                    }
                     ProvisioningState::Reschedule => self.release(pvc, true).await?,
                     _ => {}
                 }
@@ -649,14 +656,12 @@ impl Shared {
             None => BTreeMap::new(),
         };
         let request = intent.request.to_csi(&intent.volume_name, secrets.clone());
-        let replay = match self.ctx.csi.create_volume(request).await {
-            Ok(v1::CreateVolumeResponse { volume: Some(v) }) => ReplayResult::Exists(v.volume_id),
-            Ok(_) => ReplayResult::InFlight,
-            Err(e) if e.code_label() == "AlreadyExists" => ReplayResult::Conflict,
-            Err(e) => match check_error(&e, false) {
-                ProvisioningState::InBackground => ReplayResult::InFlight,
-                _ => ReplayResult::NotCreated,
-            },
+        let (replay, answer) = match self.ctx.csi.create_volume(request).await {
+            Ok(v1::CreateVolumeResponse { volume: Some(v) }) => {
+                (ReplayResult::Exists(v.volume_id), String::new())
+            }
+            Ok(_) => (ReplayResult::InFlight, "no volume in the answer".into()),
+            Err(e) => (intent::replay_error(e.code()), grpc_message(&e)),
         };
         let key = claim_key(
             pvc.metadata.namespace.as_deref().unwrap_or_default(),
@@ -681,6 +686,7 @@ impl Shared {
                 Ok(Outcome::Done)
             }
             RollBackStep::Release => {
+                tracing::info!(pvc = %key, volume = %intent.volume_name, "the driver refuses the recorded request: nothing was created");
                 self.release(pvc, false).await?;
                 Ok(Outcome::Done)
             }
@@ -690,7 +696,7 @@ impl Shared {
                 Ok(Outcome::Done)
             }
             RollBackStep::Retry => Err(Error::Delete(format!(
-                "CreateVolume of {} may still be in progress; rollback retried",
+                "rollback of volume {}: the driver answered {answer}; it may exist or be in the making, retrying",
                 intent.volume_name
             ))),
         }

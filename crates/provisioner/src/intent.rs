@@ -131,12 +131,53 @@ pub fn plan(obs: &ClaimObservation<'_>) -> ClaimPlan {
 pub enum ReplayResult {
     /// The volume exists with this id.
     Exists(String),
-    /// A final error other than ALREADY_EXISTS: nothing was created.
+    /// An error that says this request can never succeed ([`proves_nothing_created`]): no call
+    /// with these arguments created anything.
     NotCreated,
     /// ALREADY_EXISTS: a volume of that name exists but with other arguments; its id is unknown.
     Conflict,
-    /// The call may still be running.
+    /// Any other error: the volume may exist (an earlier call may have created it) or be in
+    /// the making.
     InFlight,
+}
+
+/// Whether a CreateVolume error proves that no call with the same arguments ever created the
+/// volume: only errors about the request itself do (INVALID_ARGUMENT, OUT_OF_RANGE,
+/// UNIMPLEMENTED, PERMISSION_DENIED, UNAUTHENTICATED), since every call with these arguments got
+/// or would get the same answer.
+///
+/// Every other error only speaks of this one call. An idempotent driver answers a repeated
+/// CreateVolume with the volume an earlier call created, but a driver in trouble answers INTERNAL
+/// or UNKNOWN (or times out) whether or not the volume exists, and the earlier call may have been
+/// made by a process that was killed since. Upstream's final/in-flight split
+/// ([`crate::error::check_error`]) decides what to tell the user and when to retry; this decides
+/// whether the recorded intent may be dropped. The crash-safety test found both leaks this
+/// closes: a killed CreateVolume followed by INTERNAL on the retry, then the claim deleted.
+pub fn proves_nothing_created(code: Option<tonic::Code>) -> bool {
+    use tonic::Code;
+    matches!(
+        code,
+        Some(
+            Code::InvalidArgument
+                | Code::OutOfRange
+                | Code::Unimplemented
+                | Code::PermissionDenied
+                | Code::Unauthenticated
+        )
+    )
+}
+
+/// How a rollback reads an error from its CreateVolume replay: the intent is dropped only when
+/// [`proves_nothing_created`]; every other error keeps it and retries with backoff (a claim held
+/// a little longer, never a leak).
+pub fn replay_error(code: Option<tonic::Code>) -> ReplayResult {
+    if code == Some(tonic::Code::AlreadyExists) {
+        ReplayResult::Conflict
+    } else if proves_nothing_created(code) {
+        ReplayResult::NotCreated
+    } else {
+        ReplayResult::InFlight
+    }
 }
 
 /// The next step of a rollback after the replayed CreateVolume.
