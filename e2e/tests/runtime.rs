@@ -190,3 +190,77 @@ async fn the_shared_informer_keeps_only_our_objects_and_sees_deletes() {
     running.join().await;
     pvs.delete(&theirs, &DeleteParams::default()).await.unwrap();
 }
+
+#[tokio::test]
+async fn repeated_events_fold_into_a_series_and_new_messages_show() {
+    use k8s_openapi::api::core::v1::ObjectReference;
+    use k8s_openapi::api::events::v1::Event;
+    use kube::api::ListParams;
+    use runtime::events::EventRecorder;
+
+    let c = clients().await;
+    let name = unique("e2e-events");
+    let regarding = ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("PersistentVolumeClaim".into()),
+        name: Some(name.clone()),
+        namespace: Some("default".into()),
+        uid: Some(uuid::Uuid::new_v4().to_string()),
+        ..Default::default()
+    };
+    let recorder = EventRecorder::new(c.main.clone(), "external-provisioner", None);
+    for _ in 0..3 {
+        recorder
+            .warning(
+                &regarding,
+                "ProvisioningFailed",
+                "Provision",
+                "backend busy",
+            )
+            .await;
+    }
+    recorder
+        .warning(
+            &regarding,
+            "ProvisioningFailed",
+            "Provision",
+            "backend broke",
+        )
+        .await;
+
+    let events: Api<Event> = Api::namespaced(c.main.clone(), "default");
+    let ours: Vec<Event> = events
+        .list(&ListParams::default().fields(&format!("regarding.name={name}")))
+        .await
+        .unwrap()
+        .items;
+    let count_of = |note: &str| -> Vec<i32> {
+        ours.iter()
+            .filter(|e| e.note.as_deref() == Some(note))
+            .map(|e| e.series.as_ref().map_or(1, |s| s.count))
+            .collect()
+    };
+    assert_eq!(
+        count_of("backend busy"),
+        vec![3],
+        "one event, a series of 3"
+    );
+    assert_eq!(
+        count_of("backend broke"),
+        vec![1],
+        "a new message is a new event"
+    );
+    for e in &ours {
+        assert_eq!(
+            e.reporting_controller.as_deref(),
+            Some("external-provisioner")
+        );
+        assert_eq!(e.type_.as_deref(), Some("Warning"));
+        let _ = events
+            .delete(
+                e.metadata.name.as_deref().unwrap(),
+                &DeleteParams::default(),
+            )
+            .await;
+    }
+}

@@ -1,41 +1,94 @@
 //! Kubernetes Events, published without ever blocking or failing a reconcile.
 //!
-//! Built on kube-runtime's recorder (events.k8s.io/v1, with repeated events folded into a series
-//! instead of new objects). Event reasons are constants of the controller that emits them, with
-//! upstream's values. Publishing is bounded by a timeout; a failure is logged and dropped, since an
-//! Event is information, not state.
+//! events.k8s.io/v1 Events; a repeat of the same event (same object, type, reason, action *and
+//! note*) within six minutes is folded into the first one's `series` instead of a new object.
+//! The note is part of the key on purpose: kube-runtime's recorder leaves it out, so a new error
+//! message would be counted into the series of the first one and never shown, while upstream's
+//! sidecars (client-go's correlator) show each distinct message. Event reasons are constants of
+//! the controller that emits them, with upstream's values. Publishing is bounded by a timeout; a
+//! failure is logged and dropped, since an Event is information, not state.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::events::v1::{Event, EventSeries};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::Client;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest note the API accepts (1 KiB); longer messages are cut.
 const MAX_NOTE: usize = 1024;
+/// How long a published event can still take repeats into its series.
+const SERIES_WINDOW: SignedDuration = SignedDuration::from_mins(6);
+/// Bound on remembered events; the oldest are forgotten first.
+const MAX_REMEMBERED: usize = 4096;
+
+/// Normal or Warning.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum EventType {
+    Normal,
+    Warning,
+}
+
+impl EventType {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Normal => "Normal",
+            Self::Warning => "Warning",
+        }
+    }
+}
+
+/// What makes two events the same one, repeated.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Key {
+    namespace: String,
+    kind: String,
+    name: String,
+    uid: String,
+    type_: EventType,
+    reason: String,
+    action: String,
+    note: String,
+}
+
+/// A published event that repeats fold into.
+#[derive(Clone, Debug)]
+struct Published {
+    name: String,
+    count: i32,
+    last: Timestamp,
+}
 
 /// Publishes Events for one controller. Cheap to clone.
 #[derive(Clone)]
 pub struct EventRecorder {
-    recorder: std::sync::Arc<Recorder>,
+    client: Client,
+    controller: String,
+    instance: String,
+    published: Arc<Mutex<HashMap<Key, Published>>>,
 }
 
 impl std::fmt::Debug for EventRecorder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventRecorder").finish_non_exhaustive()
+        f.debug_struct("EventRecorder")
+            .field("controller", &self.controller)
+            .finish_non_exhaustive()
     }
 }
 
 impl EventRecorder {
     /// A recorder reporting as `controller` (e.g. `external-provisioner`) from `instance` (the pod).
     pub fn new(client: Client, controller: &str, instance: Option<String>) -> Self {
-        let reporter = Reporter {
-            controller: controller.to_string(),
-            instance,
-        };
         Self {
-            recorder: std::sync::Arc::new(Recorder::new(client, reporter)),
+            client,
+            controller: controller.to_string(),
+            instance: instance.unwrap_or_else(|| controller.to_string()),
+            published: Arc::default(),
         }
     }
 
@@ -71,21 +124,113 @@ impl EventRecorder {
         action: &str,
         note: &str,
     ) {
-        let event = Event {
+        let key = Key {
+            // Events about cluster-scoped objects go to "default", as client-go does.
+            namespace: regarding
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+            kind: regarding.kind.clone().unwrap_or_default(),
+            name: regarding.name.clone().unwrap_or_default(),
+            uid: regarding.uid.clone().unwrap_or_default(),
             type_,
             reason: reason.to_string(),
-            note: Some(truncate(note, MAX_NOTE)),
             action: action.to_string(),
-            secondary: None,
+            note: truncate(note, MAX_NOTE),
         };
-        let result =
-            tokio::time::timeout(PUBLISH_TIMEOUT, self.recorder.publish(&event, regarding)).await;
+        let result = tokio::time::timeout(PUBLISH_TIMEOUT, self.send(key, regarding)).await;
         let object = regarding.name.as_deref().unwrap_or_default();
         match result {
             Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::warn!(object, reason, %error, "could not publish event"),
             Err(_) => tracing::warn!(object, reason, "publishing an event timed out"),
         }
+    }
+
+    async fn send(&self, key: Key, regarding: &ObjectReference) -> Result<(), kube::Error> {
+        let now = Timestamp::now();
+        let repeat = {
+            let mut published = self
+                .published
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            published.retain(|_, p| p.last + SERIES_WINDOW > now);
+            published.get(&key).cloned()
+        };
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &key.namespace);
+        let published = match repeat {
+            Some(mut p) => {
+                p.count += 1;
+                p.last = now;
+                let patch = serde_json::json!({"series": EventSeries {
+                    count: p.count,
+                    last_observed_time: MicroTime(now),
+                }});
+                match api
+                    .patch(&p.name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                {
+                    Ok(_) => p,
+                    // Gone (expired by the API server, or deleted): start a new one.
+                    Err(kube::Error::Api(s)) if s.code == 404 => {
+                        self.create(&api, &key, regarding, now).await?
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            None => self.create(&api, &key, regarding, now).await?,
+        };
+        let mut all = self
+            .published
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if all.len() >= MAX_REMEMBERED
+            && let Some(oldest) = all
+                .iter()
+                .min_by_key(|(_, p)| p.last)
+                .map(|(k, _)| k.clone())
+        {
+            all.remove(&oldest);
+        }
+        all.insert(key, published);
+        Ok(())
+    }
+
+    async fn create(
+        &self,
+        api: &Api<Event>,
+        key: &Key,
+        regarding: &ObjectReference,
+        now: Timestamp,
+    ) -> Result<Published, kube::Error> {
+        let base = if key.name.is_empty() {
+            &self.controller
+        } else {
+            &key.name
+        };
+        let name = format!("{base}.{:x}", now.as_nanosecond());
+        let event = Event {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(key.namespace.clone()),
+                ..Default::default()
+            },
+            event_time: Some(MicroTime(now)),
+            action: Some(key.action.clone()),
+            reason: Some(key.reason.clone()),
+            note: Some(key.note.clone()),
+            regarding: Some(regarding.clone()),
+            reporting_controller: Some(self.controller.clone()),
+            reporting_instance: Some(self.instance.clone()),
+            type_: Some(key.type_.as_str().into()),
+            ..Default::default()
+        };
+        api.create(&PostParams::default(), &event).await?;
+        Ok(Published {
+            name,
+            count: 1,
+            last: now,
+        })
     }
 }
 
