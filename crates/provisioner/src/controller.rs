@@ -45,6 +45,8 @@ use crate::topology::ClusterTopology;
 
 /// Timeout of every API call.
 const API_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a deleted volume is remembered (`Shared::deleted_volumes`).
+const DELETED_VOLUME_MEMORY: Duration = Duration::from_secs(600);
 /// How often upstream retries DeleteVolume of a too-small volume within one `--timeout`.
 const CLEANUP_RETRIES: usize = 5;
 
@@ -84,6 +86,10 @@ struct Shared {
     events: EventRecorder,
     /// Claims held back after INVALID_ARGUMENT: UID -> (until, StorageClass UID).
     infeasible: Mutex<HashMap<String, (Instant, String)>>,
+    /// PVs (by UID) whose volume this process deleted, and when: a pass that finds such a PV
+    /// again (its own deletion and finalizer removal raise events) only finishes the PV, without
+    /// another DeleteVolume. After a restart DeleteVolume is repeated, which is idempotent.
+    deleted_volumes: Mutex<HashMap<String, Instant>>,
 }
 
 /// The provisioner controller (see the crate docs).
@@ -126,7 +132,12 @@ pub fn build(
         let q = claims.clone();
         informers
             .for_type::<PersistentVolumeClaim>()
-            .keep(move |pvc| claim::is_for_driver(pvc, &d) || has_intent_finalizer(pvc))
+            // A claim with our intent stays in memory even if its annotations change.
+            .keep(move |pvc| {
+                claim::is_for_driver(pvc, &d)
+                    || (has_intent_finalizer(pvc)
+                        && matches!(intent::recorded(pvc, &d), Recorded::Intent(_)))
+            })
             .on_change(move |change: &Change<'_, PersistentVolumeClaim>| {
                 let m = &change.object().metadata;
                 if let (Some(ns), Some(n)) = (&m.namespace, &m.name) {
@@ -199,6 +210,7 @@ pub fn build(
             locks: NameLocks::default(),
             events,
             infeasible: Mutex::default(),
+            deleted_volumes: Mutex::default(),
         }),
     })
 }
@@ -345,11 +357,12 @@ impl Shared {
         )
         .ok();
         let pv_exists = |n: &str| self.pvs.get(&ObjectRef::new(n)).is_some();
-        let intent_pv_exists = match intent::recorded(&pvc) {
+        let intent_pv_exists = match intent::recorded(&pvc, &self.driver) {
             Recorded::Intent(i) => pv_exists(&i.volume_name),
             _ => false,
         };
         let plan = intent::plan(&ClaimObservation {
+            driver: &self.driver,
             pvc: &pvc,
             intent_pv_exists,
             pv_exists: computed.as_deref().is_some_and(pv_exists),
@@ -732,11 +745,20 @@ impl Shared {
             }
             VolumeAction::Delete => {
                 let _guard = self.locks.lock(name).await;
-                if let Err(m) = self.delete_volume(&pv).await {
-                    self.events
-                        .warning(&pv_ref(&pv), REASON_VOLUME_FAILED_DELETE, "Delete", &m)
-                        .await;
-                    return Err(Error::Delete(m));
+                let uid = pv.metadata.uid.clone().unwrap_or_default();
+                if !self.volume_deleted(&uid) {
+                    if let Err(m) = self.delete_volume(&pv).await {
+                        self.events
+                            .warning(&pv_ref(&pv), REASON_VOLUME_FAILED_DELETE, "Delete", &m)
+                            .await;
+                        return Err(Error::Delete(m));
+                    }
+                    let mut deleted = self
+                        .deleted_volumes
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
+                    deleted.retain(|_, at| at.elapsed() < DELETED_VOLUME_MEMORY);
+                    deleted.insert(uid, Instant::now());
                 }
                 match call_api(
                     "delete PV",
@@ -760,6 +782,14 @@ impl Shared {
                 }
             }
         }
+    }
+
+    fn volume_deleted(&self, pv_uid: &str) -> bool {
+        self.deleted_volumes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(pv_uid)
+            .is_some_and(|at| at.elapsed() < DELETED_VOLUME_MEMORY)
     }
 
     /// Upstream `Delete`: DeleteVolume for a Released PV; the error text is the Event message.

@@ -20,13 +20,15 @@ pub enum Recorded {
     None,
     /// A valid intent for this very object.
     Intent(Box<Intent>),
+    /// An intent recorded by another driver's manager: not ours to act on.
+    Foreign(String),
     /// Our finalizer or annotation is there but the intent cannot be used (missing, unreadable,
     /// or recorded on an object with another UID); the string says why.
     Invalid(String),
 }
 
-/// Reads the recorded intent of `pvc`.
-pub fn recorded(pvc: &PersistentVolumeClaim) -> Recorded {
+/// Reads the recorded intent of `pvc`, as the manager of `driver` sees it.
+pub fn recorded(pvc: &PersistentVolumeClaim, driver: &str) -> Recorded {
     let finalizer = pvc
         .metadata
         .finalizers
@@ -41,6 +43,7 @@ pub fn recorded(pvc: &PersistentVolumeClaim) -> Recorded {
         (false, None) => Recorded::None,
         (_, None) => Recorded::Invalid("the intent annotation is missing".into()),
         (_, Some(json)) => match serde_json::from_str::<Intent>(json) {
+            Ok(i) if i.driver != driver => Recorded::Foreign(i.driver),
             Ok(i) if Some(i.claim_uid.as_str()) == pvc.metadata.uid.as_deref() => {
                 Recorded::Intent(Box::new(i))
             }
@@ -73,6 +76,8 @@ pub enum ClaimPlan {
 /// The observed state of one claim.
 #[derive(Clone, Copy, Debug)]
 pub struct ClaimObservation<'a> {
+    /// This manager's driver.
+    pub driver: &'a str,
     /// The claim.
     pub pvc: &'a PersistentVolumeClaim,
     /// Whether a PV with the recorded intent's volume name exists (`None` without an intent).
@@ -86,7 +91,7 @@ pub struct ClaimObservation<'a> {
 /// The claim worker's plan.
 pub fn plan(obs: &ClaimObservation<'_>) -> ClaimPlan {
     let pvc = obs.pvc;
-    match recorded(pvc) {
+    match recorded(pvc, obs.driver) {
         Recorded::Intent(intent) => {
             if obs.intent_pv_exists {
                 return ClaimPlan::Release(format!(
@@ -105,6 +110,7 @@ pub fn plan(obs: &ClaimObservation<'_>) -> ClaimPlan {
                 ClaimPlan::Provision(intent)
             }
         }
+        Recorded::Foreign(_) => ClaimPlan::Nothing("the intent was recorded by another driver"),
         // Nothing can be resumed or rolled back without the request; do not block the claim.
         Recorded::Invalid(why) => ClaimPlan::Release(why),
         Recorded::None => {

@@ -7,8 +7,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::ObjectMeta;
 use rstest::rstest;
 
+const DRIVER: &str = "d";
+
 fn intent() -> Intent {
     Intent {
+        driver: DRIVER.into(),
         volume_name: "pvc-uid-1".into(),
         claim_uid: "uid-1".into(),
         request: RecordedRequest::default(),
@@ -49,6 +52,7 @@ fn pvc(recorded: bool, deleting: bool, volume_name: Option<&str>) -> PersistentV
 
 fn plan_of(p: &PersistentVolumeClaim, pv_exists: bool, selection: Selection) -> ClaimPlan {
     plan(&ClaimObservation {
+        driver: DRIVER,
         pvc: p,
         intent_pv_exists: pv_exists,
         pv_exists,
@@ -134,12 +138,12 @@ fn invalid_intent_is_released_not_kept_forever() {
         .as_mut()
         .unwrap()
         .insert(ANN_VOLUME_INTENT.into(), "{not json".into());
-    assert!(matches!(recorded(&p), Recorded::Invalid(_)));
+    assert!(matches!(recorded(&p, DRIVER), Recorded::Invalid(_)));
     assert_eq!(kind(&plan_of(&p, false, provision())), "release");
     // An intent copied onto another object (other UID) is not ours to act on.
     let mut q = pvc(true, false, None);
     q.metadata.uid = Some("uid-2".into());
-    assert!(matches!(recorded(&q), Recorded::Invalid(_)));
+    assert!(matches!(recorded(&q, DRIVER), Recorded::Invalid(_)));
     // A finalizer without annotation.
     let mut r = pvc(false, false, None);
     r.metadata
@@ -147,7 +151,7 @@ fn invalid_intent_is_released_not_kept_forever() {
         .as_mut()
         .unwrap()
         .push(FINALIZER_VOLUME_INTENT.into());
-    assert!(matches!(recorded(&r), Recorded::Invalid(_)));
+    assert!(matches!(recorded(&r, DRIVER), Recorded::Invalid(_)));
 }
 
 #[rstest]
@@ -193,4 +197,22 @@ fn a_replay_error_without_a_code_keeps_the_intent() {
 fn errors_that_prove_nothing_was_created(#[case] code: tonic::Code, #[case] want: bool) {
     assert_eq!(proves_nothing_created(Some(code)), want);
     assert!(!proves_nothing_created(None));
+}
+
+#[test]
+fn another_drivers_intent_is_left_alone() {
+    // Two managers (two drivers) in one cluster: each sees the other's claims only through the
+    // intent finalizer; the other's intent is never provisioned, rolled back or released.
+    for deleting in [false, true] {
+        let p = pvc(true, deleting, None);
+        assert!(matches!(recorded(&p, "other"), Recorded::Foreign(d) if d == DRIVER));
+        let plan = plan(&ClaimObservation {
+            driver: "other",
+            pvc: &p,
+            intent_pv_exists: false,
+            pv_exists: false,
+            selection: &provision(),
+        });
+        assert_eq!(kind(&plan), "nothing");
+    }
 }

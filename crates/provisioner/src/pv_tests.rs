@@ -21,6 +21,7 @@ fn claim() -> PersistentVolumeClaim {
 
 fn intent(template: PvTemplate) -> Intent {
     Intent {
+        driver: "d".into(),
         volume_name: "pvc-uid-1".into(),
         claim_uid: "uid-1".into(),
         request: RecordedRequest::default(),

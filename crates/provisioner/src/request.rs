@@ -265,6 +265,10 @@ pub struct PvTemplate {
 /// Everything one provisioning needs, decided before CreateVolume; recorded on the PVC.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Intent {
+    /// The driver that recorded it: with one manager per driver in a cluster, each acts only on
+    /// its own intents.
+    #[serde(default)]
+    pub driver: String,
     /// The CSI name and the PV name.
     pub volume_name: String,
     /// The claim's UID (an intent is only valid for the object it was recorded on).
@@ -517,6 +521,7 @@ pub fn prepare(input: &PrepareInput<'_>) -> Result<Intent, ProvisionError> {
             == v1::volume_capability::access_mode::Mode::MultiNodeReaderOnly as i32;
 
     Ok(Intent {
+        driver: input.driver.to_string(),
         volume_name,
         claim_uid: uid.to_string(),
         request: RecordedRequest {
