@@ -109,3 +109,162 @@ pub fn claim(
         ..Default::default()
     }
 }
+
+/// A csi-controller-manager process of a test's own, restarted at will (`--kubeconfig` comes
+/// from `KUBECONFIG`). Its output goes to `log` (appended, one header per start).
+#[derive(Debug)]
+pub struct ManagerProcess {
+    /// The binary.
+    pub bin: std::path::PathBuf,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Its log file.
+    pub log: std::path::PathBuf,
+    child: Option<tokio::process::Child>,
+    /// How many times it was started.
+    pub starts: u32,
+    /// Exits nobody asked for, found at [`ManagerProcess::kill`].
+    pub unexpected_exits: Vec<String>,
+}
+
+impl ManagerProcess {
+    /// A manager for `endpoint` with `args` on top; logs under `$E2E_DIR/logs` (or the temp dir).
+    pub fn new(name: &str, endpoint: &str, args: &[&str]) -> Self {
+        let log_dir = std::env::var_os("E2E_DIR")
+            .map(|d| std::path::PathBuf::from(d).join("logs"))
+            .unwrap_or_else(std::env::temp_dir);
+        std::fs::create_dir_all(&log_dir).expect("the log directory");
+        let mut all = vec!["--csi-address".to_string(), endpoint.to_string()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        Self {
+            bin: workspace_binary("csi-controller-manager", "OURS_BIN"),
+            args: all,
+            log: log_dir.join(format!("{name}-manager.log")),
+            child: None,
+            starts: 0,
+            unexpected_exits: Vec::new(),
+        }
+    }
+
+    /// Starts the process.
+    pub fn start(&mut self) {
+        use std::io::Write;
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("the manager's log file");
+        writeln!(log, "==== start {}", self.starts).expect("the manager's log file");
+        let child = tokio::process::Command::new(&self.bin)
+            .args(&self.args)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("the manager's log file"))
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("csi-controller-manager starts");
+        self.child = Some(child);
+        self.starts += 1;
+    }
+
+    /// SIGKILL, after noting whether the process had already exited on its own.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.unexpected_exits
+                    .push(format!("start {} exited by itself: {status}", self.starts));
+            }
+            let _ = child.kill().await;
+        }
+    }
+}
+
+/// A test's own CSI driver (csi-mock in this process, under a unique driver name), its own
+/// csi-controller-manager, and a namespace: isolated from the cluster's driver and controllers
+/// and from other tests.
+pub struct OwnDriver {
+    /// Unique name: the namespace, and the prefix of the driver name.
+    pub name: String,
+    /// The CSI driver name.
+    pub driver_name: String,
+    /// The driver, to inject faults and read its state.
+    pub driver: csi_mock::MockDriver,
+    /// `unix://…` of the driver.
+    pub endpoint: String,
+    /// The manager.
+    pub manager: ManagerProcess,
+    server: Option<csi_mock::MockServer>,
+    dir: std::path::PathBuf,
+}
+
+impl std::fmt::Debug for OwnDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OwnDriver")
+            .field("driver_name", &self.driver_name)
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OwnDriver {
+    /// Starts the driver (`configure` adjusts its config), creates the namespace, and starts a
+    /// manager with `manager_args`.
+    pub async fn start(
+        prefix: &str,
+        configure: impl FnOnce(&mut csi_mock::MockConfig),
+        manager_args: &[&str],
+    ) -> Self {
+        let name = unique(prefix);
+        let driver_name = format!("{name}.csi.controller-manager.io");
+        let dir = std::env::temp_dir().join(&name);
+        std::fs::create_dir_all(&dir).expect("a temp dir");
+        let mut config = csi_mock::MockConfig {
+            driver_name: driver_name.clone(),
+            ..Default::default()
+        };
+        configure(&mut config);
+        let driver = csi_mock::MockDriver::new(config);
+        let endpoint = format!("unix://{}", dir.join("csi.sock").display());
+        let server = csi_mock::MockServer::start(&endpoint, driver.clone())
+            .await
+            .expect("csi-mock serves");
+        let c = clients().await;
+        let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+            kube::Api::all(c.main.clone());
+        let ns = k8s_openapi::api::core::v1::Namespace {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        namespaces
+            .create(&Default::default(), &ns)
+            .await
+            .expect("create the test namespace");
+        let mut manager = ManagerProcess::new(&name, &endpoint, manager_args);
+        manager.start();
+        Self {
+            name,
+            driver_name,
+            driver,
+            endpoint,
+            manager,
+            server: Some(server),
+            dir,
+        }
+    }
+
+    /// Stops the manager and the driver, deletes the namespace.
+    pub async fn stop(mut self) {
+        self.manager.kill().await;
+        let c = clients().await;
+        let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+            kube::Api::all(c.main.clone());
+        let _ = namespaces.delete(&self.name, &Default::default()).await;
+        if let Some(server) = self.server.take() {
+            let _ = server.shutdown().await;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

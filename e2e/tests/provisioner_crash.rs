@@ -13,22 +13,18 @@
 #![cfg(feature = "cluster")]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use csi_mock::{Fault, Method, MockConfig, MockDriver, MockServer};
-use e2e::{claim, clients, eventually, storage_class, unique, workspace_binary};
+use csi_mock::{Fault, Method, MockDriver};
+use e2e::{ManagerProcess, OwnDriver, claim, clients, eventually, storage_class};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
-use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
@@ -38,49 +34,6 @@ const KEEP_EVERY: u64 = 10;
 const CONCURRENCY: usize = 10;
 /// The intent finalizer; a claim still carrying it at the end is stuck.
 const INTENT_FINALIZER: &str = "provisioner.csi-controller-manager.io/volume-intent";
-
-/// The csi-controller-manager process under test, restarted after every kill.
-struct Manager {
-    bin: PathBuf,
-    args: Vec<String>,
-    log: PathBuf,
-    child: Option<Child>,
-    starts: u32,
-    /// Exits nobody asked for (a crash of ours would be a finding, not noise).
-    unexpected_exits: Vec<String>,
-}
-
-impl Manager {
-    fn start(&mut self) {
-        let mut log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("the manager's log file");
-        writeln!(log, "==== start {}", self.starts).unwrap();
-        let child = Command::new(&self.bin)
-            .args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("csi-controller-manager starts");
-        self.child = Some(child);
-        self.starts += 1;
-    }
-
-    /// SIGKILL, after noting whether the process had already exited on its own.
-    async fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            if let Ok(Some(status)) = child.try_wait() {
-                self.unexpected_exits
-                    .push(format!("start {} exited by itself: {status}", self.starts));
-            }
-            let _ = child.kill().await;
-        }
-    }
-}
 
 /// Faults the driver suffers, one call at a time.
 fn random_fault(rng: &mut StdRng) -> (Method, Fault) {
@@ -182,12 +135,12 @@ async fn claim_life(
 /// Kills and restarts the manager until `stop`: half the kills at a random instant, half right
 /// after the driver received a CreateVolume or DeleteVolume.
 async fn killer(
-    mut manager: Manager,
+    mut manager: ManagerProcess,
     driver: MockDriver,
     seed: u64,
     counts: Arc<Counts>,
     stop: CancellationToken,
-) -> Manager {
+) -> ManagerProcess {
     let mut rng = StdRng::seed_from_u64(seed.rotate_left(17));
     while !stop.is_cancelled() {
         if rng.random_bool(0.5) {
@@ -346,37 +299,25 @@ async fn no_volume_is_leaked_or_lost_across_200_sigkills() {
     );
     let started = Instant::now();
 
-    // The driver, in this process.
-    let name = unique("crash");
-    let driver_name = format!("{name}.csi.controller-manager.io");
-    let dir = std::env::temp_dir().join(&name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let socket = dir.join("csi.sock");
-    let driver = MockDriver::new(MockConfig {
-        driver_name: driver_name.clone(),
-        ..MockConfig::default()
-    });
-    let endpoint = format!("unix://{}", socket.display());
-    let server = MockServer::start(&endpoint, driver.clone())
-        .await
-        .expect("csi-mock serves");
-
-    // The cluster side.
+    // The test's own driver and manager; the cluster's controllers ignore this driver.
+    let mut own = OwnDriver::start(
+        "crash",
+        |_| {},
+        &[
+            "--controllers=provisioner",
+            "--timeout=2s",
+            "--retry-interval-start=500ms",
+            "--retry-interval-max=5s",
+        ],
+    )
+    .await;
+    let (name, driver_name, driver) = (
+        own.name.clone(),
+        own.driver_name.clone(),
+        own.driver.clone(),
+    );
+    println!("crash test: manager log {}", own.manager.log.display());
     let c = clients().await;
-    let namespaces: Api<Namespace> = Api::all(c.main.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &Namespace {
-                metadata: ObjectMeta {
-                    name: Some(name.clone()),
-                    ..Default::default()
-                },
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
     let classes: Api<StorageClass> = Api::all(c.main.clone());
     classes
         .create(
@@ -387,32 +328,11 @@ async fn no_volume_is_leaked_or_lost_across_200_sigkills() {
         .unwrap();
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(c.main.clone(), &name);
     let pvs: Api<PersistentVolume> = Api::all(c.main.clone());
-
-    // The manager under test.
-    let log_dir = std::env::var_os("E2E_DIR")
-        .map(|d| PathBuf::from(d).join("logs"))
-        .unwrap_or_else(|| dir.clone());
-    std::fs::create_dir_all(&log_dir).unwrap();
-    let mut manager = Manager {
-        bin: workspace_binary("csi-controller-manager", "OURS_BIN"),
-        args: [
-            "--csi-address",
-            &endpoint,
-            "--controllers=provisioner",
-            "--timeout=2s",
-            "--retry-interval-start=500ms",
-            "--retry-interval-max=5s",
-        ]
-        .into_iter()
-        .map(String::from)
-        .collect(),
-        log: log_dir.join(format!("{name}-manager.log")),
-        child: None,
-        starts: 0,
-        unexpected_exits: Vec::new(),
-    };
-    println!("crash test: manager log {}", manager.log.display());
-    manager.start();
+    // The killer owns the manager until the churn ends.
+    let manager = std::mem::replace(
+        &mut own.manager,
+        ManagerProcess::new(&name, &own.endpoint, &[]),
+    );
 
     // Claims come and go while the manager is killed and the driver misbehaves.
     let counts = Arc::new(Counts::default());
@@ -437,7 +357,7 @@ async fn no_volume_is_leaked_or_lost_across_200_sigkills() {
         .await;
     stop.cancel();
     faulting.await.unwrap();
-    let mut manager = killing.await.unwrap();
+    let manager = killing.await.unwrap();
     driver.clear_faults();
     let churn = started.elapsed();
 
@@ -516,15 +436,10 @@ async fn no_volume_is_leaked_or_lost_across_200_sigkills() {
         },
     )
     .await;
-    manager.kill().await;
     classes
         .delete(&name, &DeleteParams::default())
         .await
         .unwrap();
-    namespaces
-        .delete(&name, &DeleteParams::default())
-        .await
-        .unwrap();
-    server.shutdown().await.unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+    own.manager = manager;
+    own.stop().await;
 }

@@ -1,7 +1,7 @@
 //! What the mock driver advertises and enforces: its name, capabilities, topology, limits and
 //! persistence. Also the constants other software may read (driver name, topology key, context keys).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -111,6 +111,9 @@ pub struct MockConfig {
     pub node_expansion_required: bool,
     /// Where state is persisted as JSON after every change and loaded from at start.
     pub state_file: Option<PathBuf>,
+    /// Secrets CreateVolume and DeleteVolume must carry (key and value), like a driver that needs
+    /// credentials; a call without them fails with UNAUTHENTICATED. Empty: none needed.
+    pub required_secrets: BTreeMap<String, String>,
 }
 
 impl Default for MockConfig {
@@ -136,6 +139,7 @@ impl Default for MockConfig {
             online_expansion: true,
             node_expansion_required: false,
             state_file: None,
+            required_secrets: BTreeMap::new(),
         }
     }
 }

@@ -394,6 +394,25 @@ impl Backend<'_> {
         Ok(())
     }
 
+    /// UNAUTHENTICATED unless `secrets` holds every [`MockConfig::required_secrets`] entry.
+    /// The message names the missing keys, never a value.
+    fn require_secrets(&self, secrets: &HashMap<String, String>) -> Result<(), Status> {
+        let missing: Vec<&String> = self
+            .config
+            .required_secrets
+            .iter()
+            .filter(|(k, v)| secrets.get(*k) != Some(*v))
+            .map(|(k, _)| k)
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(Status::unauthenticated(format!(
+                "missing or wrong secrets: {missing:?}"
+            )))
+        }
+    }
+
     /// CreateVolume. Idempotent by `name`: a volume with that name is returned when compatible
     /// (capacity within the range, same parameters, mutable parameters and content source,
     /// requested access types supported, placed in a requisite zone), else ALREADY_EXISTS. New
@@ -405,6 +424,7 @@ impl Backend<'_> {
         req: pb::CreateVolumeRequest,
     ) -> Result<pb::CreateVolumeResponse, Status> {
         self.require_cap(Cap::CreateDeleteVolume)?;
+        self.require_secrets(&req.secrets)?;
         require(!req.name.is_empty(), "name")?;
         if req.name.len() > MAX_NAME_BYTES {
             return Err(invalid(format!(
@@ -539,6 +559,7 @@ impl Backend<'_> {
         req: pb::DeleteVolumeRequest,
     ) -> Result<pb::DeleteVolumeResponse, Status> {
         self.require_cap(Cap::CreateDeleteVolume)?;
+        self.require_secrets(&req.secrets)?;
         require(!req.volume_id.is_empty(), "volume_id")?;
         if let Some(volume) = self.state.volumes.get(&req.volume_id) {
             if !volume.publications.is_empty() {

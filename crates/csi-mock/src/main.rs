@@ -81,6 +81,10 @@ struct Args {
     /// load it at start.
     #[arg(long)]
     state_file: Option<PathBuf>,
+    /// A secret CreateVolume and DeleteVolume must carry, as KEY=VALUE (repeatable); calls
+    /// without it fail with UNAUTHENTICATED.
+    #[arg(long = "required-secret", value_parser = parse_key_value)]
+    required_secrets: Vec<(String, String)>,
     /// Serve the HTTP control API (GET /state, GET /calls, POST|GET|DELETE /faults, PUT /ready)
     /// on this host:port.
     #[arg(long)]
@@ -166,7 +170,15 @@ fn config_from(args: &Args) -> Result<MockConfig, String> {
         online_expansion: !args.offline_expansion,
         node_expansion_required: args.node_expansion_required,
         state_file: args.state_file.clone(),
+        required_secrets: args.required_secrets.iter().cloned().collect(),
     })
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -466,3 +466,48 @@ async fn node_service_reports_the_configured_node() {
     assert_eq!(info.max_volumes_per_node, 16);
     assert!(info.accessible_topology.is_none());
 }
+
+#[tokio::test]
+async fn required_secrets_guard_create_and_delete() {
+    let h = Harness::start(MockConfig {
+        required_secrets: [("user".to_string(), "admin".to_string())].into(),
+        ..MockConfig::default()
+    })
+    .await;
+    let mut c = h.controller();
+    let err = c.create_volume(create_req("v", GIB)).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(err.message().contains("user") && !err.message().contains("admin"));
+    assert!(h.driver.state().volumes.is_empty());
+
+    let mut wrong = create_req("v", GIB);
+    wrong.secrets = [("user".to_string(), "guest".to_string())].into();
+    let err = c.create_volume(wrong).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+
+    let mut req = create_req("v", GIB);
+    req.secrets = [("user".to_string(), "admin".to_string())].into();
+    let id = c
+        .create_volume(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap()
+        .volume_id;
+    let err = c
+        .delete_volume(pb::DeleteVolumeRequest {
+            volume_id: id.clone(),
+            secrets: Default::default(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    c.delete_volume(pb::DeleteVolumeRequest {
+        volume_id: id,
+        secrets: [("user".to_string(), "admin".to_string())].into(),
+    })
+    .await
+    .unwrap();
+    assert!(h.driver.state().volumes.is_empty());
+}

@@ -1,0 +1,572 @@
+//! The provisioner's features on the local control plane, each test with its own csi-mock and
+//! csi-controller-manager (`e2e::OwnDriver`): Retain, block volumes, secrets from templates
+//! (the driver refuses calls without them), driver errors then recovery, and
+//! WaitForFirstConsumer with topology (kube-scheduler picks the node).
+#![cfg(feature = "cluster")]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use csi_mock::{AccessType, Fault, Method, TopologyConfig};
+use e2e::{OwnDriver, claim, clients, eventually, storage_class};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{
+    Container, Node, PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimVolumeSource,
+    Pod, PodSpec, Secret, Toleration, Volume,
+};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::storage::v1::{CSIDriver, CSIDriverSpec, CSINode, StorageClass};
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use serde_json::json;
+use tonic::Code;
+
+const MANAGER_ARGS: &[&str] = &[
+    "--controllers=provisioner",
+    "--retry-interval-start=500ms",
+    "--retry-interval-max=5s",
+];
+
+struct Apis {
+    classes: Api<StorageClass>,
+    pvcs: Api<PersistentVolumeClaim>,
+    pvs: Api<PersistentVolume>,
+    events: Api<Event>,
+}
+
+async fn apis(ns: &str) -> Apis {
+    let c = clients().await;
+    Apis {
+        classes: Api::all(c.main.clone()),
+        pvcs: Api::namespaced(c.main.clone(), ns),
+        pvs: Api::all(c.main.clone()),
+        events: Api::namespaced(c.main.clone(), ns),
+    }
+}
+
+impl Apis {
+    /// Waits for the claim to be Bound and returns its PV.
+    async fn bound_pv(&self, claim: &str) -> PersistentVolume {
+        let pvc = eventually(
+            &format!("claim {claim} to be Bound"),
+            Duration::from_secs(60),
+            || async {
+                let pvc = self.pvcs.get(claim).await.ok()?;
+                (pvc.status.as_ref()?.phase.as_deref() == Some("Bound")).then_some(pvc)
+            },
+        )
+        .await;
+        let pv = pvc
+            .spec
+            .and_then(|s| s.volume_name)
+            .expect("a bound claim names its PV");
+        self.pvs.get(&pv).await.unwrap()
+    }
+
+    /// Reasons and notes of the events about `name`.
+    async fn events_of(&self, name: &str) -> Vec<(String, String)> {
+        let list = self.events.list(&ListParams::default()).await.unwrap();
+        list.items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+            .collect()
+    }
+}
+
+fn handle(pv: &PersistentVolume) -> String {
+    pv.spec
+        .as_ref()
+        .unwrap()
+        .csi
+        .as_ref()
+        .unwrap()
+        .volume_handle
+        .clone()
+}
+
+#[tokio::test]
+async fn retain_keeps_the_pv_and_the_volume_after_the_claim_is_deleted() {
+    let own = OwnDriver::start("retain", |_| {}, MANAGER_ARGS).await;
+    let a = apis(&own.name).await;
+    let class = storage_class(&own.name, &own.driver_name, "Retain", BTreeMap::new());
+    a.classes
+        .create(&PostParams::default(), &class)
+        .await
+        .unwrap();
+    a.pvcs
+        .create(&PostParams::default(), &claim("data", &own.name, "1Gi"))
+        .await
+        .unwrap();
+    let pv = a.bound_pv("data").await;
+    let pv_name = pv.metadata.name.clone().unwrap();
+    assert_eq!(
+        pv.spec
+            .as_ref()
+            .unwrap()
+            .persistent_volume_reclaim_policy
+            .as_deref(),
+        Some("Retain")
+    );
+
+    a.pvcs
+        .delete("data", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the PV to be Released", Duration::from_secs(60), || async {
+        let pv = a.pvs.get(&pv_name).await.ok()?;
+        (pv.status?.phase.as_deref() == Some("Released")).then_some(())
+    })
+    .await;
+    // Give the manager time to (wrongly) act, then check that it did not.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(a.pvs.get_opt(&pv_name).await.unwrap().is_some());
+    assert!(own.driver.state().volumes.contains_key(&handle(&pv)));
+    assert_eq!(own.driver.calls(Method::DeleteVolume), 0);
+
+    a.pvs
+        .delete(&pv_name, &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "the retained PV to be deleted by hand",
+        Duration::from_secs(30),
+        || async { a.pvs.get_opt(&pv_name).await.ok()?.is_none().then_some(()) },
+    )
+    .await;
+    assert!(
+        own.driver.state().volumes.contains_key(&handle(&pv)),
+        "Retain: the volume stays"
+    );
+    a.classes
+        .delete(&own.name, &DeleteParams::default())
+        .await
+        .unwrap();
+    own.stop().await;
+}
+
+#[tokio::test]
+async fn a_block_claim_gets_a_block_volume() {
+    let own = OwnDriver::start("block", |_| {}, MANAGER_ARGS).await;
+    let a = apis(&own.name).await;
+    let mut params = BTreeMap::new();
+    params.insert("csi.storage.k8s.io/fstype".to_string(), "xfs".to_string());
+    let class = storage_class(&own.name, &own.driver_name, "Delete", params);
+    a.classes
+        .create(&PostParams::default(), &class)
+        .await
+        .unwrap();
+    let mut pvc = claim("raw", &own.name, "1Gi");
+    pvc.spec.as_mut().unwrap().volume_mode = Some("Block".into());
+    a.pvcs.create(&PostParams::default(), &pvc).await.unwrap();
+
+    let pv = a.bound_pv("raw").await;
+    let spec = pv.spec.as_ref().unwrap();
+    assert_eq!(spec.volume_mode.as_deref(), Some("Block"));
+    // A block volume has no filesystem: the class's fsType is not put on the PV.
+    assert_eq!(spec.csi.as_ref().unwrap().fs_type, None);
+    let volume = own.driver.state().volumes[&handle(&pv)].clone();
+    assert!(
+        volume.access_types.contains(&AccessType::Block),
+        "{volume:?}"
+    );
+    assert!(
+        !volume.access_types.contains(&AccessType::Mount),
+        "{volume:?}"
+    );
+
+    a.pvcs
+        .delete("raw", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "the volume to be deleted",
+        Duration::from_secs(60),
+        || async { own.driver.state().volumes.is_empty().then_some(()) },
+    )
+    .await;
+    a.classes
+        .delete(&own.name, &DeleteParams::default())
+        .await
+        .unwrap();
+    own.stop().await;
+}
+
+#[tokio::test]
+async fn secrets_from_templates_reach_the_driver_and_the_pv() {
+    // The driver refuses CreateVolume and DeleteVolume without this secret.
+    let own = OwnDriver::start(
+        "secrets",
+        |c| {
+            c.required_secrets = [("user".to_string(), "admin".to_string())].into();
+        },
+        MANAGER_ARGS,
+    )
+    .await;
+    let a = apis(&own.name).await;
+    let c = clients().await;
+    let secrets: Api<Secret> = Api::namespaced(c.main.clone(), &own.name);
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some("data-creds".into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            "user".to_string(),
+            ByteString(b"admin".to_vec()),
+        )])),
+        ..Default::default()
+    };
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let params: BTreeMap<String, String> = [
+        (
+            "csi.storage.k8s.io/provisioner-secret-name",
+            "${pvc.name}-creds",
+        ),
+        (
+            "csi.storage.k8s.io/provisioner-secret-namespace",
+            "${pvc.namespace}",
+        ),
+        (
+            "csi.storage.k8s.io/node-publish-secret-name",
+            "${pvc.annotations['team']}-publish",
+        ),
+        (
+            "csi.storage.k8s.io/node-publish-secret-namespace",
+            "${pvc.namespace}",
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let class = storage_class(&own.name, &own.driver_name, "Delete", params);
+    a.classes
+        .create(&PostParams::default(), &class)
+        .await
+        .unwrap();
+    let mut pvc = claim("data", &own.name, "1Gi");
+    pvc.metadata.annotations = Some(BTreeMap::from([("team".to_string(), "blue".to_string())]));
+    a.pvcs.create(&PostParams::default(), &pvc).await.unwrap();
+
+    let pv = a.bound_pv("data").await;
+    let annotations = pv.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(
+        annotations.get("volume.kubernetes.io/provisioner-deletion-secret-name"),
+        Some(&"data-creds".to_string())
+    );
+    assert_eq!(
+        annotations.get("volume.kubernetes.io/provisioner-deletion-secret-namespace"),
+        Some(&own.name)
+    );
+    let publish = pv
+        .spec
+        .as_ref()
+        .unwrap()
+        .csi
+        .as_ref()
+        .unwrap()
+        .node_publish_secret_ref
+        .clone();
+    let publish = publish.expect("nodePublishSecretRef from the template");
+    assert_eq!(publish.name.as_deref(), Some("blue-publish"));
+    assert_eq!(publish.namespace.as_deref(), Some(own.name.as_str()));
+
+    // Deletion reads the secret named by the PV's annotations: the driver accepts it.
+    a.pvcs
+        .delete("data", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "the volume to be deleted with its secret",
+        Duration::from_secs(60),
+        || async { own.driver.state().volumes.is_empty().then_some(()) },
+    )
+    .await;
+    a.classes
+        .delete(&own.name, &DeleteParams::default())
+        .await
+        .unwrap();
+    own.stop().await;
+}
+
+#[tokio::test]
+async fn driver_errors_are_reported_then_provisioning_and_deletion_recover() {
+    let own = OwnDriver::start("recover", |_| {}, MANAGER_ARGS).await;
+    own.driver.inject(
+        Method::CreateVolume,
+        Fault::error(Code::Unavailable, "backend busy").times(2),
+    );
+    own.driver.inject(
+        Method::CreateVolume,
+        Fault::error(Code::Internal, "backend broke").once(),
+    );
+    own.driver.inject(
+        Method::DeleteVolume,
+        Fault::error(Code::Unavailable, "backend busy on delete").times(2),
+    );
+    let a = apis(&own.name).await;
+    let class = storage_class(&own.name, &own.driver_name, "Delete", BTreeMap::new());
+    a.classes
+        .create(&PostParams::default(), &class)
+        .await
+        .unwrap();
+    a.pvcs
+        .create(&PostParams::default(), &claim("data", &own.name, "1Gi"))
+        .await
+        .unwrap();
+
+    let pv = a.bound_pv("data").await;
+    assert_eq!(
+        own.driver.calls(Method::CreateVolume),
+        4,
+        "3 failures, then success"
+    );
+    let events = a.events_of("data").await;
+    for want in ["backend busy", "backend broke"] {
+        assert!(
+            events
+                .iter()
+                .any(|(r, n)| r == "ProvisioningFailed" && n.contains(want)),
+            "a ProvisioningFailed event saying {want:?}: {events:?}"
+        );
+    }
+    assert!(
+        events.iter().any(|(r, _)| r == "ProvisioningSucceeded"),
+        "{events:?}"
+    );
+
+    let pv_name = pv.metadata.name.clone().unwrap();
+    a.pvcs
+        .delete("data", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "the PV to be deleted after the driver recovers",
+        Duration::from_secs(60),
+        || async { a.pvs.get_opt(&pv_name).await.ok()?.is_none().then_some(()) },
+    )
+    .await;
+    assert!(own.driver.state().volumes.is_empty());
+    assert_eq!(
+        own.driver.calls(Method::DeleteVolume),
+        3,
+        "2 failures, then success"
+    );
+    let c = clients().await;
+    let all_events: Api<Event> = Api::all(c.main.clone());
+    let failed = all_events
+        .list(&ListParams::default().fields(&format!("regarding.name={pv_name}")))
+        .await
+        .unwrap();
+    assert!(
+        failed
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("VolumeFailedDelete")
+                && e.note
+                    .as_deref()
+                    .is_some_and(|n| n.contains("backend busy on delete"))),
+        "a VolumeFailedDelete event on the PV"
+    );
+    a.classes
+        .delete(&own.name, &DeleteParams::default())
+        .await
+        .unwrap();
+    own.stop().await;
+}
+
+#[tokio::test]
+async fn wait_for_first_consumer_provisions_in_the_scheduled_nodes_zone() {
+    let c = clients().await;
+    let nodes: Api<Node> = Api::all(c.main.clone());
+    let node_names: Vec<String> = nodes
+        .list(&ListParams::default().labels("type=kwok"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .collect();
+    assert!(!node_names.is_empty(), "the cluster has kwok nodes");
+    // A topology key of this test's own, one zone per node.
+    let key = format!("topology.{}/zone", e2e::unique("wffc"));
+    let zones: Vec<String> = (0..node_names.len()).map(|i| format!("zone-{i}")).collect();
+    let own = OwnDriver::start(
+        "wffc",
+        |cfg| {
+            cfg.topology = Some(TopologyConfig {
+                key: key.clone(),
+                zones: zones.clone(),
+            });
+        },
+        MANAGER_ARGS,
+    )
+    .await;
+    let a = apis(&own.name).await;
+    let csinodes: Api<CSINode> = Api::all(c.main.clone());
+    let csidrivers: Api<CSIDriver> = Api::all(c.main.clone());
+    // No attach: this test is about provisioning.
+    csidrivers
+        .create(
+            &PostParams::default(),
+            &CSIDriver {
+                metadata: ObjectMeta {
+                    name: Some(own.driver_name.clone()),
+                    ..Default::default()
+                },
+                spec: CSIDriverSpec {
+                    attach_required: Some(false),
+                    ..Default::default()
+                },
+            },
+        )
+        .await
+        .unwrap();
+    for (node, zone) in node_names.iter().zip(&zones) {
+        let labels = json!({"metadata": {"labels": {key.as_str(): zone}}});
+        nodes
+            .patch(node, &PatchParams::default(), &Patch::Strategic(&labels))
+            .await
+            .unwrap();
+        let driver = json!({"name": own.driver_name, "nodeID": node, "topologyKeys": [key]});
+        if csinodes.get_opt(node).await.unwrap().is_some() {
+            let patch = json!({"spec": {"drivers": [driver]}});
+            csinodes
+                .patch(node, &PatchParams::default(), &Patch::Strategic(&patch))
+                .await
+                .unwrap();
+        } else {
+            let csinode: CSINode = serde_json::from_value(
+                json!({"metadata": {"name": node}, "spec": {"drivers": [driver]}}),
+            )
+            .unwrap();
+            csinodes
+                .create(&PostParams::default(), &csinode)
+                .await
+                .unwrap();
+        }
+    }
+    let mut class = storage_class(&own.name, &own.driver_name, "Delete", BTreeMap::new());
+    class.volume_binding_mode = Some("WaitForFirstConsumer".into());
+    a.classes
+        .create(&PostParams::default(), &class)
+        .await
+        .unwrap();
+    a.pvcs
+        .create(&PostParams::default(), &claim("data", &own.name, "1Gi"))
+        .await
+        .unwrap();
+    // Nothing happens without a consumer.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(own.driver.calls(Method::CreateVolume), 0);
+
+    let pods: Api<Pod> = Api::namespaced(c.main.clone(), &own.name);
+    let pod = Pod {
+        metadata: ObjectMeta {
+            name: Some("app".into()),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            tolerations: Some(vec![Toleration {
+                operator: Some("Exists".into()),
+                ..Default::default()
+            }]),
+            node_selector: Some(BTreeMap::from([("type".to_string(), "kwok".to_string())])),
+            containers: vec![Container {
+                name: "app".into(),
+                image: Some("busybox".into()),
+                ..Default::default()
+            }],
+            volumes: Some(vec![Volume {
+                name: "data".into(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: "data".into(),
+                    read_only: None,
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+
+    let pv = a.bound_pv("data").await;
+    let pvc = a.pvcs.get("data").await.unwrap();
+    let selected = pvc
+        .metadata
+        .annotations
+        .unwrap_or_default()
+        .get("volume.kubernetes.io/selected-node")
+        .cloned()
+        .expect("kube-scheduler set the selected node");
+    let zone = &zones[node_names.iter().position(|n| *n == selected).unwrap()];
+    // The PV is pinned to the selected node's zone, and the driver placed the volume there.
+    let terms = pv
+        .spec
+        .as_ref()
+        .unwrap()
+        .node_affinity
+        .clone()
+        .unwrap()
+        .required
+        .unwrap();
+    let exprs = terms.node_selector_terms[0]
+        .match_expressions
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        exprs.iter().any(|e| e.key == key
+            && e.operator == "In"
+            && e.values.as_deref() == Some(std::slice::from_ref(zone))),
+        "{exprs:?}"
+    );
+    let volume = own.driver.state().volumes[&handle(&pv)].clone();
+    assert_eq!(volume.accessible_topology[0].get(&key), Some(zone));
+    eventually(
+        "the pod to run on the selected node",
+        Duration::from_secs(60),
+        || async {
+            let p = pods.get("app").await.ok()?;
+            (p.spec?.node_name.as_deref() == Some(selected.as_str())).then_some(())
+        },
+    )
+    .await;
+
+    // Tidy up: the pod, the claim (and with it the volume), then our marks on the nodes.
+    let force = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..Default::default()
+    };
+    pods.delete("app", &force).await.unwrap();
+    a.pvcs
+        .delete("data", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "the volume to be deleted",
+        Duration::from_secs(60),
+        || async { own.driver.state().volumes.is_empty().then_some(()) },
+    )
+    .await;
+    for node in &node_names {
+        let labels = json!({"metadata": {"labels": {key.as_str(): null}}});
+        let _ = nodes
+            .patch(node, &PatchParams::default(), &Patch::Strategic(&labels))
+            .await;
+        let driver = json!({"spec": {"drivers": [{"name": own.driver_name, "$patch": "delete"}]}});
+        let _ = csinodes
+            .patch(node, &PatchParams::default(), &Patch::Strategic(&driver))
+            .await;
+    }
+    let _ = csidrivers
+        .delete(&own.driver_name, &DeleteParams::default())
+        .await;
+    a.classes
+        .delete(&own.name, &DeleteParams::default())
+        .await
+        .unwrap();
+    own.stop().await;
+}
