@@ -45,8 +45,17 @@ use crate::topology::ClusterTopology;
 
 /// Timeout of every API call.
 const API_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a deleted volume is remembered (`Shared::deleted_volumes`).
-const DELETED_VOLUME_MEMORY: Duration = Duration::from_secs(600);
+/// How long a deletion is remembered (`Shared::deletions`).
+const DELETION_MEMORY: Duration = Duration::from_secs(600);
+
+/// How far the deletion of a PV got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DeletionStage {
+    /// DeleteVolume succeeded.
+    VolumeDeleted,
+    /// DeleteVolume, the PV's deletion and its finalizer's removal all succeeded.
+    Finished,
+}
 /// How often upstream retries DeleteVolume of a too-small volume within one `--timeout`.
 const CLEANUP_RETRIES: usize = 5;
 
@@ -86,10 +95,10 @@ struct Shared {
     events: EventRecorder,
     /// Claims held back after INVALID_ARGUMENT: UID -> (until, StorageClass UID).
     infeasible: Mutex<HashMap<String, (Instant, String)>>,
-    /// PVs (by UID) whose volume this process deleted, and when: a pass that finds such a PV
-    /// again (its own deletion and finalizer removal raise events) only finishes the PV, without
-    /// another DeleteVolume. After a restart DeleteVolume is repeated, which is idempotent.
-    deleted_volumes: Mutex<HashMap<String, Instant>>,
+    /// PVs (by UID) this process deleted, how far and when: a pass that finds such a PV again
+    /// (its own deletion and finalizer removal raise events) neither repeats DeleteVolume nor
+    /// the API calls already done. After a restart they are repeated, which is idempotent.
+    deletions: Mutex<HashMap<String, (Instant, DeletionStage)>>,
 }
 
 /// The provisioner controller (see the crate docs).
@@ -210,7 +219,7 @@ pub fn build(
             locks: NameLocks::default(),
             events,
             infeasible: Mutex::default(),
-            deleted_volumes: Mutex::default(),
+            deletions: Mutex::default(),
         }),
     })
 }
@@ -746,28 +755,30 @@ impl Shared {
             VolumeAction::Delete => {
                 let _guard = self.locks.lock(name).await;
                 let uid = pv.metadata.uid.clone().unwrap_or_default();
-                if !self.volume_deleted(&uid) {
+                let done = self.deletion_done(&uid);
+                if done == Some(DeletionStage::Finished) {
+                    // Our own delete and finalizer removal, seen through the informer.
+                    return Ok(Outcome::Done);
+                }
+                if done.is_none() {
                     if let Err(m) = self.delete_volume(&pv).await {
                         self.events
                             .warning(&pv_ref(&pv), REASON_VOLUME_FAILED_DELETE, "Delete", &m)
                             .await;
                         return Err(Error::Delete(m));
                     }
-                    let mut deleted = self
-                        .deleted_volumes
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner());
-                    deleted.retain(|_, at| at.elapsed() < DELETED_VOLUME_MEMORY);
-                    deleted.insert(uid, Instant::now());
+                    self.remember_deletion(&uid, DeletionStage::VolumeDeleted);
                 }
-                match call_api(
-                    "delete PV",
-                    self.pv_api().delete(name, &DeleteParams::default()),
-                )
-                .await
-                {
-                    Err(e) if !is_status(&e, 404) => return Err(e),
-                    _ => {}
+                if pv.metadata.deletion_timestamp.is_none() {
+                    match call_api(
+                        "delete PV",
+                        self.pv_api().delete(name, &DeleteParams::default()),
+                    )
+                    .await
+                    {
+                        Err(e) if !is_status(&e, 404) => return Err(e),
+                        _ => {}
+                    }
                 }
                 let patch = patch_finalizer(false);
                 match call_api(
@@ -777,19 +788,29 @@ impl Shared {
                 )
                 .await
                 {
-                    Err(e) if !is_status(&e, 404) => Err(e),
-                    _ => Ok(Outcome::Done),
+                    Err(e) if !is_status(&e, 404) => return Err(e),
+                    _ => {}
                 }
+                self.remember_deletion(&uid, DeletionStage::Finished);
+                Ok(Outcome::Done)
             }
         }
     }
 
-    fn volume_deleted(&self, pv_uid: &str) -> bool {
-        self.deleted_volumes
+    /// How far this process got in deleting the PV with this UID, if it did.
+    fn deletion_done(&self, pv_uid: &str) -> Option<DeletionStage> {
+        self.deletions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(pv_uid)
-            .is_some_and(|at| at.elapsed() < DELETED_VOLUME_MEMORY)
+            .filter(|(at, _)| at.elapsed() < DELETION_MEMORY)
+            .map(|(_, stage)| *stage)
+    }
+
+    fn remember_deletion(&self, pv_uid: &str, stage: DeletionStage) {
+        let mut deletions = self.deletions.lock().unwrap_or_else(|e| e.into_inner());
+        deletions.retain(|_, (at, _)| at.elapsed() < DELETION_MEMORY);
+        deletions.insert(pv_uid.to_string(), (Instant::now(), stage));
     }
 
     /// Upstream `Delete`: DeleteVolume for a Released PV; the error text is the Event message.

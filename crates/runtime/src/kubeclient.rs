@@ -8,6 +8,15 @@ use std::time::Duration;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
+/// The User-Agent of the controllers' client.
+pub const USER_AGENT: &str = concat!("csi-controller-manager/", env!("CARGO_PKG_VERSION"));
+/// The User-Agent of the leader-election client.
+pub const ELECTION_USER_AGENT: &str = concat!(
+    "csi-controller-manager/",
+    env!("CARGO_PKG_VERSION"),
+    " leader-election"
+);
+
 /// Why an API client could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -71,7 +80,21 @@ pub async fn clients(
         }
         None => Config::infer().await?,
     };
-    let election = Client::try_from(config.clone())?;
+    // Our own User-Agent, so that audit logs and apiserver metrics name the component.
+    let mut config = config;
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(USER_AGENT),
+    ));
+    let mut election_config = config.clone();
+    election_config
+        .headers
+        .retain(|(name, _)| name != http::header::USER_AGENT);
+    election_config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(ELECTION_USER_AGENT),
+    ));
+    let election = Client::try_from(election_config)?;
     // `burst` requests per `burst / qps` seconds: the same long-run rate as client-go's token
     // bucket, and the same largest burst.
     let window = Duration::from_secs_f64(f64::from(burst) / f64::from(qps));
