@@ -570,3 +570,120 @@ async fn wait_for_first_consumer_provisions_in_the_scheduled_nodes_zone() {
         .unwrap();
     own.stop().await;
 }
+
+#[tokio::test]
+async fn a_clone_copies_its_source_which_stays_until_the_clone_is_bound() {
+    use k8s_openapi::api::core::v1::TypedLocalObjectReference;
+    let own = OwnDriver::start("clone", |_| {}, MANAGER_ARGS).await;
+    let a = apis(&own.name).await;
+    let class = storage_class(&own.name, &own.driver_name, "Delete", BTreeMap::new());
+    a.classes
+        .create(&PostParams::default(), &class)
+        .await
+        .unwrap();
+    a.pvcs
+        .create(&PostParams::default(), &claim("src", &own.name, "1Gi"))
+        .await
+        .unwrap();
+    let src_handle = handle(&a.bound_pv("src").await);
+    let clone = |name: &str, size: &str| {
+        let mut c = claim(name, &own.name, size);
+        c.spec.as_mut().unwrap().data_source = Some(TypedLocalObjectReference {
+            api_group: None,
+            kind: "PersistentVolumeClaim".into(),
+            name: "src".into(),
+        });
+        c
+    };
+
+    // A clone smaller than its source is refused with upstream's message.
+    a.pvcs
+        .create(&PostParams::default(), &clone("small", "500Mi"))
+        .await
+        .unwrap();
+    eventually(
+        "the small clone's ProvisioningFailed event",
+        Duration::from_secs(30),
+        || async {
+            a.events_of("small").await.into_iter().find(|(r, n)| {
+                r == "ProvisioningFailed"
+                    && n.contains(
+                        "must be greater than or equal in size to the specified PVC data source",
+                    )
+            })
+        },
+    )
+    .await;
+    a.pvcs
+        .delete("small", &DeleteParams::default())
+        .await
+        .unwrap();
+
+    // The driver is busy: the clone stays Pending, and its source cannot go meanwhile.
+    own.driver.inject(
+        Method::CreateVolume,
+        Fault::error(Code::Unavailable, "busy"),
+    );
+    a.pvcs
+        .create(&PostParams::default(), &clone("copy", "1Gi"))
+        .await
+        .unwrap();
+    eventually(
+        "the source to get the cloning-protection finalizer",
+        Duration::from_secs(30),
+        || async {
+            let src = a.pvcs.get("src").await.ok()?;
+            src.metadata
+                .finalizers?
+                .iter()
+                .any(|f| f == "provisioner.storage.kubernetes.io/cloning-protection")
+                .then_some(())
+        },
+    )
+    .await;
+    a.pvcs
+        .delete("src", &DeleteParams::default())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let src = a
+        .pvcs
+        .get_opt("src")
+        .await
+        .unwrap()
+        .expect("the source is kept");
+    assert!(src.metadata.deletion_timestamp.is_some());
+
+    own.driver.clear_faults();
+    let copy = a.bound_pv("copy").await;
+    let volume = own.driver.state().volumes[&handle(&copy)].clone();
+    assert_eq!(
+        volume.content_source,
+        Some(csi_mock::ContentSource::Volume(src_handle.clone()))
+    );
+    eventually(
+        "the source claim and its volume to go",
+        Duration::from_secs(60),
+        || async {
+            let gone = a.pvcs.get_opt("src").await.ok()?.is_none();
+            (gone && !own.driver.state().volumes.contains_key(&src_handle)).then_some(())
+        },
+    )
+    .await;
+
+    a.pvcs
+        .delete("copy", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "every volume to be deleted",
+        Duration::from_secs(60),
+        || async { own.driver.state().volumes.is_empty().then_some(()) },
+    )
+    .await;
+    a.classes
+        .delete(&own.name, &DeleteParams::default())
+        .await
+        .unwrap();
+    own.stop().await;
+}

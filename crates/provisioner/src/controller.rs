@@ -41,6 +41,7 @@ use crate::intent::{self, ClaimObservation, ClaimPlan, Recorded, ReplayResult, R
 use crate::params::SecretRef;
 use crate::pv::{self, DeletionSecrets, VolumeAction};
 use crate::request::{self, DriverCaps, Intent, PrepareInput, ProvisionerConfig, VacInfo};
+use crate::source::{self, RecordedSource};
 use crate::topology::ClusterTopology;
 
 /// Timeout of every API call.
@@ -148,9 +149,14 @@ pub fn build(
                         && matches!(intent::recorded(pvc, &d), Recorded::Intent(_)))
             })
             .on_change(move |change: &Change<'_, PersistentVolumeClaim>| {
-                let m = &change.object().metadata;
+                let pvc = change.object();
+                let m = &pvc.metadata;
                 if let (Some(ns), Some(n)) = (&m.namespace, &m.name) {
                     q.add(claim_key(ns, n));
+                    // A clone that changes may free its source's cloning-protection finalizer.
+                    if let Some(src) = source::clone_source_name(pvc) {
+                        q.add(claim_key(ns, &src));
+                    }
                 }
             })
             .store()
@@ -356,6 +362,9 @@ impl Shared {
         let Some(pvc) = self.pvcs.get(&ObjectRef::new(name).within(ns)) else {
             return Ok(Outcome::Done);
         };
+        if claim::is_deleting(&pvc) && source::has_clone_protection(&pvc) {
+            self.release_clone_source(&pvc).await?;
+        }
         let class = self.classes.get(&ObjectRef::new(&claim::claim_class(&pvc)));
         let selection = claim::select(&pvc, class.as_deref(), &self.driver);
         let uid = pvc.metadata.uid.clone().unwrap_or_default();
@@ -448,7 +457,13 @@ impl Shared {
             None => None,
         };
         let cluster = self.cluster_topology();
+        let clone = source::clone_source_name(pvc);
+        let resolved = match &clone {
+            Some(name) if self.caps.clone => Some(self.resolve_clone(pvc, class, name).await),
+            _ => None,
+        };
         let prepared = request::prepare(&PrepareInput {
+            source: resolved.as_ref(),
             claim: pvc,
             class,
             config: &self.config,
@@ -479,6 +494,11 @@ impl Shared {
                 return self.failed(pvc, e).await;
             }
         };
+        if let (Some(name), Some(RecordedSource::Volume(_))) =
+            (&clone, &intent.request.content_source)
+        {
+            self.protect_clone_source(pvc, name).await?;
+        }
         let json = serde_json::to_string(&intent).unwrap_or_default();
         let patch = json!({"metadata": {
             "uid": uid,
@@ -495,6 +515,84 @@ impl Shared {
         .await?;
         tracing::info!(pvc = %claim_key(ns, name), volume = %intent.volume_name, "recorded volume intent");
         Ok(Outcome::Done)
+    }
+
+    /// The clone source of `pvc`: the source claim (cache, else a GET) and its PV (cache: only
+    /// this driver's PVs can be a source).
+    async fn resolve_clone(
+        &self,
+        pvc: &PersistentVolumeClaim,
+        class: &StorageClass,
+        name: &str,
+    ) -> Result<RecordedSource, String> {
+        let ns = pvc.metadata.namespace.as_deref().unwrap_or_default();
+        let source_pvc = match self.pvcs.get(&ObjectRef::new(name).within(ns)) {
+            Some(p) => Ok((*p).clone()),
+            None => call_api("get source PVC", self.pvc_api(ns).get(name))
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        let source_pv = source_pvc
+            .as_ref()
+            .ok()
+            .and_then(|p| p.spec.as_ref()?.volume_name.clone())
+            .and_then(|v| self.pvs.get(&ObjectRef::new(&v)));
+        source::clone_source(
+            pvc,
+            source_pvc.as_ref().map_err(Clone::clone),
+            source_pv.as_deref(),
+            &class.provisioner,
+        )
+    }
+
+    /// Upstream `setCloneFinalizer`: the source claim keeps the cloning-protection finalizer
+    /// until no Pending clone needs it.
+    async fn protect_clone_source(
+        &self,
+        pvc: &PersistentVolumeClaim,
+        name: &str,
+    ) -> Result<(), Error> {
+        let ns = pvc.metadata.namespace.as_deref().unwrap_or_default();
+        if self
+            .pvcs
+            .get(&ObjectRef::new(name).within(ns))
+            .is_some_and(|p| source::has_clone_protection(&p))
+        {
+            return Ok(());
+        }
+        let patch = json!({"metadata": {"finalizers": [FINALIZER_CLONE_PROTECTION]}});
+        call_api(
+            "add cloning-protection finalizer",
+            self.pvc_api(ns)
+                .patch(name, &PatchParams::default(), &Patch::Strategic(&patch)),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Upstream clone controller: a deleted source loses its cloning-protection finalizer once no
+    /// Pending claim in its namespace clones it.
+    async fn release_clone_source(&self, pvc: &PersistentVolumeClaim) -> Result<(), Error> {
+        let claims = self.pvcs.state();
+        if let Some(m) = source::clone_in_progress(pvc, claims.iter().map(|c| c.as_ref())) {
+            return Err(Error::Held(m));
+        }
+        let patch = json!({"metadata": {
+            "uid": pvc.metadata.uid,
+            "$deleteFromPrimitiveList/finalizers": [FINALIZER_CLONE_PROTECTION],
+        }});
+        let ns = pvc.metadata.namespace.as_deref().unwrap_or_default();
+        let name = pvc.metadata.name.as_deref().unwrap_or_default();
+        match call_api(
+            "remove cloning-protection finalizer",
+            self.pvc_api(ns)
+                .patch(name, &PatchParams::default(), &Patch::Strategic(&patch)),
+        )
+        .await
+        {
+            Err(e) if !is_status(&e, 404) => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// Reports a failed attempt (Event), applies its state, and fails the pass for backoff.
@@ -613,6 +711,20 @@ impl Shared {
                 return self.failed(pvc, e).await;
             }
         };
+        if intent.request.content_source.is_some() && volume.content_source.is_none() {
+            // Upstream: the driver ignored the source; an empty volume must not pass for a copy.
+            let mut m = "volume content source missing".to_string();
+            if let Err(err) = self.cleanup(&volume.volume_id, &secrets).await {
+                m = format!(
+                    "{m}. Cleanup of volume {} failed, volume is orphaned: {}",
+                    intent.volume_name,
+                    grpc_message(&err)
+                );
+            }
+            return self
+                .failed(pvc, ProvisionError::new(ProvisioningState::InBackground, m))
+                .await;
+        }
         let pv = pv::build_pv(
             pvc,
             intent,

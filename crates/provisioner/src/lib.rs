@@ -9,7 +9,7 @@
 //! - pure planning: [`claim`] (selection, naming), [`params`] (fsType, parameter stripping, secret
 //!   templates), [`topology`], [`request`] (the CreateVolume request and the [`request::Intent`]),
 //!   [`pv`] (the PV, the volume worker's plan, deletion secrets), [`intent`] (the no-leak state
-//!   machine), [`error`] (states and messages);
+//!   machine), [`source`] (data sources), [`error`] (states and messages);
 //! - [`controller`]: informers, queues, and the thin act layer over the API and the driver.
 
 pub mod claim;
@@ -21,6 +21,7 @@ pub mod params;
 pub mod pv;
 pub mod quantity;
 pub mod request;
+pub mod source;
 pub mod topology;
 
 pub use controller::build;

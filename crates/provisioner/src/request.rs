@@ -6,7 +6,8 @@
 //! Checks run in upstream's order and fail with upstream's texts and states. Differences, all
 //! deliberate: the provisioner Secret is read by the act layer after this succeeds (upstream reads
 //! it between the secret-reference checks and the parameter stripping, so with two faults at once
-//! the reported one may differ); clone and restore are refused for now (not built yet).
+//! the reported one may differ); the clone source is resolved by the act layer (`source`) and passed
+//! in; restore from a snapshot is refused for now (not built yet).
 
 use std::collections::BTreeMap;
 
@@ -20,6 +21,7 @@ use crate::constants::*;
 use crate::error::{ProvisionError, ProvisioningState};
 use crate::params::{self, ClaimFields, SecretKind, SecretRef};
 use crate::quantity;
+use crate::source::{self, RecordedSource};
 use crate::topology::{self, ClusterTopology, TopologyError, TopologyInput};
 
 /// The provisioner's settings (upstream flags).
@@ -161,6 +163,9 @@ pub struct RecordedRequest {
     /// `accessibility_requirements`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topology: Option<RecordedTopology>,
+    /// `volume_content_source`: what the volume is cloned or restored from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_source: Option<RecordedSource>,
 }
 
 impl RecordedRequest {
@@ -199,7 +204,19 @@ impl RecordedRequest {
                 .collect(),
             parameters: self.parameters.clone().into_iter().collect(),
             secrets: secrets.into_iter().collect(),
-            volume_content_source: None,
+            volume_content_source: self.content_source.as_ref().map(|s| {
+                use v1::volume_content_source::{SnapshotSource, Type, VolumeSource};
+                v1::VolumeContentSource {
+                    r#type: Some(match s {
+                        RecordedSource::Volume(id) => Type::Volume(VolumeSource {
+                            volume_id: id.clone(),
+                        }),
+                        RecordedSource::Snapshot(id) => Type::Snapshot(SnapshotSource {
+                            snapshot_id: id.clone(),
+                        }),
+                    }),
+                }
+            }),
             accessibility_requirements: self.topology.as_ref().map(|t| v1::TopologyRequirement {
                 requisite: to_topology(&t.requisite),
                 preferred: to_topology(&t.preferred),
@@ -304,6 +321,9 @@ pub struct PrepareInput<'a> {
     pub cluster: &'a ClusterTopology,
     /// The claim's VolumeAttributesClass when it names one: what a GET returned.
     pub vac: Option<&'a Result<VacInfo, String>>,
+    /// The claim's clone or restore source as the controller resolved it (`source`), when it
+    /// names one: the content source, or the message of why it cannot be used.
+    pub source: Option<&'a Result<RecordedSource, String>>,
 }
 
 /// The claim's VolumeAttributesClass name, when the gate is on and it names one.
@@ -356,22 +376,42 @@ pub fn prepare(input: &PrepareInput<'_>) -> Result<Intent, ProvisionError> {
     let claim_namespace = claim.metadata.namespace.as_deref().unwrap_or_default();
 
     // Data source.
-    if let Some(ds) = &spec.data_source {
+    let needs_source = if let Some(ds) = &spec.data_source {
         check_data_source(
             &ds.kind,
             &ds.name,
             ds.api_group.as_deref(),
             claim_name,
             caps,
-        )?;
+        )?
     } else if let Some(r) = &spec.data_source_ref {
         if r.namespace.as_deref().is_some_and(|n| !n.is_empty()) {
             return Err(finished(
                 "dataSourceRef namespace specified but the CrossNamespaceVolumeDataSource feature is disabled".into(),
             ));
         }
-        check_data_source(&r.kind, &r.name, r.api_group.as_deref(), claim_name, caps)?;
-    }
+        check_data_source(&r.kind, &r.name, r.api_group.as_deref(), claim_name, caps)?
+    } else {
+        false
+    };
+    let content_source = if needs_source {
+        let (kind, name) = source::data_source(claim).unwrap_or_default();
+        match input.source {
+            Some(Ok(s)) => Some(s.clone()),
+            Some(Err(e)) => {
+                return Err(ProvisionError::no_change(format!(
+                    "error getting handle for DataSource Type {kind} by Name {name}: {e}"
+                )));
+            }
+            None => {
+                return Err(ProvisionError::no_change(format!(
+                    "error getting handle for DataSource Type {kind} by Name {name}: not resolved"
+                )));
+            }
+        }
+    } else {
+        None
+    };
 
     let vac_name = vac_name(claim, config);
     caps.check_basic().map_err(finished)?;
@@ -530,6 +570,7 @@ pub fn prepare(input: &PrepareInput<'_>) -> Result<Intent, ProvisionError> {
             mutable_parameters,
             capabilities,
             topology,
+            content_source,
         },
         provisioner_secret: provisioner_secret.clone(),
         pv: PvTemplate {
@@ -561,7 +602,7 @@ fn check_data_source(
     api_group: Option<&str>,
     claim_name: &str,
     caps: DriverCaps,
-) -> Result<(), ProvisionError> {
+) -> Result<bool, ProvisionError> {
     if name.is_empty() {
         return Err(ProvisionError::finished(format!(
             "the PVC source not found for PVC {claim_name}"
@@ -592,9 +633,7 @@ fn check_data_source(
                     "CSI driver does not support clone operations: controller CLONE_VOLUME capability is not reported",
                 ));
             }
-            Err(ProvisionError::no_change(
-                "cloning a PersistentVolumeClaim is not implemented yet by this provisioner",
-            ))
+            Ok(true)
         }
         other => Err(ProvisionError::new(
             ProvisioningState::Ignored,

@@ -80,6 +80,7 @@ fn run(
         selected_node: None,
         cluster: &cluster,
         vac: None,
+        source: None,
     })
 }
 
@@ -325,6 +326,7 @@ fn vac_parameters_and_driver_mismatch() {
         selected_node: None,
         cluster: &cluster,
         vac: Some(&vac),
+        source: None,
     };
     let i = prepare(&input).unwrap();
     assert_eq!(i.request.mutable_parameters["iops"], "100");
@@ -363,6 +365,7 @@ fn topology_errors_map_to_reschedule_or_no_change() {
         selected_node: Some("node-1"),
         cluster: &cluster,
         vac: None,
+        source: None,
     };
     let e = prepare(&input).unwrap_err();
     assert_eq!(e.state, ProvisioningState::Reschedule);
@@ -389,4 +392,90 @@ fn the_intent_round_trips_through_json() {
     let json = serde_json::to_string(&i).unwrap();
     let back: Intent = serde_json::from_str(&json).unwrap();
     assert_eq!(back, i);
+}
+
+fn clone_claim() -> PersistentVolumeClaim {
+    let mut c = claim(&["ReadWriteOnce"], false);
+    c.spec.as_mut().unwrap().data_source = Some(TypedLocalObjectReference {
+        api_group: None,
+        kind: "PersistentVolumeClaim".into(),
+        name: "src".into(),
+    });
+    c
+}
+
+fn run_with_source(
+    claim: &PersistentVolumeClaim,
+    caps: DriverCaps,
+    source: &Result<crate::source::RecordedSource, String>,
+) -> Result<Intent, ProvisionError> {
+    let cluster = ClusterTopology::default();
+    prepare(&PrepareInput {
+        claim,
+        class: &class(&[]),
+        config: &ProvisionerConfig::default(),
+        driver: DRIVER,
+        caps,
+        selected_node: None,
+        cluster: &cluster,
+        vac: None,
+        source: Some(source),
+    })
+}
+
+#[test]
+fn a_clone_records_its_source_volume_and_replays_it() {
+    use crate::source::RecordedSource;
+    let caps = DriverCaps {
+        clone: true,
+        ..caps()
+    };
+    let intent = run_with_source(
+        &clone_claim(),
+        caps,
+        &Ok(RecordedSource::Volume("vol-src".into())),
+    )
+    .unwrap();
+    assert_eq!(
+        intent.request.content_source,
+        Some(RecordedSource::Volume("vol-src".into()))
+    );
+    let req = intent.request.to_csi("pvc-1", Default::default());
+    match req.volume_content_source.and_then(|s| s.r#type) {
+        Some(v1::volume_content_source::Type::Volume(v)) => assert_eq!(v.volume_id, "vol-src"),
+        other => panic!("expected a volume source, got {other:?}"),
+    }
+    // The recorded form survives the annotation round trip.
+    let back: Intent = serde_json::from_str(&serde_json::to_string(&intent).unwrap()).unwrap();
+    assert_eq!(back, intent);
+}
+
+#[test]
+fn a_clone_source_error_is_wrapped_as_upstream_does() {
+    let with_clone = DriverCaps {
+        clone: true,
+        ..caps()
+    };
+    let e = run_with_source(
+        &clone_claim(),
+        with_clone,
+        &Err("claim in dataSource not bound or invalid".into()),
+    )
+    .unwrap_err();
+    assert_eq!(
+        e.message,
+        "error getting handle for DataSource Type PersistentVolumeClaim by Name src: claim in dataSource not bound or invalid"
+    );
+    assert_eq!(e.state, ProvisioningState::NoChange);
+    // Without CLONE_VOLUME the source is never looked at.
+    let e = run_with_source(
+        &clone_claim(),
+        caps(),
+        &Ok(crate::source::RecordedSource::Volume("v".into())),
+    )
+    .unwrap_err();
+    assert_eq!(
+        e.message,
+        "CSI driver does not support clone operations: controller CLONE_VOLUME capability is not reported"
+    );
 }

@@ -1,0 +1,172 @@
+//! Data sources, without I/O: which source a claim names, the checks of a clone source (upstream
+//! `getPVCSource`), and the cloning-protection finalizer's rule (upstream `clone_controller.go`).
+//!
+//! The controller looks the source objects up (caches first) and hands them here; the answer is
+//! the content source recorded in the intent, so that retries and rollbacks replay it exactly.
+
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use serde::{Deserialize, Serialize};
+
+use crate::constants::{FINALIZER_CLONE_PROTECTION, PVC_KIND};
+use crate::quantity;
+
+/// `volume_content_source` of a CreateVolume request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RecordedSource {
+    /// Clone of this volume id.
+    Volume(String),
+    /// Restore of this snapshot id.
+    Snapshot(String),
+}
+
+/// The data source a claim names (`spec.dataSource`, else `spec.dataSourceRef`): kind and name.
+pub fn data_source(claim: &PersistentVolumeClaim) -> Option<(String, String)> {
+    let spec = claim.spec.as_ref()?;
+    if let Some(ds) = &spec.data_source {
+        return Some((ds.kind.clone(), ds.name.clone()));
+    }
+    spec.data_source_ref
+        .as_ref()
+        .map(|r| (r.kind.clone(), r.name.clone()))
+}
+
+/// The source PVC's name when `claim` is a clone.
+pub fn clone_source_name(claim: &PersistentVolumeClaim) -> Option<String> {
+    data_source(claim)
+        .filter(|(kind, _)| kind == PVC_KIND)
+        .map(|(_, name)| name)
+}
+
+fn storage_request(pvc: &PersistentVolumeClaim) -> i64 {
+    pvc.spec
+        .as_ref()
+        .and_then(|s| s.resources.as_ref())
+        .and_then(|r| r.requests.as_ref())
+        .and_then(|r| r.get("storage"))
+        .and_then(|q| quantity::parse_bytes(&q.0))
+        .unwrap_or(0)
+}
+
+fn volume_mode(pvc_mode: Option<&str>) -> &str {
+    // Filesystem is the default: nil counts as Filesystem.
+    match pvc_mode {
+        Some("Block") => "Block",
+        _ => "Filesystem",
+    }
+}
+
+/// Upstream `getPVCSource`: checks the clone source and returns its volume id. The error is the
+/// inner message; the caller wraps it as upstream does.
+///
+/// `source_pvc` is the source claim (`Err` carries the lookup error), `source_pv` the PV it is
+/// bound to, if found, and `provisioner` the StorageClass's provisioner.
+pub fn clone_source(
+    claim: &PersistentVolumeClaim,
+    source_pvc: Result<&PersistentVolumeClaim, String>,
+    source_pv: Option<&PersistentVolume>,
+    provisioner: &str,
+) -> Result<RecordedSource, String> {
+    let claim_name = claim.metadata.name.as_deref().unwrap_or_default();
+    let namespace = claim.metadata.namespace.as_deref().unwrap_or_default();
+    let name = clone_source_name(claim).unwrap_or_default();
+    let source = source_pvc.map_err(|e| {
+        format!("error getting PVC {name} (namespace {namespace:?}) from api server: {e}")
+    })?;
+    let phase = source
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or_default();
+    if phase != "Bound" {
+        return Err(format!(
+            "the PVC DataSource {name} must have a status of Bound.  Got {{{phase}}}"
+        ));
+    }
+    if source.metadata.deletion_timestamp.is_some() {
+        return Err(format!(
+            "the PVC DataSource {name} is currently being deleted"
+        ));
+    }
+    let source_spec = source.spec.clone().unwrap_or_default();
+    let claim_spec = claim.spec.clone().unwrap_or_default();
+    if source_spec.storage_class_name.is_none() {
+        return Err(format!(
+            "the source PVC ({name}) storageclass cannot be empty"
+        ));
+    }
+    if claim_spec.storage_class_name.is_none() {
+        return Err(format!(
+            "the requested PVC ({claim_name}) storageclass cannot be empty"
+        ));
+    }
+    let (requested, source_size) = (storage_request(claim), storage_request(source));
+    if requested < source_size {
+        return Err(format!(
+            "error, new PVC request must be greater than or equal in size to the specified PVC data source, requested {requested} but source is {source_size}"
+        ));
+    }
+    let volume_name = source_spec.volume_name.clone().unwrap_or_default();
+    if volume_name.is_empty() {
+        return Err(format!("volume name is empty in source PVC {name}"));
+    }
+    let invalid = || "claim in dataSource not bound or invalid".to_string();
+    let pv = source_pv.ok_or_else(invalid)?;
+    let pv_spec = pv.spec.as_ref().ok_or_else(invalid)?;
+    let csi = pv_spec.csi.as_ref().ok_or_else(invalid)?;
+    if csi.driver != provisioner {
+        return Err(invalid());
+    }
+    let claim_ref = pv_spec.claim_ref.as_ref().ok_or_else(invalid)?;
+    if claim_ref.uid != source.metadata.uid
+        || claim_ref.namespace != source.metadata.namespace
+        || claim_ref.name != source.metadata.name
+    {
+        return Err(invalid());
+    }
+    if pv.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Bound") {
+        return Err(invalid());
+    }
+    let (from, to) = (
+        volume_mode(source_spec.volume_mode.as_deref()),
+        volume_mode(claim_spec.volume_mode.as_deref()),
+    );
+    if from != to {
+        return Err(format!(
+            "the source PVC and destination PVCs must have the same volume mode for cloning.  Source is {from}, but new PVC requested {to}"
+        ));
+    }
+    Ok(RecordedSource::Volume(csi.volume_handle.clone()))
+}
+
+/// Whether `pvc` carries the cloning-protection finalizer.
+pub fn has_clone_protection(pvc: &PersistentVolumeClaim) -> bool {
+    pvc.metadata
+        .finalizers
+        .as_ref()
+        .is_some_and(|f| f.iter().any(|x| x == FINALIZER_CLONE_PROTECTION))
+}
+
+/// Upstream clone controller: a deleted source keeps its cloning-protection finalizer while a
+/// claim in its namespace that clones it (`spec.dataSource`) is still Pending. Returns the error
+/// upstream requeues with, or `None` when the finalizer may go.
+pub fn clone_in_progress<'a>(
+    source: &PersistentVolumeClaim,
+    claims: impl IntoIterator<Item = &'a PersistentVolumeClaim>,
+) -> Option<String> {
+    let name = source.metadata.name.as_deref()?;
+    let namespace = source.metadata.namespace.as_deref();
+    let pending = claims.into_iter().any(|c| {
+        c.metadata.namespace.as_deref() == namespace
+            && c.spec
+                .as_ref()
+                .and_then(|s| s.data_source.as_ref())
+                .is_some_and(|ds| ds.kind == PVC_KIND && ds.name == name)
+            && c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending")
+    });
+    pending.then(|| format!("PVC '{name}' is in 'Pending' state, cloning in progress"))
+}
+
+#[cfg(test)]
+#[path = "source_tests.rs"]
+mod tests;
