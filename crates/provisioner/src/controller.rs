@@ -46,7 +46,7 @@ use crate::topology::ClusterTopology;
 
 /// Timeout of every API call.
 const API_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a deletion is remembered (`Shared::deletions`).
+/// How long a deletion or a PV creation is remembered (`Shared::deletions`, `created_pvs`).
 const DELETION_MEMORY: Duration = Duration::from_secs(600);
 
 /// How far the deletion of a PV got.
@@ -100,6 +100,9 @@ struct Shared {
     /// (its own deletion and finalizer removal raise events) neither repeats DeleteVolume nor
     /// the API calls already done. After a restart they are repeated, which is idempotent.
     deletions: Mutex<HashMap<String, (Instant, DeletionStage)>>,
+    /// PVs this process created, and when: a claim pass that runs before the PV reaches the cache
+    /// releases the intent instead of replaying CreateVolume and the PV create.
+    created_pvs: Mutex<HashMap<String, Instant>>,
 }
 
 /// The provisioner controller (see the crate docs).
@@ -226,6 +229,7 @@ pub fn build(
             events,
             infeasible: Mutex::default(),
             deletions: Mutex::default(),
+            created_pvs: Mutex::default(),
         }),
     })
 }
@@ -374,7 +378,7 @@ impl Shared {
             self.config.volume_name_uuid_length,
         )
         .ok();
-        let pv_exists = |n: &str| self.pvs.get(&ObjectRef::new(n)).is_some();
+        let pv_exists = |n: &str| self.pvs.get(&ObjectRef::new(n)).is_some() || self.created(n);
         let intent_pv_exists = match intent::recorded(&pvc, &self.driver) {
             Recorded::Intent(i) => pv_exists(&i.volume_name),
             _ => false,
@@ -743,6 +747,11 @@ impl Shared {
             Err(e) if is_status(&e, 409) => {}
             Err(e) => return Err(e),
         }
+        {
+            let mut created = self.created_pvs.lock().unwrap_or_else(|e| e.into_inner());
+            created.retain(|_, at| at.elapsed() < DELETION_MEMORY);
+            created.insert(intent.volume_name.clone(), Instant::now());
+        }
         tracing::info!(pvc = %claim_key(ns, name), pv = %intent.volume_name, volume_id = %volume.volume_id, "provisioned volume");
         self.events
             .normal(
@@ -907,6 +916,15 @@ impl Shared {
                 Ok(Outcome::Done)
             }
         }
+    }
+
+    /// Whether this process created the PV `name` lately.
+    fn created(&self, name: &str) -> bool {
+        self.created_pvs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .is_some_and(|at| at.elapsed() < DELETION_MEMORY)
     }
 
     /// How far this process got in deleting the PV with this UID, if it did.
