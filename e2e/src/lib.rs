@@ -268,3 +268,70 @@ impl OwnDriver {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A pod that uses claim `claim` as volume `data`, tolerating every taint (kwok nodes are
+/// tainted), on `node` if given, else wherever kube-scheduler puts it among the kwok nodes.
+pub fn pod_using(name: &str, claim: &str, node: Option<&str>) -> k8s_openapi::api::core::v1::Pod {
+    use k8s_openapi::api::core::v1::{
+        Container, PersistentVolumeClaimVolumeSource, Pod, PodSpec, Toleration, Volume,
+    };
+    Pod {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            node_name: node.map(Into::into),
+            node_selector: node
+                .is_none()
+                .then(|| [("type".to_string(), "kwok".to_string())].into()),
+            tolerations: Some(vec![Toleration {
+                operator: Some("Exists".into()),
+                ..Default::default()
+            }]),
+            containers: vec![Container {
+                name: "app".into(),
+                image: Some("busybox".into()),
+                ..Default::default()
+            }],
+            volumes: Some(vec![Volume {
+                name: "data".into(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: claim.into(),
+                    read_only: None,
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// An environment variable the suite needs (from `e2e/cluster env` and the run dir's driver.env).
+pub fn env(name: &str) -> String {
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} must be set (source the run dir's driver.env)"))
+}
+
+/// A CSI client for the cluster's driver (`CSI_SOCKET`).
+pub fn cluster_csi() -> csi::CsiClient {
+    let endpoint = csi::CsiEndpoint::parse(&env("CSI_SOCKET")).expect("CSI_SOCKET is an endpoint");
+    csi::CsiClient::connect(
+        endpoint,
+        std::time::Duration::from_secs(10),
+        csi::CsiMetrics::default(),
+    )
+    .expect("a CSI client")
+}
+
+/// A single-node-writer mount capability.
+pub fn rwo() -> csi::v1::VolumeCapability {
+    use csi::v1::volume_capability::{AccessMode, AccessType, access_mode::Mode};
+    csi::v1::VolumeCapability {
+        access_type: Some(AccessType::Mount(Default::default())),
+        access_mode: Some(AccessMode {
+            mode: Mode::SingleNodeWriter as i32,
+        }),
+    }
+}

@@ -9,36 +9,15 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use csi::v1::{self, volume_capability};
-use csi::{CsiClient, CsiEndpoint, CsiMetrics};
+use csi::v1;
 use e2e::{clients, eventually, unique};
 use k8s_openapi::api::core::v1::{
-    CSIPersistentVolumeSource, Container, PersistentVolume, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PersistentVolumeSpec, Pod,
-    PodSpec, Toleration, Volume, VolumeResourceRequirements,
+    CSIPersistentVolumeSource, PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeSpec, Pod, VolumeResourceRequirements,
 };
 use k8s_openapi::api::storage::v1::VolumeAttachment;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
-
-fn env(name: &str) -> String {
-    std::env::var(name)
-        .unwrap_or_else(|_| panic!("{name} must be set (source the run dir's driver.env)"))
-}
-
-fn csi_client() -> CsiClient {
-    let endpoint = CsiEndpoint::parse(&env("CSI_SOCKET")).unwrap();
-    CsiClient::connect(endpoint, Duration::from_secs(10), CsiMetrics::default()).unwrap()
-}
-
-fn rwo() -> v1::VolumeCapability {
-    v1::VolumeCapability {
-        access_type: Some(volume_capability::AccessType::Mount(Default::default())),
-        access_mode: Some(volume_capability::AccessMode {
-            mode: volume_capability::access_mode::Mode::SingleNodeWriter as i32,
-        }),
-    }
-}
 
 /// A first kwok node's name.
 async fn a_node(client: &kube::Client) -> String {
@@ -54,12 +33,12 @@ async fn a_node(client: &kube::Client) -> String {
 #[tokio::test]
 async fn a_pod_gets_its_volume_attached_and_detached_when_it_goes() {
     let c = clients().await;
-    let driver = env("DRIVER_NAME");
+    let driver = e2e::env("DRIVER_NAME");
     let ns = "default";
     let name = unique("e2e-attach");
 
     // The volume, created on the driver directly: this test is about attaching.
-    let csi = csi_client();
+    let csi = e2e::cluster_csi();
     let volume = csi
         .create_volume(v1::CreateVolumeRequest {
             name: name.clone(),
@@ -67,7 +46,7 @@ async fn a_pod_gets_its_volume_attached_and_detached_when_it_goes() {
                 required_bytes: 1 << 20,
                 limit_bytes: 0,
             }),
-            volume_capabilities: vec![rwo()],
+            volume_capabilities: vec![e2e::rwo()],
             ..Default::default()
         })
         .await
@@ -135,34 +114,7 @@ async fn a_pod_gets_its_volume_attached_and_detached_when_it_goes() {
     let node = a_node(&c.main).await;
     pods.create(
         &PostParams::default(),
-        &Pod {
-            metadata: ObjectMeta {
-                name: Some(name.clone()),
-                ..Default::default()
-            },
-            spec: Some(PodSpec {
-                node_name: Some(node.clone()),
-                tolerations: Some(vec![Toleration {
-                    operator: Some("Exists".into()),
-                    ..Default::default()
-                }]),
-                containers: vec![Container {
-                    name: "app".into(),
-                    image: Some("busybox".into()),
-                    ..Default::default()
-                }],
-                volumes: Some(vec![Volume {
-                    name: "data".into(),
-                    persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                        claim_name: name.clone(),
-                        read_only: None,
-                    }),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
+        &e2e::pod_using(&name, &name, Some(&node)),
     )
     .await
     .unwrap();

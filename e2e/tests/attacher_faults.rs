@@ -12,14 +12,13 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use csi::v1::{self, volume_capability};
-use csi::{CsiClient, CsiEndpoint, CsiMetrics};
+use csi::CsiClient;
+use csi::v1;
 use e2e::{clients, eventually, unique};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{
-    CSIPersistentVolumeSource, Container, Node, ObjectReference, PersistentVolume,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
-    PersistentVolumeSpec, Pod, PodSpec, Toleration, Volume, VolumeResourceRequirements,
+    CSIPersistentVolumeSource, Node, ObjectReference, PersistentVolume, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PersistentVolumeSpec, Pod, VolumeResourceRequirements,
 };
 use k8s_openapi::api::storage::v1::{
     CSINode, CSINodeDriver, CSINodeSpec, VolumeAttachment, VolumeAttachmentSource,
@@ -36,41 +35,11 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const NS: &str = "default";
 
-fn env(name: &str) -> String {
-    std::env::var(name)
-        .unwrap_or_else(|_| panic!("{name} must be set (source the run dir's driver.env)"))
-}
-
-fn csi_client() -> CsiClient {
-    let endpoint = CsiEndpoint::parse(&env("CSI_SOCKET")).unwrap();
-    CsiClient::connect(endpoint, Duration::from_secs(10), CsiMetrics::default()).unwrap()
-}
-
-fn rwo() -> v1::VolumeCapability {
-    v1::VolumeCapability {
-        access_type: Some(volume_capability::AccessType::Mount(Default::default())),
-        access_mode: Some(volume_capability::AccessMode {
-            mode: volume_capability::access_mode::Mode::SingleNodeWriter as i32,
-        }),
-    }
-}
-
 fn finalizer(driver: &str) -> String {
-    // names::finalizer_name: [^a-zA-Z0-9-] → "-", plus "X" if it ends in "-".
-    let mut s: String = driver
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    if s.ends_with('-') {
-        s.push('X');
-    }
-    format!("external-attacher/{s}")
+    format!(
+        "external-attacher/{}",
+        runtime::leader::sanitize_name(driver)
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -78,7 +47,7 @@ fn finalizer(driver: &str) -> String {
 
 /// `host:port` of csi-mock's control API (in driver.env when `e2e/cluster driver mock` runs).
 fn mock_control() -> String {
-    env("CSI_MOCK_CONTROL")
+    e2e::env("CSI_MOCK_CONTROL")
 }
 
 async fn mock(method: &str, path: &str, body: Option<Value>) -> Value {
@@ -255,7 +224,7 @@ impl Objects {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
-            let csi = csi_client();
+            let csi = e2e::cluster_csi();
             futures::stream::iter(self.volumes.clone())
                 .for_each_concurrent(20, |volume_id| {
                     let csi = csi.clone();
@@ -288,8 +257,8 @@ struct World {
 async fn world() -> World {
     let c = clients().await;
     World {
-        driver: env("DRIVER_NAME"),
-        csi: csi_client(),
+        driver: e2e::env("DRIVER_NAME"),
+        csi: e2e::cluster_csi(),
         pvs: Api::all(c.main.clone()),
         pvcs: Api::namespaced(c.main.clone(), NS),
         pods: Api::namespaced(c.main.clone(), NS),
@@ -315,7 +284,7 @@ impl World {
                     required_bytes: 1 << 20,
                     limit_bytes: 0,
                 }),
-                volume_capabilities: vec![rwo()],
+                volume_capabilities: vec![e2e::rwo()],
                 ..Default::default()
             })
             .await
@@ -398,34 +367,7 @@ impl World {
         self.pods
             .create(
                 &PostParams::default(),
-                &Pod {
-                    metadata: ObjectMeta {
-                        name: Some(name.to_string()),
-                        ..Default::default()
-                    },
-                    spec: Some(PodSpec {
-                        node_name: Some(node.to_string()),
-                        tolerations: Some(vec![Toleration {
-                            operator: Some("Exists".into()),
-                            ..Default::default()
-                        }]),
-                        containers: vec![Container {
-                            name: "app".into(),
-                            image: Some("busybox".into()),
-                            ..Default::default()
-                        }],
-                        volumes: Some(vec![Volume {
-                            name: "data".into(),
-                            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                                claim_name: claim.to_string(),
-                                read_only: None,
-                            }),
-                            ..Default::default()
-                        }]),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
+                &e2e::pod_using(name, claim, Some(node)),
             )
             .await
             .unwrap();

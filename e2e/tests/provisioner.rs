@@ -6,26 +6,15 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use csi::{CsiClient, CsiEndpoint, CsiMetrics, v1};
+use csi::v1;
 use e2e::{clients, eventually, storage_class, unique};
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 
-fn env(name: &str) -> String {
-    std::env::var(name)
-        .unwrap_or_else(|_| panic!("{name} must be set (source the run dir's driver.env)"))
-}
-
 async fn driver_volume_names() -> Vec<String> {
-    let csi = CsiClient::connect(
-        CsiEndpoint::parse(&env("CSI_SOCKET")).unwrap(),
-        Duration::from_secs(10),
-        CsiMetrics::default(),
-    )
-    .unwrap();
-    let list = csi
+    let list = e2e::cluster_csi()
         .list_volumes(v1::ListVolumesRequest::default())
         .await
         .unwrap();
@@ -37,7 +26,7 @@ async fn driver_volume_names() -> Vec<String> {
 }
 
 fn class(name: &str, parameters: BTreeMap<String, String>) -> StorageClass {
-    storage_class(name, &env("DRIVER_NAME"), "Delete", parameters)
+    storage_class(name, &e2e::env("DRIVER_NAME"), "Delete", parameters)
 }
 
 fn claim(name: &str, class: &str) -> PersistentVolumeClaim {
@@ -47,7 +36,7 @@ fn claim(name: &str, class: &str) -> PersistentVolumeClaim {
 #[tokio::test]
 async fn a_claim_is_provisioned_and_deleted_as_upstream_does() {
     let c = clients().await;
-    let driver = env("DRIVER_NAME");
+    let driver = e2e::env("DRIVER_NAME");
     let name = unique("e2e-prov");
     let classes: Api<StorageClass> = Api::all(c.main.clone());
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(c.main.clone(), "default");

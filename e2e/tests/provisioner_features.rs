@@ -10,10 +10,7 @@ use std::time::Duration;
 use csi_mock::{AccessType, Fault, Method, TopologyConfig};
 use e2e::{OwnDriver, claim, clients, eventually, storage_class};
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{
-    Container, Node, PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimVolumeSource,
-    Pod, PodSpec, Secret, Toleration, Volume,
-};
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::storage::v1::{CSIDriver, CSIDriverSpec, CSINode, StorageClass};
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
@@ -31,6 +28,18 @@ struct Apis {
     pvcs: Api<PersistentVolumeClaim>,
     pvs: Api<PersistentVolume>,
     events: Api<Event>,
+}
+
+/// A driver and manager of the test's own, with a StorageClass named like its namespace.
+async fn setup(prefix: &str, reclaim_policy: &str) -> (OwnDriver, Apis) {
+    let own = OwnDriver::start(prefix, |_| {}, MANAGER_ARGS).await;
+    let a = apis(&own.name).await;
+    let class = storage_class(&own.name, &own.driver_name, reclaim_policy, BTreeMap::new());
+    a.classes
+        .create(&PostParams::default(), &class)
+        .await
+        .unwrap();
+    (own, a)
 }
 
 async fn apis(ns: &str) -> Apis {
@@ -62,6 +71,26 @@ impl Apis {
         self.pvs.get(&pv).await.unwrap()
     }
 
+    /// Deletes `claim`, waits until the driver has no volume left, deletes the test's class and
+    /// stops its driver and manager.
+    async fn finish(&self, own: OwnDriver, claim: &str) {
+        self.pvcs
+            .delete(claim, &DeleteParams::default())
+            .await
+            .unwrap();
+        eventually(
+            "every volume to be deleted",
+            Duration::from_secs(60),
+            || async { own.driver.state().volumes.is_empty().then_some(()) },
+        )
+        .await;
+        self.classes
+            .delete(&own.name, &DeleteParams::default())
+            .await
+            .unwrap();
+        own.stop().await;
+    }
+
     /// Reasons and notes of the events about `name`.
     async fn events_of(&self, name: &str) -> Vec<(String, String)> {
         let list = self.events.list(&ListParams::default()).await.unwrap();
@@ -86,13 +115,7 @@ fn handle(pv: &PersistentVolume) -> String {
 
 #[tokio::test]
 async fn retain_keeps_the_pv_and_the_volume_after_the_claim_is_deleted() {
-    let own = OwnDriver::start("retain", |_| {}, MANAGER_ARGS).await;
-    let a = apis(&own.name).await;
-    let class = storage_class(&own.name, &own.driver_name, "Retain", BTreeMap::new());
-    a.classes
-        .create(&PostParams::default(), &class)
-        .await
-        .unwrap();
+    let (own, a) = setup("retain", "Retain").await;
     a.pvcs
         .create(&PostParams::default(), &claim("data", &own.name, "1Gi"))
         .await
@@ -174,21 +197,7 @@ async fn a_block_claim_gets_a_block_volume() {
         "{volume:?}"
     );
 
-    a.pvcs
-        .delete("raw", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually(
-        "the volume to be deleted",
-        Duration::from_secs(60),
-        || async { own.driver.state().volumes.is_empty().then_some(()) },
-    )
-    .await;
-    a.classes
-        .delete(&own.name, &DeleteParams::default())
-        .await
-        .unwrap();
-    own.stop().await;
+    a.finish(own, "raw").await;
 }
 
 #[tokio::test]
@@ -274,21 +283,7 @@ async fn secrets_from_templates_reach_the_driver_and_the_pv() {
     assert_eq!(publish.namespace.as_deref(), Some(own.name.as_str()));
 
     // Deletion reads the secret named by the PV's annotations: the driver accepts it.
-    a.pvcs
-        .delete("data", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually(
-        "the volume to be deleted with its secret",
-        Duration::from_secs(60),
-        || async { own.driver.state().volumes.is_empty().then_some(()) },
-    )
-    .await;
-    a.classes
-        .delete(&own.name, &DeleteParams::default())
-        .await
-        .unwrap();
-    own.stop().await;
+    a.finish(own, "data").await;
 }
 
 #[tokio::test]
@@ -463,34 +458,7 @@ async fn wait_for_first_consumer_provisions_in_the_scheduled_nodes_zone() {
     assert_eq!(own.driver.calls(Method::CreateVolume), 0);
 
     let pods: Api<Pod> = Api::namespaced(c.main.clone(), &own.name);
-    let pod = Pod {
-        metadata: ObjectMeta {
-            name: Some("app".into()),
-            ..Default::default()
-        },
-        spec: Some(PodSpec {
-            tolerations: Some(vec![Toleration {
-                operator: Some("Exists".into()),
-                ..Default::default()
-            }]),
-            node_selector: Some(BTreeMap::from([("type".to_string(), "kwok".to_string())])),
-            containers: vec![Container {
-                name: "app".into(),
-                image: Some("busybox".into()),
-                ..Default::default()
-            }],
-            volumes: Some(vec![Volume {
-                name: "data".into(),
-                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                    claim_name: "data".into(),
-                    read_only: None,
-                }),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let pod = e2e::pod_using("app", "data", None);
     pods.create(&PostParams::default(), &pod).await.unwrap();
 
     let pv = a.bound_pv("data").await;
@@ -574,13 +542,7 @@ async fn wait_for_first_consumer_provisions_in_the_scheduled_nodes_zone() {
 #[tokio::test]
 async fn a_clone_copies_its_source_which_stays_until_the_clone_is_bound() {
     use k8s_openapi::api::core::v1::TypedLocalObjectReference;
-    let own = OwnDriver::start("clone", |_| {}, MANAGER_ARGS).await;
-    let a = apis(&own.name).await;
-    let class = storage_class(&own.name, &own.driver_name, "Delete", BTreeMap::new());
-    a.classes
-        .create(&PostParams::default(), &class)
-        .await
-        .unwrap();
+    let (own, a) = setup("clone", "Delete").await;
     a.pvcs
         .create(&PostParams::default(), &claim("src", &own.name, "1Gi"))
         .await
@@ -671,19 +633,5 @@ async fn a_clone_copies_its_source_which_stays_until_the_clone_is_bound() {
     )
     .await;
 
-    a.pvcs
-        .delete("copy", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually(
-        "every volume to be deleted",
-        Duration::from_secs(60),
-        || async { own.driver.state().volumes.is_empty().then_some(()) },
-    )
-    .await;
-    a.classes
-        .delete(&own.name, &DeleteParams::default())
-        .await
-        .unwrap();
-    own.stop().await;
+    a.finish(own, "copy").await;
 }
