@@ -146,6 +146,14 @@ impl ManagerProcess {
         }
     }
 
+    /// Any other process (e.g. an upstream sidecar) handled the same way; logs like `new`.
+    pub fn other(name: &str, bin: std::path::PathBuf, args: Vec<String>) -> Self {
+        let mut p = Self::new(name, "", &[]);
+        p.bin = bin;
+        p.args = args;
+        p
+    }
+
     /// Starts the process.
     pub fn start(&mut self) {
         use std::io::Write;

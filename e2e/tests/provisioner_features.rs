@@ -635,3 +635,168 @@ async fn a_clone_copies_its_source_which_stays_until_the_clone_is_bound() {
 
     a.finish(own, "copy").await;
 }
+
+/// The upstream snapshot controllers for a test's own driver: snapshot-controller and
+/// csi-snapshotter, built by `e2e/cluster` (`SNAPSHOTTER_DIR`).
+fn upstream_snapshotters(own: &OwnDriver) -> Vec<e2e::ManagerProcess> {
+    let dir = std::path::PathBuf::from(e2e::env("SNAPSHOTTER_DIR"));
+    let kubeconfig = e2e::env("KUBECONFIG");
+    let mut controller = e2e::ManagerProcess::other(
+        &format!("{}-snapshot-controller", own.name),
+        dir.join("snapshot-controller"),
+        vec![
+            format!("--kubeconfig={kubeconfig}"),
+            "--leader-election=false".into(),
+        ],
+    );
+    let mut sidecar = e2e::ManagerProcess::other(
+        &format!("{}-csi-snapshotter", own.name),
+        dir.join("csi-snapshotter"),
+        vec![
+            format!("--kubeconfig={kubeconfig}"),
+            format!(
+                "--csi-address={}",
+                own.endpoint.trim_start_matches("unix://")
+            ),
+            "--leader-election=false".into(),
+        ],
+    );
+    controller.start();
+    sidecar.start();
+    vec![controller, sidecar]
+}
+
+#[tokio::test]
+async fn a_claim_restores_a_snapshot_taken_by_the_upstream_snapshotter() {
+    use k8s_openapi::api::core::v1::TypedLocalObjectReference;
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+    let (own, a) = setup("restore", "Delete").await;
+    let mut snapshotters = upstream_snapshotters(&own);
+    let c = clients().await;
+    let resource = |kind: &str, plural: &str| {
+        ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("snapshot.storage.k8s.io", "v1", kind),
+            plural,
+        )
+    };
+    let classes: Api<DynamicObject> = Api::all_with(
+        c.main.clone(),
+        &resource("VolumeSnapshotClass", "volumesnapshotclasses"),
+    );
+    let snapshots: Api<DynamicObject> = Api::namespaced_with(
+        c.main.clone(),
+        &own.name,
+        &resource("VolumeSnapshot", "volumesnapshots"),
+    );
+    let class: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClass",
+        "metadata": {"name": own.name}, "driver": own.driver_name, "deletionPolicy": "Delete",
+    }))
+    .unwrap();
+    classes
+        .create(&PostParams::default(), &class)
+        .await
+        .unwrap();
+    a.pvcs
+        .create(&PostParams::default(), &claim("src", &own.name, "1Gi"))
+        .await
+        .unwrap();
+    a.bound_pv("src").await;
+    let snapshot: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+        "metadata": {"name": "snap"},
+        "spec": {"volumeSnapshotClassName": own.name, "source": {"persistentVolumeClaimName": "src"}},
+    }))
+    .unwrap();
+    snapshots
+        .create(&PostParams::default(), &snapshot)
+        .await
+        .unwrap();
+    eventually(
+        "the snapshot to be ready",
+        Duration::from_secs(90),
+        || async {
+            let s = snapshots.get("snap").await.ok()?;
+            (s.data["status"]["readyToUse"] == json!(true)).then_some(())
+        },
+    )
+    .await;
+    let snapshot_id = own
+        .driver
+        .state()
+        .snapshots
+        .keys()
+        .next()
+        .cloned()
+        .expect("the upstream csi-snapshotter cut a snapshot on our driver");
+
+    // The driver is busy at first: the snapshot carries our finalizer while the restore waits.
+    own.driver.inject(
+        Method::CreateVolume,
+        Fault::error(Code::Unavailable, "busy"),
+    );
+    let mut restore = claim("restored", &own.name, "1Gi");
+    restore.spec.as_mut().unwrap().data_source = Some(TypedLocalObjectReference {
+        api_group: Some("snapshot.storage.k8s.io".into()),
+        kind: "VolumeSnapshot".into(),
+        name: "snap".into(),
+    });
+    a.pvcs
+        .create(&PostParams::default(), &restore)
+        .await
+        .unwrap();
+    let protection = "provisioner.storage.kubernetes.io/volumesnapshot-as-source-protection";
+    let has_protection = |s: &DynamicObject| {
+        s.metadata
+            .finalizers
+            .as_ref()
+            .is_some_and(|f| f.iter().any(|x| x == protection))
+    };
+    eventually(
+        "the snapshot to be protected",
+        Duration::from_secs(30),
+        || async { has_protection(&snapshots.get("snap").await.ok()?).then_some(()) },
+    )
+    .await;
+    own.driver.clear_faults();
+    let pv = a.bound_pv("restored").await;
+    let volume = own.driver.state().volumes[&handle(&pv)].clone();
+    assert_eq!(
+        volume.content_source,
+        Some(csi_mock::ContentSource::Snapshot(snapshot_id))
+    );
+    eventually(
+        "the snapshot's protection to go",
+        Duration::from_secs(30),
+        || async { (!has_protection(&snapshots.get("snap").await.ok()?)).then_some(()) },
+    )
+    .await;
+
+    // Tidy up: the snapshot (the upstream controllers delete it on the driver), the claims.
+    snapshots
+        .delete("snap", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "the snapshot to be deleted",
+        Duration::from_secs(60),
+        || async {
+            snapshots
+                .get_opt("snap")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    a.pvcs
+        .delete("src", &DeleteParams::default())
+        .await
+        .unwrap();
+    for p in &mut snapshotters {
+        p.kill().await;
+    }
+    let _ = classes.delete(&own.name, &DeleteParams::default()).await;
+    a.finish(own, "restored").await;
+}

@@ -242,6 +242,7 @@ fn build_controllers(
                     strict_topology: flags.strict_topology,
                     immediate_topology: flags.immediate_topology,
                     controller_publish_readonly: flags.controller_publish_readonly,
+                    prevent_volume_mode_conversion: flags.prevent_volume_mode_conversion,
                     ..provisioner::ProvisionerConfig::default()
                 };
                 built.push(provisioner::build(context.clone(), config, informers));

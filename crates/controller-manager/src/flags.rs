@@ -103,6 +103,11 @@ pub struct Flags {
     #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub controller_publish_readonly: bool,
 
+    /// Provisioner: refuse to restore a snapshot into another volume mode unless its
+    /// VolumeSnapshotContent allows it (annotation snapshot.storage.kubernetes.io/allow-volume-mode-change).
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub prevent_volume_mode_conversion: bool,
+
     /// Period of the attacher's ListVolumes reconciliation (0 turns it off; used only when the
     /// driver has LIST_VOLUMES_PUBLISHED_NODES).
     #[arg(long, default_value = "1m", value_parser = go_duration)]

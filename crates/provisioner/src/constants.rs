@@ -37,7 +37,7 @@ pub const FINALIZER_PV: &str = "external-provisioner.volume.kubernetes.io/finali
 /// Volume attribute carrying the provisioner's identity (`provisionerIDKey`).
 pub const VOLUME_ATTR_PROVISIONER_IDENTITY: &str = "storage.kubernetes.io/csiProvisionerIdentity";
 
-// --- Data sources (next sitting) ---------------------------------------------------------------
+// --- Data sources ---------------------------------------------------------------------------------
 
 /// Finalizer on a PVC that is the source of a clone in progress.
 pub const FINALIZER_CLONE_PROTECTION: &str = "provisioner.storage.kubernetes.io/cloning-protection";

@@ -25,7 +25,9 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::storage::v1::{
     CSINode, StorageClass, VolumeAttachment, VolumeAttributesClass,
 };
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+};
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use runtime::events::EventRecorder;
@@ -462,8 +464,15 @@ impl Shared {
         };
         let cluster = self.cluster_topology();
         let clone = source::clone_source_name(pvc);
-        let resolved = match &clone {
-            Some(name) if self.caps.clone => Some(self.resolve_clone(pvc, class, name).await),
+        let restore = source::snapshot_source_name(pvc);
+        let mut snapshot = None;
+        let resolved = match (&clone, &restore) {
+            (Some(name), _) if self.caps.clone => Some(self.resolve_clone(pvc, class, name).await),
+            (_, Some(name)) if self.caps.snapshot => {
+                let (resolved, json) = self.resolve_snapshot(pvc, class, name).await;
+                snapshot = json;
+                Some(resolved)
+            }
             _ => None,
         };
         let prepared = request::prepare(&PrepareInput {
@@ -502,6 +511,11 @@ impl Shared {
             (&clone, &intent.request.content_source)
         {
             self.protect_clone_source(pvc, name).await?;
+        }
+        if let (Some(json), Some(RecordedSource::Snapshot(_))) =
+            (&snapshot, &intent.request.content_source)
+        {
+            self.protect_snapshot(pvc, json).await?;
         }
         let json = serde_json::to_string(&intent).unwrap_or_default();
         let patch = json!({"metadata": {
@@ -547,6 +561,143 @@ impl Shared {
             source_pv.as_deref(),
             &class.provisioner,
         )
+    }
+
+    fn snapshot_api(&self, ns: Option<&str>, kind: &str, plural: &str) -> Api<DynamicObject> {
+        let gvk = GroupVersionKind::gvk(SNAPSHOT_API_GROUP, "v1", kind);
+        let resource = ApiResource::from_gvk_with_plural(&gvk, plural);
+        match ns {
+            Some(ns) => Api::namespaced_with(self.ctx.client.clone(), ns, &resource),
+            None => Api::all_with(self.ctx.client.clone(), &resource),
+        }
+    }
+
+    /// The restore source of `pvc`: the VolumeSnapshot and its content, read with GETs as
+    /// upstream does (they are not cached). Also returns the snapshot, for its finalizer.
+    async fn resolve_snapshot(
+        &self,
+        pvc: &PersistentVolumeClaim,
+        class: &StorageClass,
+        name: &str,
+    ) -> (Result<RecordedSource, String>, Option<serde_json::Value>) {
+        let ns = pvc.metadata.namespace.as_deref().unwrap_or_default();
+        let snapshots = self.snapshot_api(Some(ns), SNAPSHOT_KIND, "volumesnapshots");
+        let snapshot = call_api("get VolumeSnapshot", snapshots.get(name))
+            .await
+            .map(|o| serde_json::to_value(o).unwrap_or_default())
+            .map_err(|e| e.to_string());
+        let content_name = snapshot.as_ref().ok().and_then(|s| {
+            s["status"]["boundVolumeSnapshotContentName"]
+                .as_str()
+                .map(String::from)
+        });
+        let content = match content_name {
+            Some(c) => {
+                let contents =
+                    self.snapshot_api(None, "VolumeSnapshotContent", "volumesnapshotcontents");
+                Some(
+                    call_api("get VolumeSnapshotContent", contents.get(&c))
+                        .await
+                        .map(|o| serde_json::to_value(o).unwrap_or_default())
+                        .map_err(|e| e.to_string()),
+                )
+            }
+            None => None,
+        };
+        let resolved = source::snapshot_source(
+            pvc,
+            snapshot.as_ref().map_err(Clone::clone),
+            content.as_ref().map(|c| c.as_ref().map_err(Clone::clone)),
+            &class.provisioner,
+            self.config.prevent_volume_mode_conversion,
+        );
+        (resolved, snapshot.ok())
+    }
+
+    /// Upstream: the VolumeSnapshot a restore reads from gets the provisioner's finalizer before
+    /// CreateVolume (Forbidden is tolerated: RBAC may not allow it).
+    async fn protect_snapshot(
+        &self,
+        pvc: &PersistentVolumeClaim,
+        snapshot: &serde_json::Value,
+    ) -> Result<(), Error> {
+        if source::has_snapshot_protection(snapshot) {
+            return Ok(());
+        }
+        let mut finalizers = snapshot["metadata"]["finalizers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        finalizers.push(FINALIZER_SNAPSHOT_SOURCE_PROTECTION.into());
+        // A merge patch replaces the list: the resourceVersion makes it conditional.
+        let patch = json!({"metadata": {
+            "finalizers": finalizers,
+            "resourceVersion": snapshot["metadata"]["resourceVersion"],
+        }});
+        let ns = pvc.metadata.namespace.as_deref().unwrap_or_default();
+        let name = snapshot["metadata"]["name"].as_str().unwrap_or_default();
+        let api = self.snapshot_api(Some(ns), SNAPSHOT_KIND, "volumesnapshots");
+        match call_api(
+            "add snapshot source finalizer",
+            api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)),
+        )
+        .await
+        {
+            Err(e) if is_status(&e, 403) => {
+                tracing::warn!(snapshot = %name, error = %e, "cannot protect the snapshot source");
+                Ok(())
+            }
+            r => r.map(|_| ()),
+        }
+    }
+
+    /// Upstream: after the restore, the finalizer goes again, unless another Pending claim in
+    /// the namespace still restores from the snapshot. Failures are only logged (as upstream).
+    async fn unprotect_snapshot(&self, pvc: &PersistentVolumeClaim, name: &str) {
+        let ns = pvc.metadata.namespace.as_deref().unwrap_or_default();
+        let others_pending = self.pvcs.state().iter().any(|c| {
+            c.metadata.uid != pvc.metadata.uid
+                && c.metadata.namespace.as_deref() == Some(ns)
+                && source::snapshot_source_name(c).as_deref() == Some(name)
+                && c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending")
+        });
+        if others_pending {
+            return;
+        }
+        let api = self.snapshot_api(Some(ns), SNAPSHOT_KIND, "volumesnapshots");
+        let result = async {
+            let Some(snapshot) = call_api("get VolumeSnapshot", api.get_opt(name)).await? else {
+                return Ok(());
+            };
+            let finalizers = snapshot.metadata.finalizers.clone().unwrap_or_default();
+            if !finalizers
+                .iter()
+                .any(|f| f == FINALIZER_SNAPSHOT_SOURCE_PROTECTION)
+            {
+                return Ok(());
+            }
+            let kept: Vec<&String> = finalizers
+                .iter()
+                .filter(|f| *f != FINALIZER_SNAPSHOT_SOURCE_PROTECTION)
+                .collect();
+            let patch = json!({"metadata": {
+                "finalizers": kept,
+                "resourceVersion": snapshot.metadata.resource_version,
+            }});
+            call_api(
+                "remove snapshot source finalizer",
+                api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)),
+            )
+            .await
+            .map(|_| ())
+        }
+        .await;
+        match result {
+            Err(e) if !is_status(&e, 404) && !is_status(&e, 403) => {
+                tracing::warn!(snapshot = %format!("{ns}/{name}"), error = %e, "could not remove the snapshot source finalizer");
+            }
+            _ => {}
+        }
     }
 
     /// Upstream `setCloneFinalizer`: the source claim keeps the cloning-protection finalizer
@@ -617,6 +768,9 @@ impl Shared {
     }
 
     async fn release(&self, pvc: &PersistentVolumeClaim, reschedule: bool) -> Result<(), Error> {
+        if let Some(name) = source::snapshot_source_name(pvc) {
+            self.unprotect_snapshot(pvc, &name).await;
+        }
         let mut annotations = serde_json::Map::new();
         annotations.insert(ANN_VOLUME_INTENT.into(), serde_json::Value::Null);
         if reschedule {

@@ -7,7 +7,7 @@
 //! deliberate: the provisioner Secret is read by the act layer after this succeeds (upstream reads
 //! it between the secret-reference checks and the parameter stripping, so with two faults at once
 //! the reported one may differ); the clone source is resolved by the act layer (`source`) and passed
-//! in; restore from a snapshot is refused for now (not built yet).
+//! in, as is the snapshot source of a restore.
 
 use std::collections::BTreeMap;
 
@@ -45,6 +45,8 @@ pub struct ProvisionerConfig {
     pub topology_gate: bool,
     /// Feature gate `VolumeAttributesClass` (GA, default true).
     pub volume_attributes_class_gate: bool,
+    /// `--prevent-volume-mode-conversion` (default true).
+    pub prevent_volume_mode_conversion: bool,
 }
 
 impl Default for ProvisionerConfig {
@@ -59,6 +61,7 @@ impl Default for ProvisionerConfig {
             controller_publish_readonly: false,
             topology_gate: true,
             volume_attributes_class_gate: true,
+            prevent_volume_mode_conversion: true,
         }
     }
 }
@@ -622,9 +625,7 @@ fn check_data_source(
                     "CSI driver does not support snapshot restore: controller CREATE_DELETE_SNAPSHOT capability is not reported",
                 ));
             }
-            Err(ProvisionError::no_change(
-                "provisioning from a VolumeSnapshot is not implemented yet by this provisioner",
-            ))
+            Ok(true)
         }
         PVC_KIND => {
             caps.check_basic().map_err(ProvisionError::finished)?;

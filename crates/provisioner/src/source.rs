@@ -7,7 +7,10 @@
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use serde::{Deserialize, Serialize};
 
-use crate::constants::{FINALIZER_CLONE_PROTECTION, PVC_KIND};
+use crate::constants::{
+    ANN_ALLOW_VOLUME_MODE_CHANGE, FINALIZER_CLONE_PROTECTION, FINALIZER_SNAPSHOT_SOURCE_PROTECTION,
+    PVC_KIND, SNAPSHOT_KIND,
+};
 use crate::quantity;
 
 /// `volume_content_source` of a CreateVolume request.
@@ -137,6 +140,135 @@ pub fn clone_source(
         ));
     }
     Ok(RecordedSource::Volume(csi.volume_handle.clone()))
+}
+
+/// The VolumeSnapshot's name when `claim` restores one.
+pub fn snapshot_source_name(claim: &PersistentVolumeClaim) -> Option<String> {
+    data_source(claim)
+        .filter(|(kind, _)| kind == SNAPSHOT_KIND)
+        .map(|(_, name)| name)
+}
+
+fn text<'a>(v: &'a serde_json::Value, path: &[&str]) -> Option<&'a str> {
+    path.iter().try_fold(v, |v, k| v.get(k))?.as_str()
+}
+
+/// Whether a VolumeSnapshot (as JSON) carries the provisioner's source-protection finalizer.
+pub fn has_snapshot_protection(snapshot: &serde_json::Value) -> bool {
+    snapshot["metadata"]["finalizers"]
+        .as_array()
+        .is_some_and(|f| f.iter().any(|x| x == FINALIZER_SNAPSHOT_SOURCE_PROTECTION))
+}
+
+/// Upstream `getSnapshotSource`: checks the VolumeSnapshot and its bound content (both as JSON,
+/// `Err` carrying the lookup error) and returns the snapshot handle. `content` is `None` when the
+/// snapshot names no content (then it is not looked up).
+pub fn snapshot_source(
+    claim: &PersistentVolumeClaim,
+    snapshot: Result<&serde_json::Value, String>,
+    content: Option<Result<&serde_json::Value, String>>,
+    provisioner: &str,
+    prevent_volume_mode_conversion: bool,
+) -> Result<RecordedSource, String> {
+    let name = snapshot_source_name(claim).unwrap_or_default();
+    let snapshot =
+        snapshot.map_err(|e| format!("error getting snapshot {name} from api server: {e}"))?;
+    if snapshot["metadata"]["deletionTimestamp"].is_string() && !has_snapshot_protection(snapshot) {
+        // Only a restore that started before the deletion (it put our finalizer on) may go on.
+        return Err(format!("snapshot {name} is being deleted"));
+    }
+    let not_bound = || format!("snapshot {name} not bound");
+    let content_name =
+        text(snapshot, &["status", "boundVolumeSnapshotContentName"]).ok_or_else(not_bound)?;
+    let content = match content {
+        Some(Ok(c)) => c,
+        Some(Err(e)) => {
+            tracing::warn!(snapshot = %name, content = %content_name, error = %e, "error getting snapshotcontent");
+            return Err(not_bound());
+        }
+        None => return Err(not_bound()),
+    };
+    let reference = &content["spec"]["volumeSnapshotRef"];
+    let meta = &snapshot["metadata"];
+    if reference["uid"] != meta["uid"]
+        || reference["namespace"] != meta["namespace"]
+        || reference["name"] != meta["name"]
+    {
+        return Err(not_bound());
+    }
+    if text(content, &["spec", "driver"]) != Some(provisioner) {
+        return Err(not_bound());
+    }
+    if snapshot["status"]["readyToUse"] != serde_json::Value::Bool(true) {
+        return Err(format!("snapshot {name} is not Ready"));
+    }
+    let handle = text(content, &["status", "snapshotHandle"])
+        .ok_or_else(|| format!("snapshot handle {name} is not available"))?;
+    if let Some(restore) = text(snapshot, &["status", "restoreSize"]) {
+        let claim_name = claim.metadata.name.as_deref().unwrap_or_default();
+        let requested = claim
+            .spec
+            .as_ref()
+            .and_then(|s| s.resources.as_ref())
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get("storage"))
+            .ok_or_else(|| {
+                format!("error getting capacity for PVC {claim_name} when creating snapshot {name}")
+            })?;
+        let requested = quantity::parse_bytes(&requested.0).unwrap_or(0);
+        let restore = quantity::parse_bytes(restore).unwrap_or(0);
+        if requested < restore {
+            return Err(format!(
+                "requested volume size {requested} is less than the size {restore} for the source snapshot {name}"
+            ));
+        }
+    }
+    let claim_mode = claim.spec.as_ref().and_then(|s| s.volume_mode.as_deref());
+    let source_mode = text(content, &["spec", "sourceVolumeMode"]);
+    if prevent_volume_mode_conversion
+        && let (Some(from), Some(to)) = (source_mode, claim_mode)
+        && from != to
+    {
+        let who = format!(
+            "requested volume {}/{} modifies the mode of the source volume but does not have permission to do so.",
+            claim.metadata.namespace.as_deref().unwrap_or_default(),
+            claim.metadata.name.as_deref().unwrap_or_default()
+        );
+        let content_name = text(content, &["metadata", "name"]).unwrap_or_default();
+        match text(
+            content,
+            &["metadata", "annotations", ANN_ALLOW_VOLUME_MODE_CHANGE],
+        ) {
+            None => {
+                return Err(format!(
+                    "{who} {ANN_ALLOW_VOLUME_MODE_CHANGE} annotation is not present on snapshotcontent {content_name}"
+                ));
+            }
+            Some(v) => match parse_go_bool(v) {
+                Err(()) => {
+                    return Err(format!(
+                        "{who} failed to convert {ANN_ALLOW_VOLUME_MODE_CHANGE} annotation value to boolean with error: strconv.ParseBool: parsing {v:?}: invalid syntax"
+                    ));
+                }
+                Ok(false) => {
+                    return Err(format!(
+                        "{who} {ANN_ALLOW_VOLUME_MODE_CHANGE} is set to false on snapshotcontent {content_name}"
+                    ));
+                }
+                Ok(true) => {}
+            },
+        }
+    }
+    Ok(RecordedSource::Snapshot(handle.to_string()))
+}
+
+/// Go's `strconv.ParseBool`.
+fn parse_go_bool(v: &str) -> Result<bool, ()> {
+    match v {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        _ => Err(()),
+    }
 }
 
 /// Whether `pvc` carries the cloning-protection finalizer.

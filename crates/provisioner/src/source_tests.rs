@@ -207,3 +207,150 @@ fn the_data_source_ref_counts_when_data_source_is_absent() {
     });
     assert_eq!(clone_source_name(&c), Some("src".into()));
 }
+
+fn restore_of(snapshot: &str, size: &str, mode: Option<&str>) -> PersistentVolumeClaim {
+    let mut c = pvc("new", size, "Pending");
+    let spec = c.spec.as_mut().unwrap();
+    spec.volume_name = None;
+    spec.volume_mode = mode.map(Into::into);
+    spec.data_source = Some(TypedLocalObjectReference {
+        api_group: Some("snapshot.storage.k8s.io".into()),
+        kind: "VolumeSnapshot".into(),
+        name: snapshot.into(),
+    });
+    c
+}
+
+fn snapshot_json() -> serde_json::Value {
+    serde_json::json!({
+        "metadata": {"name": "snap", "namespace": "ns", "uid": "uid-snap"},
+        "status": {"boundVolumeSnapshotContentName": "content-1", "readyToUse": true,
+                   "restoreSize": "1Gi"},
+    })
+}
+
+fn content_json() -> serde_json::Value {
+    serde_json::json!({
+        "metadata": {"name": "content-1"},
+        "spec": {"driver": DRIVER, "sourceVolumeMode": "Filesystem",
+                 "volumeSnapshotRef": {"name": "snap", "namespace": "ns", "uid": "uid-snap"}},
+        "status": {"snapshotHandle": "snap-handle"},
+    })
+}
+
+fn restore(
+    claim: &PersistentVolumeClaim,
+    snapshot: &serde_json::Value,
+    content: &serde_json::Value,
+) -> Result<RecordedSource, String> {
+    snapshot_source(claim, Ok(snapshot), Some(Ok(content)), DRIVER, true)
+}
+
+#[test]
+fn a_ready_snapshot_gives_its_handle() {
+    let claim = restore_of("snap", "1Gi", None);
+    assert_eq!(
+        restore(&claim, &snapshot_json(), &content_json()),
+        Ok(RecordedSource::Snapshot("snap-handle".into()))
+    );
+}
+
+#[test]
+fn snapshot_checks_in_upstream_order_with_upstream_messages() {
+    let claim = restore_of("snap", "1Gi", None);
+    let e = |r: Result<RecordedSource, String>| r.unwrap_err();
+    assert_eq!(
+        e(snapshot_source(
+            &claim,
+            Err("nope".into()),
+            None,
+            DRIVER,
+            true
+        )),
+        "error getting snapshot snap from api server: nope"
+    );
+    let mut deleting = snapshot_json();
+    deleting["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z".into();
+    assert_eq!(
+        e(restore(&claim, &deleting, &content_json())),
+        "snapshot snap is being deleted"
+    );
+    // A restore that put our finalizer on before the deletion goes on.
+    deleting["metadata"]["finalizers"] = serde_json::json!([FINALIZER_SNAPSHOT_SOURCE_PROTECTION]);
+    assert!(restore(&claim, &deleting, &content_json()).is_ok());
+    let mut unbound = snapshot_json();
+    unbound["status"]["boundVolumeSnapshotContentName"] = serde_json::Value::Null;
+    assert_eq!(
+        e(restore(&claim, &unbound, &content_json())),
+        "snapshot snap not bound"
+    );
+    let mut other_driver = content_json();
+    other_driver["spec"]["driver"] = "other".into();
+    assert_eq!(
+        e(restore(&claim, &snapshot_json(), &other_driver)),
+        "snapshot snap not bound"
+    );
+    let mut other_snapshot = content_json();
+    other_snapshot["spec"]["volumeSnapshotRef"]["uid"] = "x".into();
+    assert_eq!(
+        e(restore(&claim, &snapshot_json(), &other_snapshot)),
+        "snapshot snap not bound"
+    );
+    let mut not_ready = snapshot_json();
+    not_ready["status"]["readyToUse"] = false.into();
+    assert_eq!(
+        e(restore(&claim, &not_ready, &content_json())),
+        "snapshot snap is not Ready"
+    );
+    let mut no_handle = content_json();
+    no_handle["status"] = serde_json::json!({});
+    assert_eq!(
+        e(restore(&claim, &snapshot_json(), &no_handle)),
+        "snapshot handle snap is not available"
+    );
+    assert_eq!(
+        e(restore(
+            &restore_of("snap", "500Mi", None),
+            &snapshot_json(),
+            &content_json()
+        )),
+        "requested volume size 524288000 is less than the size 1073741824 for the source snapshot snap"
+    );
+}
+
+#[test]
+fn a_restore_into_another_volume_mode_needs_the_contents_permission() {
+    let block = restore_of("snap", "1Gi", Some("Block"));
+    assert_eq!(
+        restore(&block, &snapshot_json(), &content_json()).unwrap_err(),
+        "requested volume ns/new modifies the mode of the source volume but does not have permission to do so. snapshot.storage.kubernetes.io/allow-volume-mode-change annotation is not present on snapshotcontent content-1"
+    );
+    let mut allowed = content_json();
+    allowed["metadata"]["annotations"] =
+        serde_json::json!({"snapshot.storage.kubernetes.io/allow-volume-mode-change": "true"});
+    assert!(restore(&block, &snapshot_json(), &allowed).is_ok());
+    allowed["metadata"]["annotations"]["snapshot.storage.kubernetes.io/allow-volume-mode-change"] =
+        "false".into();
+    assert!(restore(&block, &snapshot_json(), &allowed)
+        .unwrap_err()
+        .ends_with("snapshot.storage.kubernetes.io/allow-volume-mode-change is set to false on snapshotcontent content-1"));
+    // --prevent-volume-mode-conversion=false, or a claim without volumeMode: no check.
+    assert!(
+        snapshot_source(
+            &block,
+            Ok(&snapshot_json()),
+            Some(Ok(&content_json())),
+            DRIVER,
+            false
+        )
+        .is_ok()
+    );
+    assert!(
+        restore(
+            &restore_of("snap", "1Gi", None),
+            &snapshot_json(),
+            &content_json()
+        )
+        .is_ok()
+    );
+}
