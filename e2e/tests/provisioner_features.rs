@@ -21,6 +21,7 @@ const MANAGER_ARGS: &[&str] = &[
     "--controllers=provisioner",
     "--retry-interval-start=500ms",
     "--retry-interval-max=5s",
+    "--snapshot-orphan-sweep-interval=1s",
 ];
 
 struct Apis {
@@ -767,6 +768,24 @@ async fn a_claim_restores_a_snapshot_taken_by_the_upstream_snapshotter() {
     );
     eventually(
         "the snapshot's protection to go",
+        Duration::from_secs(30),
+        || async { (!has_protection(&snapshots.get("snap").await.ok()?)).then_some(()) },
+    )
+    .await;
+
+    // A finalizer left behind (say, its removal failed) is swept: no Pending claim needs it.
+    let mut again = snapshots.get("snap").await.unwrap();
+    again
+        .metadata
+        .finalizers
+        .get_or_insert_with(Vec::new)
+        .push(protection.to_string());
+    snapshots
+        .replace("snap", &PostParams::default(), &again)
+        .await
+        .unwrap();
+    eventually(
+        "the sweep to remove the orphaned finalizer",
         Duration::from_secs(30),
         || async { (!has_protection(&snapshots.get("snap").await.ok()?)).then_some(()) },
     )

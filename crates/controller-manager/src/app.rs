@@ -243,6 +243,7 @@ fn build_controllers(
                     immediate_topology: flags.immediate_topology,
                     controller_publish_readonly: flags.controller_publish_readonly,
                     prevent_volume_mode_conversion: flags.prevent_volume_mode_conversion,
+                    snapshot_orphan_sweep_interval: flags.snapshot_orphan_sweep_interval,
                     ..provisioner::ProvisionerConfig::default()
                 };
                 built.push(provisioner::build(context.clone(), config, informers));

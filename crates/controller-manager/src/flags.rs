@@ -108,6 +108,11 @@ pub struct Flags {
     #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub prevent_volume_mode_conversion: bool,
 
+    /// Provisioner: how often the snapshot-as-source finalizer is removed from VolumeSnapshots
+    /// no Pending claim restores from (0 disables the sweep).
+    #[arg(long, default_value = "5m", value_parser = go_duration)]
+    pub snapshot_orphan_sweep_interval: Duration,
+
     /// Period of the attacher's ListVolumes reconciliation (0 turns it off; used only when the
     /// driver has LIST_VOLUMES_PUBLISHED_NODES).
     #[arg(long, default_value = "1m", value_parser = go_duration)]

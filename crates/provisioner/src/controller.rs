@@ -264,13 +264,14 @@ impl Controller for Provisioner {
                 shared.volumes.clone(),
                 workers,
                 metrics,
-                token,
+                token.clone(),
                 move |key| {
                     let s = s2.clone();
                     async move { s.sync_volume(&key).await }
                 },
             );
-            futures::join!(claims, volumes);
+            let sweep = shared.clone().sweep_snapshot_finalizers(token.clone());
+            futures::join!(claims, volumes, sweep);
         })
     }
 }
@@ -698,6 +699,93 @@ impl Shared {
             }
             _ => {}
         }
+    }
+
+    /// Upstream's orphaned snapshot-finalizer sweep, every `--snapshot-orphan-sweep-interval`
+    /// while leading; only for drivers that cut snapshots. Only snapshots whose content is of this
+    /// driver are touched (the finalizer's name is shared by every provisioner). A Forbidden LIST
+    /// turns the sweep off quietly, as upstream.
+    async fn sweep_snapshot_finalizers(self: Arc<Self>, token: CancellationToken) {
+        let every = self.config.snapshot_orphan_sweep_interval;
+        if every.is_zero() || !self.caps.snapshot {
+            return;
+        }
+        loop {
+            tokio::select! {
+                () = token.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+            match self.sweep_once().await {
+                Ok(n) if n > 0 => {
+                    tracing::info!(
+                        removed = n,
+                        "removed orphaned snapshot-as-source finalizers"
+                    )
+                }
+                Ok(_) => {}
+                Err(e) if is_status(&e, 403) || is_status(&e, 404) => {
+                    tracing::info!(error = %e, "cannot list VolumeSnapshots; the orphaned-finalizer sweep is off");
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, "orphaned snapshot-finalizer sweep failed"),
+            }
+        }
+    }
+
+    /// One sweep; returns how many finalizers it removed.
+    async fn sweep_once(&self) -> Result<usize, Error> {
+        let all = self.snapshot_api(None, SNAPSHOT_KIND, "volumesnapshots");
+        let list = call_api("list VolumeSnapshots", all.list(&Default::default())).await?;
+        let claims = self.pvcs.state();
+        let contents = self.snapshot_api(None, "VolumeSnapshotContent", "volumesnapshotcontents");
+        let mut removed = 0;
+        for snapshot in list.items {
+            let json = serde_json::to_value(&snapshot).unwrap_or_default();
+            if !source::orphaned_snapshot_protection(&json, claims.iter().map(|c| c.as_ref())) {
+                continue;
+            }
+            let Some(content) = json["status"]["boundVolumeSnapshotContentName"].as_str() else {
+                continue;
+            };
+            let ours = call_api("get VolumeSnapshotContent", contents.get_opt(content))
+                .await?
+                .is_some_and(|c| c.data["spec"]["driver"] == self.driver.as_str());
+            if !ours {
+                continue;
+            }
+            let (Some(ns), Some(name)) = (
+                snapshot.metadata.namespace.as_deref(),
+                snapshot.metadata.name.as_deref(),
+            ) else {
+                continue;
+            };
+            let kept: Vec<&String> = snapshot
+                .metadata
+                .finalizers
+                .iter()
+                .flatten()
+                .filter(|f| *f != FINALIZER_SNAPSHOT_SOURCE_PROTECTION)
+                .collect();
+            let patch = json!({"metadata": {
+                "finalizers": kept,
+                "resourceVersion": snapshot.metadata.resource_version,
+            }});
+            let api = self.snapshot_api(Some(ns), SNAPSHOT_KIND, "volumesnapshots");
+            match call_api(
+                "remove orphaned snapshot source finalizer",
+                api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)),
+            )
+            .await
+            {
+                Ok(_) => removed += 1,
+                // Gone, changed meanwhile, or not ours to write: the next sweep looks again.
+                Err(e) if is_status(&e, 404) || is_status(&e, 409) || is_status(&e, 403) => {
+                    tracing::debug!(snapshot = %format!("{ns}/{name}"), error = %e, "skipped");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(removed)
     }
 
     /// Upstream `setCloneFinalizer`: the source claim keeps the cloning-protection finalizer

@@ -47,6 +47,8 @@ pub struct ProvisionerConfig {
     pub volume_attributes_class_gate: bool,
     /// `--prevent-volume-mode-conversion` (default true).
     pub prevent_volume_mode_conversion: bool,
+    /// `--snapshot-orphan-sweep-interval` (default 5 min; zero disables the sweep).
+    pub snapshot_orphan_sweep_interval: std::time::Duration,
 }
 
 impl Default for ProvisionerConfig {
@@ -62,6 +64,7 @@ impl Default for ProvisionerConfig {
             topology_gate: true,
             volume_attributes_class_gate: true,
             prevent_volume_mode_conversion: true,
+            snapshot_orphan_sweep_interval: std::time::Duration::from_secs(300),
         }
     }
 }

@@ -262,6 +262,53 @@ pub fn snapshot_source(
     Ok(RecordedSource::Snapshot(handle.to_string()))
 }
 
+/// Upstream's orphaned snapshot-finalizer sweep: a VolumeSnapshot (as JSON) whose source
+/// protection no claim needs any more: it carries the finalizer and no claim in phase Pending (or
+/// without a phase) restores from it, through `dataSource` or `dataSourceRef` (kind
+/// VolumeSnapshot, apiGroup absent or snapshot.storage.k8s.io; a Ref's namespace honoured).
+pub fn orphaned_snapshot_protection<'a>(
+    snapshot: &serde_json::Value,
+    claims: impl IntoIterator<Item = &'a PersistentVolumeClaim>,
+) -> bool {
+    if !has_snapshot_protection(snapshot) {
+        return false;
+    }
+    let (Some(ns), Some(name)) = (
+        snapshot["metadata"]["namespace"].as_str(),
+        snapshot["metadata"]["name"].as_str(),
+    ) else {
+        return false;
+    };
+    let group_ok = |g: Option<&str>| g.is_none_or(|g| g == crate::constants::SNAPSHOT_API_GROUP);
+    !claims.into_iter().any(|c| {
+        let phase = c
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .unwrap_or_default();
+        if phase != "Pending" && !phase.is_empty() {
+            return false;
+        }
+        let claim_ns = c.metadata.namespace.as_deref().unwrap_or_default();
+        let Some(spec) = c.spec.as_ref() else {
+            return false;
+        };
+        let by_source = spec.data_source.as_ref().is_some_and(|d| {
+            d.kind == SNAPSHOT_KIND
+                && d.name == name
+                && group_ok(d.api_group.as_deref())
+                && claim_ns == ns
+        });
+        let by_ref = spec.data_source_ref.as_ref().is_some_and(|r| {
+            r.kind == SNAPSHOT_KIND
+                && r.name == name
+                && group_ok(r.api_group.as_deref())
+                && r.namespace.as_deref().unwrap_or(claim_ns) == ns
+        });
+        by_source || by_ref
+    })
+}
+
 /// Go's `strconv.ParseBool`.
 fn parse_go_bool(v: &str) -> Result<bool, ()> {
     match v {

@@ -354,3 +354,37 @@ fn a_restore_into_another_volume_mode_needs_the_contents_permission() {
         .is_ok()
     );
 }
+
+#[test]
+fn the_sweep_frees_a_snapshot_no_pending_claim_restores_from() {
+    let mut snapshot = snapshot_json();
+    // Without our finalizer there is nothing to sweep.
+    assert!(!orphaned_snapshot_protection(&snapshot, []));
+    snapshot["metadata"]["finalizers"] =
+        serde_json::json!(["other", FINALIZER_SNAPSHOT_SOURCE_PROTECTION]);
+    assert!(orphaned_snapshot_protection(&snapshot, []));
+    // A Pending restore, or one with no phase yet, keeps it; a Bound one does not.
+    let pending = restore_of("snap", "1Gi", None);
+    assert!(!orphaned_snapshot_protection(&snapshot, [&pending]));
+    let mut fresh = restore_of("snap", "1Gi", None);
+    fresh.status = None;
+    assert!(!orphaned_snapshot_protection(&snapshot, [&fresh]));
+    let mut bound = restore_of("snap", "1Gi", None);
+    bound.status.as_mut().unwrap().phase = Some("Bound".into());
+    assert!(orphaned_snapshot_protection(&snapshot, [&bound]));
+    // Another namespace's claim of the same name does not count; a Ref naming the namespace does.
+    let mut elsewhere = restore_of("snap", "1Gi", None);
+    elsewhere.metadata.namespace = Some("other".into());
+    assert!(orphaned_snapshot_protection(&snapshot, [&elsewhere]));
+    let mut by_ref = restore_of("snap", "1Gi", None);
+    by_ref.metadata.namespace = Some("other".into());
+    let spec = by_ref.spec.as_mut().unwrap();
+    spec.data_source = None;
+    spec.data_source_ref = Some(k8s_openapi::api::core::v1::TypedObjectReference {
+        api_group: Some("snapshot.storage.k8s.io".into()),
+        kind: "VolumeSnapshot".into(),
+        name: "snap".into(),
+        namespace: Some("ns".into()),
+    });
+    assert!(!orphaned_snapshot_protection(&snapshot, [&by_ref]));
+}
