@@ -8,11 +8,7 @@ use k8s_openapi::api::storage::v1::StorageClass;
 use crate::constants::*;
 
 fn annotation<'a>(pvc: &'a PersistentVolumeClaim, key: &str) -> Option<&'a str> {
-    pvc.metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(key))
-        .map(String::as_str)
+    crate::meta::annotation(&pvc.metadata, key)
 }
 
 /// The provisioner the claim asks for: the GA annotation, or the beta one only when the GA key is

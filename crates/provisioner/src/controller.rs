@@ -125,10 +125,7 @@ fn claim_key(ns: &str, name: &str) -> String {
 }
 
 fn has_intent_finalizer(pvc: &PersistentVolumeClaim) -> bool {
-    pvc.metadata
-        .finalizers
-        .as_ref()
-        .is_some_and(|f| f.iter().any(|x| x == FINALIZER_VOLUME_INTENT))
+    crate::meta::has_finalizer(&pvc.metadata, FINALIZER_VOLUME_INTENT)
 }
 
 /// Builds the provisioner: registers its informers and handlers. Call before the informers start.

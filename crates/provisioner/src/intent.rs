@@ -29,16 +29,8 @@ pub enum Recorded {
 
 /// Reads the recorded intent of `pvc`, as the manager of `driver` sees it.
 pub fn recorded(pvc: &PersistentVolumeClaim, driver: &str) -> Recorded {
-    let finalizer = pvc
-        .metadata
-        .finalizers
-        .as_ref()
-        .is_some_and(|f| f.iter().any(|x| x == FINALIZER_VOLUME_INTENT));
-    let annotation = pvc
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(ANN_VOLUME_INTENT));
+    let finalizer = crate::meta::has_finalizer(&pvc.metadata, FINALIZER_VOLUME_INTENT);
+    let annotation = crate::meta::annotation(&pvc.metadata, ANN_VOLUME_INTENT);
     match (finalizer, annotation) {
         (false, None) => Recorded::None,
         (_, None) => Recorded::Invalid("the intent annotation is missing".into()),

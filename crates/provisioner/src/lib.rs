@@ -17,6 +17,7 @@ pub mod constants;
 pub mod controller;
 pub mod error;
 pub mod intent;
+pub mod meta;
 pub mod params;
 pub mod pv;
 pub mod quantity;

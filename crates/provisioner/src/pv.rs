@@ -133,11 +133,7 @@ pub fn build_pv(
 }
 
 fn pv_annotation<'a>(pv: &'a PersistentVolume, key: &str) -> Option<&'a str> {
-    pv.metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(key))
-        .map(String::as_str)
+    crate::meta::annotation(&pv.metadata, key)
 }
 
 /// LIB `isProvisionerForVolume`: provisioned by us, or a static CSI PV of our driver.
@@ -165,10 +161,7 @@ pub enum VolumeAction {
 }
 
 fn has_finalizer(pv: &PersistentVolume, f: &str) -> bool {
-    pv.metadata
-        .finalizers
-        .as_ref()
-        .is_some_and(|fs| fs.iter().any(|x| x == f))
+    crate::meta::has_finalizer(&pv.metadata, f)
 }
 
 /// LIB `handleProtectionFinalizer` then `shouldDelete`, for a PV that [`is_ours`].

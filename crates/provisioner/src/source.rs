@@ -320,10 +320,7 @@ fn parse_go_bool(v: &str) -> Result<bool, ()> {
 
 /// Whether `pvc` carries the cloning-protection finalizer.
 pub fn has_clone_protection(pvc: &PersistentVolumeClaim) -> bool {
-    pvc.metadata
-        .finalizers
-        .as_ref()
-        .is_some_and(|f| f.iter().any(|x| x == FINALIZER_CLONE_PROTECTION))
+    crate::meta::has_finalizer(&pvc.metadata, FINALIZER_CLONE_PROTECTION)
 }
 
 /// Upstream clone controller: a deleted source keeps its cloning-protection finalizer while a
