@@ -513,7 +513,7 @@ impl Shared {
         if let (Some(json), Some(RecordedSource::Snapshot(_))) =
             (&snapshot, &intent.request.content_source)
         {
-            self.protect_snapshot(pvc, json).await?;
+            self.protect_snapshot(json).await?;
         }
         let json = serde_json::to_string(&intent).unwrap_or_default();
         let patch = json!({"metadata": {
@@ -577,13 +577,16 @@ impl Shared {
         pvc: &PersistentVolumeClaim,
         class: &StorageClass,
         name: &str,
-    ) -> (Result<RecordedSource, String>, Option<serde_json::Value>) {
+    ) -> (Result<RecordedSource, String>, Option<DynamicObject>) {
         let ns = pvc.metadata.namespace.as_deref().unwrap_or_default();
         let snapshots = self.snapshot_api(Some(ns), SNAPSHOT_KIND, "volumesnapshots");
-        let snapshot = call_api("get VolumeSnapshot", snapshots.get(name))
+        let object = call_api("get VolumeSnapshot", snapshots.get(name))
             .await
-            .map(|o| serde_json::to_value(o).unwrap_or_default())
             .map_err(|e| e.to_string());
+        let snapshot = object
+            .as_ref()
+            .map(|o| serde_json::to_value(o).unwrap_or_default())
+            .map_err(Clone::clone);
         let content_name = snapshot.as_ref().ok().and_then(|s| {
             s["status"]["boundVolumeSnapshotContentName"]
                 .as_str()
@@ -609,43 +612,63 @@ impl Shared {
             &class.provisioner,
             self.config.prevent_volume_mode_conversion,
         );
-        (resolved, snapshot.ok())
+        (resolved, object.ok())
+    }
+
+    /// Puts the snapshot-as-source finalizer on `snapshot` or takes it off, if it is not so
+    /// already. A merge patch replaces the whole list, so it carries the resourceVersion: a
+    /// snapshot changed meanwhile answers 409 and nothing is lost.
+    async fn set_snapshot_protection(
+        &self,
+        snapshot: &DynamicObject,
+        on: bool,
+    ) -> Result<(), Error> {
+        if crate::meta::has_finalizer(&snapshot.metadata, FINALIZER_SNAPSHOT_SOURCE_PROTECTION)
+            == on
+        {
+            return Ok(());
+        }
+        let mut finalizers: Vec<String> = snapshot
+            .metadata
+            .finalizers
+            .iter()
+            .flatten()
+            .filter(|f| *f != FINALIZER_SNAPSHOT_SOURCE_PROTECTION)
+            .cloned()
+            .collect();
+        if on {
+            finalizers.push(FINALIZER_SNAPSHOT_SOURCE_PROTECTION.into());
+        }
+        let patch = json!({"metadata": {
+            "finalizers": finalizers,
+            "resourceVersion": snapshot.metadata.resource_version,
+        }});
+        let ns = snapshot.metadata.namespace.as_deref().unwrap_or_default();
+        let name = snapshot.metadata.name.as_deref().unwrap_or_default();
+        let api = self.snapshot_api(Some(ns), SNAPSHOT_KIND, "volumesnapshots");
+        let action = if on {
+            "add snapshot source finalizer"
+        } else {
+            "remove snapshot source finalizer"
+        };
+        call_api(
+            action,
+            api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)),
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Upstream: the VolumeSnapshot a restore reads from gets the provisioner's finalizer before
     /// CreateVolume (Forbidden is tolerated: RBAC may not allow it).
-    async fn protect_snapshot(
-        &self,
-        pvc: &PersistentVolumeClaim,
-        snapshot: &serde_json::Value,
-    ) -> Result<(), Error> {
-        if source::has_snapshot_protection(snapshot) {
-            return Ok(());
-        }
-        let mut finalizers = snapshot["metadata"]["finalizers"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        finalizers.push(FINALIZER_SNAPSHOT_SOURCE_PROTECTION.into());
-        // A merge patch replaces the list: the resourceVersion makes it conditional.
-        let patch = json!({"metadata": {
-            "finalizers": finalizers,
-            "resourceVersion": snapshot["metadata"]["resourceVersion"],
-        }});
-        let ns = pvc.metadata.namespace.as_deref().unwrap_or_default();
-        let name = snapshot["metadata"]["name"].as_str().unwrap_or_default();
-        let api = self.snapshot_api(Some(ns), SNAPSHOT_KIND, "volumesnapshots");
-        match call_api(
-            "add snapshot source finalizer",
-            api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)),
-        )
-        .await
-        {
+    async fn protect_snapshot(&self, snapshot: &DynamicObject) -> Result<(), Error> {
+        match self.set_snapshot_protection(snapshot, true).await {
             Err(e) if is_status(&e, 403) => {
+                let name = snapshot.metadata.name.as_deref().unwrap_or_default();
                 tracing::warn!(snapshot = %name, error = %e, "cannot protect the snapshot source");
                 Ok(())
             }
-            r => r.map(|_| ()),
+            r => r,
         }
     }
 
@@ -663,33 +686,11 @@ impl Shared {
             return;
         }
         let api = self.snapshot_api(Some(ns), SNAPSHOT_KIND, "volumesnapshots");
-        let result = async {
-            let Some(snapshot) = call_api("get VolumeSnapshot", api.get_opt(name)).await? else {
-                return Ok(());
-            };
-            let finalizers = snapshot.metadata.finalizers.clone().unwrap_or_default();
-            if !finalizers
-                .iter()
-                .any(|f| f == FINALIZER_SNAPSHOT_SOURCE_PROTECTION)
-            {
-                return Ok(());
-            }
-            let kept: Vec<&String> = finalizers
-                .iter()
-                .filter(|f| *f != FINALIZER_SNAPSHOT_SOURCE_PROTECTION)
-                .collect();
-            let patch = json!({"metadata": {
-                "finalizers": kept,
-                "resourceVersion": snapshot.metadata.resource_version,
-            }});
-            call_api(
-                "remove snapshot source finalizer",
-                api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)),
-            )
-            .await
-            .map(|_| ())
-        }
-        .await;
+        let result = match call_api("get VolumeSnapshot", api.get_opt(name)).await {
+            Ok(Some(snapshot)) => self.set_snapshot_protection(&snapshot, false).await,
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
         match result {
             Err(e) if !is_status(&e, 404) && !is_status(&e, 403) => {
                 tracing::warn!(snapshot = %format!("{ns}/{name}"), error = %e, "could not remove the snapshot source finalizer");
@@ -750,34 +751,12 @@ impl Shared {
             if !ours {
                 continue;
             }
-            let (Some(ns), Some(name)) = (
-                snapshot.metadata.namespace.as_deref(),
-                snapshot.metadata.name.as_deref(),
-            ) else {
-                continue;
-            };
-            let kept: Vec<&String> = snapshot
-                .metadata
-                .finalizers
-                .iter()
-                .flatten()
-                .filter(|f| *f != FINALIZER_SNAPSHOT_SOURCE_PROTECTION)
-                .collect();
-            let patch = json!({"metadata": {
-                "finalizers": kept,
-                "resourceVersion": snapshot.metadata.resource_version,
-            }});
-            let api = self.snapshot_api(Some(ns), SNAPSHOT_KIND, "volumesnapshots");
-            match call_api(
-                "remove orphaned snapshot source finalizer",
-                api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)),
-            )
-            .await
-            {
+            match self.set_snapshot_protection(&snapshot, false).await {
                 Ok(_) => removed += 1,
                 // Gone, changed meanwhile, or not ours to write: the next sweep looks again.
                 Err(e) if is_status(&e, 404) || is_status(&e, 409) || is_status(&e, 403) => {
-                    tracing::debug!(snapshot = %format!("{ns}/{name}"), error = %e, "skipped");
+                    let name = snapshot.metadata.name.as_deref().unwrap_or_default();
+                    tracing::debug!(snapshot = %name, error = %e, "skipped");
                 }
                 Err(e) => return Err(e),
             }
