@@ -130,28 +130,30 @@ pub struct ManagerProcess {
 impl ManagerProcess {
     /// A manager for `endpoint` with `args` on top; logs under `$E2E_DIR/logs` (or the temp dir).
     pub fn new(name: &str, endpoint: &str, args: &[&str]) -> Self {
+        let mut all = vec!["--csi-address".to_string(), endpoint.to_string()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        Self::other(
+            &format!("{name}-manager"),
+            workspace_binary("csi-controller-manager", "OURS_BIN"),
+            all,
+        )
+    }
+
+    /// Any other process (e.g. an upstream sidecar), handled the same way; its log is
+    /// `<name>.log` under `$E2E_DIR/logs` (or the temp dir).
+    pub fn other(name: &str, bin: std::path::PathBuf, args: Vec<String>) -> Self {
         let log_dir = std::env::var_os("E2E_DIR")
             .map(|d| std::path::PathBuf::from(d).join("logs"))
             .unwrap_or_else(std::env::temp_dir);
         std::fs::create_dir_all(&log_dir).expect("the log directory");
-        let mut all = vec!["--csi-address".to_string(), endpoint.to_string()];
-        all.extend(args.iter().map(|a| a.to_string()));
         Self {
-            bin: workspace_binary("csi-controller-manager", "OURS_BIN"),
-            args: all,
-            log: log_dir.join(format!("{name}-manager.log")),
+            bin,
+            args,
+            log: log_dir.join(format!("{name}.log")),
             child: None,
             starts: 0,
             unexpected_exits: Vec::new(),
         }
-    }
-
-    /// Any other process (e.g. an upstream sidecar) handled the same way; logs like `new`.
-    pub fn other(name: &str, bin: std::path::PathBuf, args: Vec<String>) -> Self {
-        let mut p = Self::new(name, "", &[]);
-        p.bin = bin;
-        p.args = args;
-        p
     }
 
     /// Starts the process.
