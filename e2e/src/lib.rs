@@ -345,3 +345,20 @@ pub fn rwo() -> csi::v1::VolumeCapability {
         }),
     }
 }
+
+/// The volume names with a recorded intent in `driver`'s provisioner journal (the managers the
+/// tests start run in `$POD_NAMESPACE`, else `default`); empty if there is no journal.
+pub async fn journal_entries(client: &kube::Client, driver: &str) -> Vec<String> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let ns = std::env::var("POD_NAMESPACE")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "default".into());
+    let api: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), &ns);
+    api.get_opt(&provisioner::journal::object_name(driver))
+        .await
+        .expect("read the intent journal")
+        .and_then(|c| c.data)
+        .map(|d| d.into_keys().collect())
+        .unwrap_or_default()
+}

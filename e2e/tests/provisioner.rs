@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use csi::v1;
-use e2e::{clients, eventually, storage_class, unique};
+use e2e::{clients, eventually, journal_entries, storage_class, unique};
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::storage::v1::StorageClass;
@@ -84,7 +84,17 @@ async fn a_claim_is_provisioned_and_deleted_as_upstream_does() {
     let csi = spec.csi.unwrap();
     assert_eq!(csi.driver, driver);
     assert!(driver_volume_names().await.contains(&csi.volume_handle));
-    // Our intent record is released once the PV exists.
+    // Our intent record is released once the PV exists (with the journal's next write), and the
+    // claim carries nothing of ours.
+    eventually(
+        "the journal to release the volume",
+        Duration::from_secs(30),
+        || {
+            let (client, d, v) = (c.main.clone(), driver.clone(), pv_name.clone());
+            async move { (!journal_entries(&client, &d).await.contains(&v)).then_some(()) }
+        },
+    )
+    .await;
     let pvc = pvcs.get(&name).await.unwrap();
     assert!(
         !pvc.metadata

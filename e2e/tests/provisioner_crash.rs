@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use csi_mock::{Fault, Method, MockDriver};
-use e2e::{ManagerProcess, OwnDriver, claim, clients, eventually, storage_class};
+use e2e::{ManagerProcess, OwnDriver, claim, clients, eventually, journal_entries, storage_class};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
@@ -202,9 +202,12 @@ struct Census {
     pvs: BTreeMap<String, (String, String, String)>,
     /// Volumes on the driver: id -> name (the PV name it was created for).
     volumes: BTreeMap<String, String>,
+    /// Volume names with an intent still recorded in the journal.
+    journal: Vec<String>,
 }
 
 async fn census(
+    client: &kube::Client,
     pvcs: &Api<PersistentVolumeClaim>,
     pvs: &Api<PersistentVolume>,
     driver: &MockDriver,
@@ -251,12 +254,14 @@ async fn census(
         claims,
         pvs,
         volumes,
+        journal: journal_entries(client, driver_name).await,
     })
 }
 
 impl Census {
-    /// Converged: only the kept claims remain, all Bound and without our intent finalizer, and
-    /// the driver's volumes are exactly the PVs' volumes, one per kept claim.
+    /// Converged: only the kept claims remain, all Bound and without our intent finalizer, the
+    /// journal holds no intent, and the driver's volumes are exactly the PVs' volumes, one per
+    /// kept claim.
     fn converged(&self, kept: &BTreeSet<String>) -> bool {
         let claims_ok = self.claims.keys().cloned().collect::<BTreeSet<_>>() == *kept
             && self.claims.values().all(|(phase, finalizers)| {
@@ -264,6 +269,7 @@ impl Census {
             });
         let pv_claims: BTreeSet<String> = self.pvs.values().map(|(_, c, _)| c.clone()).collect();
         claims_ok
+            && self.journal.is_empty()
             && self.pvs.keys().eq(self.volumes.keys())
             && pv_claims == *kept
             && self.pvs.len() == kept.len()
@@ -368,18 +374,19 @@ async fn no_volume_is_leaked_or_lost_across_200_sigkills() {
         .collect();
     let deadline = Instant::now() + Duration::from_secs(180);
     let last = loop {
-        let now = census(&pvcs, &pvs, &driver, &driver_name).await;
+        let now = census(&c.main, &pvcs, &pvs, &driver, &driver_name).await;
         match now {
             Some(n) if n.converged(&kept) => break n,
             Some(n) if Instant::now() > deadline => {
                 panic!(
                     "no convergence in 180 s (seed {seed}).\nleaked volumes (on the driver, no PV; id, name): {:?}\n\
-                     lost volumes (PV, none on the driver): {:?}\nclaims left: {:?}\nPVs: {:?}\n\
+                     lost volumes (PV, none on the driver): {:?}\nclaims left: {:?}\nPVs: {:?}\njournal: {:?}\n\
                      manager log: {}",
                     n.leaked(),
                     n.lost(),
                     n.claims,
                     n.pvs,
+                    n.journal,
                     manager.log.display()
                 )
             }
@@ -428,9 +435,9 @@ async fn no_volume_is_leaked_or_lost_across_200_sigkills() {
         "every volume and PV of the test driver to be deleted",
         Duration::from_secs(120),
         || {
-            let (pvcs, pvs, driver, dn) = (&pvcs, &pvs, &driver, &driver_name);
+            let (client, pvcs, pvs, driver, dn) = (&c.main, &pvcs, &pvs, &driver, &driver_name);
             async move {
-                let n = census(pvcs, pvs, driver, dn).await?;
+                let n = census(client, pvcs, pvs, driver, dn).await?;
                 (n.volumes.is_empty() && n.pvs.is_empty() && n.claims.is_empty()).then_some(())
             }
         },

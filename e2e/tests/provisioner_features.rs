@@ -819,3 +819,101 @@ async fn a_claim_restores_a_snapshot_taken_by_the_upstream_snapshotter() {
     let _ = classes.delete(&own.name, &DeleteParams::default()).await;
     a.finish(own, "restored").await;
 }
+
+/// An earlier version kept the intent on the claim (finalizer and annotation). A claim deleted
+/// with such an intent while no manager ran has its intent moved into the journal, then its
+/// volume rolled back, and the claim goes.
+#[tokio::test]
+async fn an_intent_left_on_a_deleted_claim_by_an_earlier_version_is_rolled_back() {
+    use provisioner::request::{Capability, RecordedRequest};
+    let (mut own, a) = setup("prov-legacy", "Delete").await;
+    own.manager.kill().await;
+    let created = a
+        .pvcs
+        .create(&PostParams::default(), &claim("legacy", &own.name, "1Gi"))
+        .await
+        .unwrap();
+    let uid = created.metadata.uid.clone().unwrap();
+    let volume = format!("pvc-{uid}");
+    let request = RecordedRequest {
+        required_bytes: 1 << 30,
+        capabilities: vec![Capability {
+            block: false,
+            fs_type: "ext4".into(),
+            mount_flags: Vec::new(),
+            mode: csi::v1::volume_capability::access_mode::Mode::SingleNodeWriter as i32,
+        }],
+        ..RecordedRequest::default()
+    };
+    // The earlier version's CreateVolume made the volume, then it died.
+    let endpoint = csi::CsiEndpoint::parse(&own.endpoint).unwrap();
+    let csi =
+        csi::CsiClient::connect(endpoint, Duration::from_secs(10), Default::default()).unwrap();
+    csi.create_volume(request.to_csi(&volume, BTreeMap::new()))
+        .await
+        .unwrap();
+    let intent = provisioner::Intent {
+        driver: own.driver_name.clone(),
+        volume_name: volume.clone(),
+        claim_uid: uid,
+        claim_namespace: own.name.clone(),
+        claim_name: "legacy".into(),
+        request,
+        provisioner_secret: None,
+        pv: Default::default(),
+        may_reschedule: false,
+    };
+    let recorded = json!({"metadata": {
+        "finalizers": [provisioner::constants::FINALIZER_VOLUME_INTENT],
+        "annotations": {
+            provisioner::constants::ANN_VOLUME_INTENT: serde_json::to_string(&intent).unwrap(),
+        },
+    }});
+    a.pvcs
+        .patch(
+            "legacy",
+            &PatchParams::default(),
+            &Patch::Strategic(&recorded),
+        )
+        .await
+        .unwrap();
+    a.pvcs
+        .delete("legacy", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert_eq!(own.driver.state().volumes.len(), 1);
+
+    own.manager.start();
+    eventually(
+        "the claim to go and its volume to be rolled back",
+        Duration::from_secs(60),
+        || async {
+            let gone = a.pvcs.get_opt("legacy").await.unwrap().is_none();
+            (gone && own.driver.state().volumes.is_empty()).then_some(())
+        },
+    )
+    .await;
+    let c = clients().await;
+    eventually(
+        "the journal to be empty",
+        Duration::from_secs(30),
+        || async {
+            e2e::journal_entries(&c.main, &own.driver_name)
+                .await
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
+    let log = std::fs::read_to_string(&own.manager.log).unwrap();
+    assert!(
+        log.contains("moved the volume intent from the claim into the journal"),
+        "the intent went through the journal (log {})",
+        own.manager.log.display()
+    );
+    a.classes
+        .delete(&own.name, &DeleteParams::default())
+        .await
+        .unwrap();
+    own.stop().await;
+}

@@ -138,6 +138,7 @@ pub async fn run(flags: Flags) -> Result<(), AppError> {
         },
         workers: flags.worker_threads,
         identity: identity(&flags.leader_election_identity),
+        namespace: lease_namespace(&flags.leader_election_namespace),
     };
     let built = build_controllers(&kinds, &flags, &context, &mut informers);
     let running_informers = Arc::new(informers.start(shutdown.clone()));

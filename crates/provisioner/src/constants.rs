@@ -153,9 +153,10 @@ pub const EVENT_CONTROLLER: &str = "external-provisioner";
 
 // --- Our own names (the no-leak design, see README.md) ----------------------------------------
 
-/// Finalizer on a PVC while a volume may exist on the driver for it and no PV records it yet.
+/// Finalizer an earlier version put on a PVC while a volume could exist for it and no PV recorded
+/// it (today the journal holds the intent; such claims are taken over, see `intent`).
 pub const FINALIZER_VOLUME_INTENT: &str = "provisioner.csi-controller-manager.io/volume-intent";
-/// Annotation on the PVC holding the recorded intent (JSON of [`crate::intent::Intent`]).
+/// Annotation an earlier version put on the PVC with the intent (JSON of [`crate::Intent`]).
 pub const ANN_VOLUME_INTENT: &str = "provisioner.csi-controller-manager.io/volume-intent";
 
 /// Default `--volume-name-prefix`.

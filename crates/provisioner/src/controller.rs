@@ -8,7 +8,8 @@
 //! # Invariants
 //! - Provisioning and deletion of one volume name never overlap: both passes hold the volume
 //!   name's lock ([`NameLocks`]) for their whole duration.
-//! - Intent is recorded before CreateVolume and released only when a PV records the volume, when
+//! - Intent is recorded in the journal before CreateVolume and released only when a PV records
+//!   the volume, when
 //!   the driver's error proves that nothing was created (`intent::proves_nothing_created`), or
 //!   after a rollback's DeleteVolume succeeded.
 //! - Secrets are read into CSI requests only; they are never logged (the request's `Debug` redacts).
@@ -40,6 +41,7 @@ use crate::claim;
 use crate::constants::*;
 use crate::error::{Error, ProvisionError, ProvisioningState, grpc_message};
 use crate::intent::{self, ClaimObservation, ClaimPlan, Recorded, ReplayResult, RollBackStep};
+use crate::journal::Journal;
 use crate::params::SecretRef;
 use crate::pv::{self, DeletionSecrets, VolumeAction};
 use crate::request::{self, DriverCaps, Intent, PrepareInput, ProvisionerConfig, VacInfo};
@@ -95,6 +97,7 @@ struct Shared {
     claims: WorkQueue<String>,
     volumes: WorkQueue<String>,
     locks: NameLocks,
+    journal: Arc<Journal>,
     events: EventRecorder,
     /// Claims held back after INVALID_ARGUMENT: UID -> (until, StorageClass UID).
     infeasible: Mutex<HashMap<String, (Instant, String)>>,
@@ -128,6 +131,9 @@ fn has_intent_finalizer(pvc: &PersistentVolumeClaim) -> bool {
     crate::meta::has_finalizer(&pvc.metadata, FINALIZER_VOLUME_INTENT)
 }
 
+/// How long a failed journal read waits before the next try.
+const LOAD_RETRY: Duration = Duration::from_secs(2);
+
 /// Builds the provisioner: registers its informers and handlers. Call before the informers start.
 pub fn build(
     ctx: ControllerContext,
@@ -138,15 +144,18 @@ pub fn build(
     let caps = DriverCaps::from_discovery(&ctx.driver, config.topology_gate);
     let claims = WorkQueue::new(QUEUE_CLAIMS, ctx.backoff, ctx.metrics.queues());
     let volumes = WorkQueue::new(QUEUE_VOLUMES, ctx.backoff, ctx.metrics.queues());
+    let journal = Arc::new(Journal::new(ctx.client.clone(), &ctx.namespace, &driver));
 
     let pvcs = {
         let d = driver.clone();
         let q = claims.clone();
+        let j = journal.clone();
         informers
             .for_type::<PersistentVolumeClaim>()
             // A claim with our intent stays in memory even if its annotations change.
             .keep(move |pvc| {
                 claim::is_for_driver(pvc, &d)
+                    || pvc.metadata.uid.as_deref().is_some_and(|u| j.has_claim(u))
                     || (has_intent_finalizer(pvc)
                         && matches!(intent::recorded(pvc, &d), Recorded::Intent(_)))
             })
@@ -225,6 +234,7 @@ pub fn build(
             claims,
             volumes,
             locks: NameLocks::default(),
+            journal,
             events,
             infeasible: Mutex::default(),
             deletions: Mutex::default(),
@@ -241,6 +251,27 @@ impl Controller for Provisioner {
     fn run(&self, token: CancellationToken) -> BoxFuture<'static, ()> {
         let shared = self.shared.clone();
         Box::pin(async move {
+            // No claim pass before the journal is read: it would record a claim's intent anew.
+            loop {
+                match shared.journal.load().await {
+                    Ok(n) => {
+                        tracing::info!(journal = %shared.journal.object_name(), intents = n, "read the intent journal");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(journal = %shared.journal.object_name(), error = %e, "cannot read the intent journal; retrying");
+                        tokio::select! {
+                            () = token.cancelled() => return,
+                            () = tokio::time::sleep(LOAD_RETRY) => {}
+                        }
+                    }
+                }
+            }
+            // Claims deleted while no one led are in no cache: their keys come from the journal.
+            for key in shared.journal.claim_keys() {
+                shared.claims.add(key);
+            }
+            let writer = shared.journal.write(token.clone());
             let metrics = shared.ctx.metrics.controllers();
             let workers = shared.ctx.workers;
             let s1 = shared.clone();
@@ -268,12 +299,12 @@ impl Controller for Provisioner {
                 },
             );
             let sweep = shared.clone().sweep_snapshot_finalizers(token.clone());
-            futures::join!(claims, volumes, sweep);
+            futures::join!(claims, volumes, sweep, writer);
         })
     }
 }
 
-async fn call_api<T>(
+pub(crate) async fn call_api<T>(
     action: impl Into<String>,
     call: impl std::future::Future<Output = Result<T, kube::Error>>,
 ) -> Result<T, Error> {
@@ -288,7 +319,7 @@ async fn call_api<T>(
     }
 }
 
-fn is_status(e: &Error, code: u16) -> bool {
+pub(crate) fn is_status(e: &Error, code: u16) -> bool {
     matches!(e, Error::Kube { source, .. } if matches!(**source, kube::Error::Api(ref s) if s.code == code))
 }
 
@@ -363,7 +394,24 @@ impl Shared {
         let Some((ns, name)) = key.split_once('/') else {
             return Ok(Outcome::Done);
         };
-        let Some(pvc) = self.pvcs.get(&ObjectRef::new(name).within(ns)) else {
+        let mut cached = self.pvcs.get(&ObjectRef::new(name).within(ns));
+        let recorded = self.journal.for_key(ns, name);
+        if cached.is_none() && !recorded.is_empty() {
+            // Before rolling back, make sure the claim is gone and not only out of the cache.
+            cached = call_api("get PVC", self.pvc_api(ns).get_opt(name))
+                .await?
+                .map(Arc::new);
+        }
+        let live_uid = cached.as_ref().and_then(|p| p.metadata.uid.clone());
+        for intent in recorded
+            .iter()
+            .filter(|i| Some(&i.claim_uid) != live_uid.as_ref())
+        {
+            // The claim this intent was recorded for is gone.
+            let plan = intent::journal_plan(intent, None, self.pv_exists(&intent.volume_name));
+            self.act_on_intent(None, intent, plan).await?;
+        }
+        let Some(pvc) = cached else {
             return Ok(Outcome::Done);
         };
         if claim::is_deleting(&pvc) && source::has_clone_protection(&pvc) {
@@ -378,16 +426,15 @@ impl Shared {
             self.config.volume_name_uuid_length,
         )
         .ok();
-        let pv_exists = |n: &str| self.pvs.get(&ObjectRef::new(n)).is_some() || self.created(n);
-        let intent_pv_exists = match intent::recorded(&pvc, &self.driver) {
-            Recorded::Intent(i) => pv_exists(&i.volume_name),
-            _ => false,
-        };
+        let journal = self.journal.for_claim(&uid);
         let plan = intent::plan(&ClaimObservation {
             driver: &self.driver,
             pvc: &pvc,
-            intent_pv_exists,
-            pv_exists: computed.as_deref().is_some_and(pv_exists),
+            journal: journal.as_ref(),
+            intent_pv_exists: journal
+                .as_ref()
+                .is_some_and(|i| self.pv_exists(&i.volume_name)),
+            pv_exists: computed.as_deref().is_some_and(|n| self.pv_exists(n)),
             selection: &selection,
         });
         tracing::debug!(pvc = %key, ?plan, "claim plan");
@@ -402,17 +449,52 @@ impl Shared {
                 let _guard = self.locks.lock(&lock_name).await;
                 self.prepare(&pvc, &class, selected_node.as_deref()).await
             }
-            ClaimPlan::Provision(intent) => {
-                let _guard = self.locks.lock(&intent.volume_name).await;
-                self.provision(&pvc, &intent).await
+            ClaimPlan::Adopt(intent) => {
+                self.journal.record(&intent).await?;
+                tracing::info!(pvc = %key, volume = %intent.volume_name, "moved the volume intent from the claim into the journal");
+                self.strip(&pvc).await?;
+                Ok(Outcome::Done)
             }
-            ClaimPlan::RollBack(intent) => {
-                let _guard = self.locks.lock(&intent.volume_name).await;
-                self.roll_back(&pvc, &intent).await
+            ClaimPlan::Strip(why) => {
+                tracing::info!(pvc = %key, reason = %why, "removing the volume intent from the claim");
+                self.strip(&pvc).await?;
+                Ok(Outcome::Done)
             }
-            ClaimPlan::Release(why) => {
-                tracing::info!(pvc = %key, reason = %why, "releasing volume intent");
-                self.release(&pvc, false).await?;
+            plan => match &journal {
+                Some(intent) => self.act_on_intent(Some(&pvc), intent, plan).await,
+                None => Ok(Outcome::Done),
+            },
+        }
+    }
+
+    /// Whether a PV of this name exists (cache), or this process created it lately.
+    fn pv_exists(&self, name: &str) -> bool {
+        self.pvs.get(&ObjectRef::new(name)).is_some() || self.created(name)
+    }
+
+    /// Carries out a plan for a journal intent; `pvc` is its claim if it still exists.
+    async fn act_on_intent(
+        &self,
+        pvc: Option<&PersistentVolumeClaim>,
+        intent: &Intent,
+        plan: ClaimPlan,
+    ) -> Result<Outcome, Error> {
+        match (plan, pvc) {
+            (ClaimPlan::Provision(intent), Some(pvc)) => {
+                let _guard = self.locks.lock(&intent.volume_name).await;
+                self.provision(pvc, &intent).await
+            }
+            (ClaimPlan::RollBack(intent), _) => {
+                let _guard = self.locks.lock(&intent.volume_name).await;
+                self.roll_back(pvc, &intent).await
+            }
+            (ClaimPlan::Release(why), _) => {
+                tracing::info!(volume = %intent.volume_name, reason = %why, "releasing volume intent");
+                self.release(pvc, intent, false).await?;
+                Ok(Outcome::Done)
+            }
+            (plan, _) => {
+                tracing::debug!(?plan, "nothing to do for this intent");
                 Ok(Outcome::Done)
             }
         }
@@ -499,8 +581,8 @@ impl Shared {
             }
             Err(e) => {
                 if e.state == ProvisioningState::Reschedule {
-                    // Give the claim back to the scheduler (the patch also clears no intent).
-                    self.release(pvc, true).await?;
+                    // Give the claim back to the scheduler.
+                    self.unselect_node(pvc).await?;
                 }
                 return self.failed(pvc, e).await;
             }
@@ -515,22 +597,13 @@ impl Shared {
         {
             self.protect_snapshot(json).await?;
         }
-        let json = serde_json::to_string(&intent).unwrap_or_default();
-        let patch = json!({"metadata": {
-            "uid": uid,
-            "finalizers": [FINALIZER_VOLUME_INTENT],
-            "annotations": {ANN_VOLUME_INTENT: json},
-        }});
+        self.journal.record(&intent).await?;
         let ns = pvc.metadata.namespace.as_deref().unwrap_or_default();
         let name = pvc.metadata.name.as_deref().unwrap_or_default();
-        call_api(
-            "record volume intent",
-            self.pvc_api(ns)
-                .patch(name, &PatchParams::default(), &Patch::Strategic(&patch)),
-        )
-        .await?;
         tracing::info!(pvc = %claim_key(ns, name), volume = %intent.volume_name, "recorded volume intent");
-        Ok(Outcome::Done)
+        // Provision at once (the caller holds the volume name's lock): nothing else brings the
+        // claim back.
+        self.provision(pvc, &intent).await
     }
 
     /// The clone source of `pvc`: the source claim (cache, else a GET) and its PV (cache: only
@@ -831,26 +904,59 @@ impl Shared {
         Err(Error::Provision(e))
     }
 
-    async fn release(&self, pvc: &PersistentVolumeClaim, reschedule: bool) -> Result<(), Error> {
-        if let Some(name) = source::snapshot_source_name(pvc) {
-            self.unprotect_snapshot(pvc, &name).await;
+    /// Releases the journal's intent; with `reschedule`, also gives the claim back to the
+    /// scheduler.
+    async fn release(
+        &self,
+        pvc: Option<&PersistentVolumeClaim>,
+        intent: &Intent,
+        reschedule: bool,
+    ) -> Result<(), Error> {
+        if let Some(pvc) = pvc {
+            if reschedule {
+                self.unselect_node(pvc).await?;
+            }
+            if let Some(name) = source::snapshot_source_name(pvc) {
+                self.unprotect_snapshot(pvc, &name).await;
+            }
         }
-        let mut annotations = serde_json::Map::new();
-        annotations.insert(ANN_VOLUME_INTENT.into(), serde_json::Value::Null);
-        if reschedule {
-            annotations.insert(ANN_SELECTED_NODE.into(), serde_json::Value::Null);
-        }
+        self.journal.release(&intent.volume_name);
+        Ok(())
+    }
+
+    /// Removes `volume.kubernetes.io/selected-node` (upstream's rescheduling).
+    async fn unselect_node(&self, pvc: &PersistentVolumeClaim) -> Result<(), Error> {
+        let patch = json!({"metadata": {
+            "uid": pvc.metadata.uid,
+            "annotations": {ANN_SELECTED_NODE: null},
+        }});
+        self.patch_claim(pvc, "reschedule claim", &patch).await
+    }
+
+    /// Removes the intent finalizer and annotation an earlier version put on the claim.
+    async fn strip(&self, pvc: &PersistentVolumeClaim) -> Result<(), Error> {
         let patch = json!({"metadata": {
             "uid": pvc.metadata.uid,
             "$deleteFromPrimitiveList/finalizers": [FINALIZER_VOLUME_INTENT],
-            "annotations": annotations,
+            "annotations": {ANN_VOLUME_INTENT: null},
         }});
+        self.patch_claim(pvc, "remove volume intent from claim", &patch)
+            .await
+    }
+
+    /// A strategic-merge patch of the claim; a claim already gone is fine.
+    async fn patch_claim(
+        &self,
+        pvc: &PersistentVolumeClaim,
+        action: &str,
+        patch: &serde_json::Value,
+    ) -> Result<(), Error> {
         let ns = pvc.metadata.namespace.as_deref().unwrap_or_default();
         let name = pvc.metadata.name.as_deref().unwrap_or_default();
         let r = call_api(
-            "release volume intent",
+            action,
             self.pvc_api(ns)
-                .patch(name, &PatchParams::default(), &Patch::Strategic(&patch)),
+                .patch(name, &PatchParams::default(), &Patch::Strategic(patch)),
         )
         .await;
         match r {
@@ -911,9 +1017,11 @@ impl Shared {
                     // volume; otherwise it stays, and the next pass replays the recorded request,
                     // or rolls it back if the claim is deleted meanwhile.
                     ProvisioningState::Finished if intent::proves_nothing_created(err.code()) => {
-                        self.release(pvc, false).await?;
+                        self.release(Some(pvc), intent, false).await?;
                     }
-                    ProvisioningState::Reschedule => self.release(pvc, true).await?,
+                    ProvisioningState::Reschedule => {
+                        self.release(Some(pvc), intent, true).await?;
+                    }
                     _ => {}
                 }
                 return self.failed(pvc, e).await;
@@ -983,7 +1091,8 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&intent.claim_uid);
-        // The PV's informer event brings the claim back to release its intent.
+        // The PV records the volume now.
+        self.release(Some(pvc), intent, false).await?;
         Ok(Outcome::Done)
     }
 
@@ -1009,7 +1118,7 @@ impl Shared {
 
     async fn roll_back(
         &self,
-        pvc: &PersistentVolumeClaim,
+        pvc: Option<&PersistentVolumeClaim>,
         intent: &Intent,
     ) -> Result<Outcome, Error> {
         let secrets = match &intent.provisioner_secret {
@@ -1024,10 +1133,7 @@ impl Shared {
             Ok(_) => (ReplayResult::InFlight, "no volume in the answer".into()),
             Err(e) => (intent::replay_error(e.code()), grpc_message(&e)),
         };
-        let key = claim_key(
-            pvc.metadata.namespace.as_deref().unwrap_or_default(),
-            pvc.metadata.name.as_deref().unwrap_or_default(),
-        );
+        let key = claim_key(&intent.claim_namespace, &intent.claim_name);
         match intent::rollback_step(&replay) {
             RollBackStep::Delete(id) => {
                 let req = v1::DeleteVolumeRequest {
@@ -1043,17 +1149,17 @@ impl Shared {
                         source: Box::new(e),
                     })?;
                 tracing::info!(pvc = %key, volume_id = %id, "rolled back volume of a deleted claim");
-                self.release(pvc, false).await?;
+                self.release(pvc, intent, false).await?;
                 Ok(Outcome::Done)
             }
             RollBackStep::Release => {
                 tracing::info!(pvc = %key, volume = %intent.volume_name, "the driver refuses the recorded request: nothing was created");
-                self.release(pvc, false).await?;
+                self.release(pvc, intent, false).await?;
                 Ok(Outcome::Done)
             }
             RollBackStep::ReleaseOrphan => {
                 tracing::error!(pvc = %key, volume = %intent.volume_name, "a volume of this name exists with other arguments; it cannot be found by id and is left on the driver");
-                self.release(pvc, false).await?;
+                self.release(pvc, intent, false).await?;
                 Ok(Outcome::Done)
             }
             RollBackStep::Retry => Err(Error::Delete(format!(

@@ -129,6 +129,9 @@ pub enum Error {
     /// An API call did not answer in time.
     #[error("{0}: the API server did not answer in time")]
     KubeTimeout(String),
+    /// The intent journal could not store a record.
+    #[error("recording the volume intent: {0}")]
+    Journal(String),
     /// A CSI call failed outside provisioning (rollback).
     #[error("{action}: {source}")]
     Csi {

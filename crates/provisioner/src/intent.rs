@@ -1,11 +1,14 @@
 //! The no-leak state machine of one claim (see `README.md`): the pure `plan` of the claim worker.
 //!
-//! Intent is recorded on the PVC (finalizer [`FINALIZER_VOLUME_INTENT`] plus annotation
-//! [`ANN_VOLUME_INTENT`] holding the [`Intent`]) *before* any CreateVolume, and released only once
-//! a PV records the volume, or the volume is known not to exist. While it is recorded, the claim
-//! worker either drives the recorded request to a PV (claim alive) or rolls it back with
-//! DeleteVolume (claim deleted, or bound to another volume); the finalizer keeps a deleted claim
-//! readable until then. A restart at any instant finds the intent and resumes.
+//! Intent is recorded in the driver's journal ([`crate::journal`]) *before* any CreateVolume,
+//! and released only once a PV records the volume, or the volume is known not to exist. While it
+//! is recorded, the claim worker either drives the recorded request to a PV (claim alive) or
+//! rolls it back with DeleteVolume (claim deleted, or bound to another volume). The journal
+//! outlives the claim, so a restart at any instant finds the intent and resumes.
+//!
+//! Earlier versions recorded the intent on the PVC itself (finalizer [`FINALIZER_VOLUME_INTENT`]
+//! and annotation [`ANN_VOLUME_INTENT`]); such a claim's intent is moved into the journal
+//! ([`ClaimPlan::Adopt`]) and the claim cleaned ([`ClaimPlan::Strip`]).
 
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 
@@ -13,7 +16,7 @@ use crate::claim::{self, Selection};
 use crate::constants::*;
 use crate::request::Intent;
 
-/// What the claim's annotations and finalizers say about recorded intent.
+/// What the claim's annotations and finalizers say about intent recorded on it (the earlier way).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Recorded {
     /// No finalizer, no annotation.
@@ -52,7 +55,7 @@ pub enum ClaimPlan {
     Nothing(&'static str),
     /// The StorageClass is missing: retry with backoff.
     MissingClass(String),
-    /// Build the request (`request::prepare`) and record it: patch the finalizer and annotation.
+    /// Build the request (`request::prepare`) and record it in the journal.
     Prepare {
         /// The selected node, if any.
         selected_node: Option<String>,
@@ -61,8 +64,12 @@ pub enum ClaimPlan {
     Provision(Box<Intent>),
     /// Replay the recorded CreateVolume to learn the volume id, DeleteVolume it, then release.
     RollBack(Box<Intent>),
-    /// Remove the finalizer and the annotation.
+    /// Release the journal's intent.
     Release(String),
+    /// Record the intent found on the claim in the journal (then [`ClaimPlan::Strip`]).
+    Adopt(Box<Intent>),
+    /// Remove the intent finalizer and annotation from the claim.
+    Strip(String),
 }
 
 /// The observed state of one claim.
@@ -72,7 +79,9 @@ pub struct ClaimObservation<'a> {
     pub driver: &'a str,
     /// The claim.
     pub pvc: &'a PersistentVolumeClaim,
-    /// Whether a PV with the recorded intent's volume name exists (`None` without an intent).
+    /// The journal's intent for this claim (by UID).
+    pub journal: Option<&'a Intent>,
+    /// Whether a PV with the recorded intent's volume name exists (`false` without an intent).
     pub intent_pv_exists: bool,
     /// Whether a PV with the name the claim would get now exists.
     pub pv_exists: bool,
@@ -84,43 +93,59 @@ pub struct ClaimObservation<'a> {
 pub fn plan(obs: &ClaimObservation<'_>) -> ClaimPlan {
     let pvc = obs.pvc;
     match recorded(pvc, obs.driver) {
-        Recorded::Intent(intent) => {
-            if obs.intent_pv_exists {
-                return ClaimPlan::Release(format!(
-                    "PV {} exists and records the volume",
-                    intent.volume_name
-                ));
-            }
-            let bound_elsewhere = pvc
-                .spec
-                .as_ref()
-                .and_then(|s| s.volume_name.as_deref())
-                .is_some_and(|v| !v.is_empty() && v != intent.volume_name);
-            if claim::is_deleting(pvc) || bound_elsewhere {
-                ClaimPlan::RollBack(intent)
-            } else {
-                ClaimPlan::Provision(intent)
-            }
+        Recorded::None => {}
+        Recorded::Foreign(_) => {
+            return ClaimPlan::Nothing("the intent was recorded by another driver");
         }
-        Recorded::Foreign(_) => ClaimPlan::Nothing("the intent was recorded by another driver"),
+        Recorded::Intent(_) if obs.journal.is_some() => {
+            return ClaimPlan::Strip("the journal holds the intent".into());
+        }
+        Recorded::Intent(intent) => return ClaimPlan::Adopt(intent),
         // Nothing can be resumed or rolled back without the request; do not block the claim.
-        Recorded::Invalid(why) => ClaimPlan::Release(why),
-        Recorded::None => {
-            if claim::is_deleting(pvc) {
-                return ClaimPlan::Nothing("the claim is being deleted");
-            }
-            match obs.selection {
-                Selection::Skip(why) => ClaimPlan::Nothing(why),
-                Selection::MissingClass(e) => ClaimPlan::MissingClass(e.clone()),
-                // LIB: a PV of that name already exists: provisioned, nothing to do.
-                Selection::Provision { .. } if obs.pv_exists => {
-                    ClaimPlan::Nothing("the PV already exists")
-                }
-                Selection::Provision { selected_node } => ClaimPlan::Prepare {
-                    selected_node: selected_node.clone(),
-                },
-            }
-        }
+        Recorded::Invalid(why) => return ClaimPlan::Strip(why),
+    }
+    if let Some(intent) = obs.journal {
+        return journal_plan(intent, Some(pvc), obs.intent_pv_exists);
+    }
+    if claim::is_deleting(pvc) {
+        return ClaimPlan::Nothing("the claim is being deleted");
+    }
+    match obs.selection {
+        Selection::Skip(why) => ClaimPlan::Nothing(why),
+        Selection::MissingClass(e) => ClaimPlan::MissingClass(e.clone()),
+        // LIB: a PV of that name already exists: provisioned, nothing to do.
+        Selection::Provision { .. } if obs.pv_exists => ClaimPlan::Nothing("the PV already exists"),
+        Selection::Provision { selected_node } => ClaimPlan::Prepare {
+            selected_node: selected_node.clone(),
+        },
+    }
+}
+
+/// The plan for a recorded intent; `pvc` is its claim, `None` when the claim is gone (deleted,
+/// or replaced by another object of the same name).
+pub fn journal_plan(
+    intent: &Intent,
+    pvc: Option<&PersistentVolumeClaim>,
+    intent_pv_exists: bool,
+) -> ClaimPlan {
+    if intent_pv_exists {
+        return ClaimPlan::Release(format!(
+            "PV {} exists and records the volume",
+            intent.volume_name
+        ));
+    }
+    let Some(pvc) = pvc.filter(|p| p.metadata.uid.as_deref() == Some(&intent.claim_uid)) else {
+        return ClaimPlan::RollBack(Box::new(intent.clone()));
+    };
+    let bound_elsewhere = pvc
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_name.as_deref())
+        .is_some_and(|v| !v.is_empty() && v != intent.volume_name);
+    if claim::is_deleting(pvc) || bound_elsewhere {
+        ClaimPlan::RollBack(Box::new(intent.clone()))
+    } else {
+        ClaimPlan::Provision(Box::new(intent.clone()))
     }
 }
 

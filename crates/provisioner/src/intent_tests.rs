@@ -14,6 +14,8 @@ fn intent() -> Intent {
         driver: DRIVER.into(),
         volume_name: "pvc-uid-1".into(),
         claim_uid: "uid-1".into(),
+        claim_namespace: "ns".into(),
+        claim_name: "claim".into(),
         request: RecordedRequest::default(),
         provisioner_secret: None,
         pv: PvTemplate::default(),
@@ -21,11 +23,11 @@ fn intent() -> Intent {
     }
 }
 
-/// A claim with (or without) recorded intent, maybe deleted, maybe bound.
-fn pvc(recorded: bool, deleting: bool, volume_name: Option<&str>) -> PersistentVolumeClaim {
+/// A claim, maybe carrying an intent the earlier way (`on_claim`), maybe deleted, maybe bound.
+fn pvc(on_claim: bool, deleting: bool, volume_name: Option<&str>) -> PersistentVolumeClaim {
     let mut annotations = std::collections::BTreeMap::new();
     let mut finalizers = vec!["kubernetes.io/pvc-protection".to_string()];
-    if recorded {
+    if on_claim {
         annotations.insert(
             ANN_VOLUME_INTENT.to_string(),
             serde_json::to_string(&intent()).unwrap(),
@@ -50,11 +52,19 @@ fn pvc(recorded: bool, deleting: bool, volume_name: Option<&str>) -> PersistentV
     }
 }
 
-fn plan_of(p: &PersistentVolumeClaim, pv_exists: bool, selection: Selection) -> ClaimPlan {
+/// The plan for claim `p`, with the journal holding [`intent`] if `journal`.
+fn plan_in(
+    p: &PersistentVolumeClaim,
+    journal: bool,
+    pv_exists: bool,
+    selection: Selection,
+) -> ClaimPlan {
+    let i = intent();
     plan(&ClaimObservation {
         driver: DRIVER,
         pvc: p,
-        intent_pv_exists: pv_exists,
+        journal: journal.then_some(&i),
+        intent_pv_exists: journal && pv_exists,
         pv_exists,
         selection: &selection,
     })
@@ -74,15 +84,18 @@ fn kind(p: &ClaimPlan) -> &'static str {
         ClaimPlan::Provision(_) => "provision",
         ClaimPlan::RollBack(_) => "rollback",
         ClaimPlan::Release(_) => "release",
+        ClaimPlan::Adopt(_) => "adopt",
+        ClaimPlan::Strip(_) => "strip",
     }
 }
 
 #[rstest]
+// `recorded`: the journal holds the claim's intent.
 // Fresh claim: record intent first (nothing on the driver yet).
 #[case::fresh(false, false, None, false, "prepare")]
 // Crash before CreateVolume / during it / after it before the PV: replay the same request.
 #[case::crash_before_or_during_create(true, false, None, false, "provision")]
-// Crash after the PV was created, before the finalizer came off: release.
+// Crash after the PV was created, before the release was written: release.
 #[case::crash_after_pv_create(true, false, None, true, "release")]
 // Bound to the PV, intent still there: release.
 #[case::bound_to_our_pv(true, false, Some("pvc-uid-1"), true, "release")]
@@ -103,11 +116,48 @@ fn crash_points(
     #[case] pv_exists: bool,
     #[case] want: &str,
 ) {
-    let p = pvc(recorded, deleting, volume_name);
-    let got = plan_of(&p, pv_exists, provision());
+    let p = pvc(false, deleting, volume_name);
+    let got = plan_in(&p, recorded, pv_exists, provision());
     assert_eq!(kind(&got), want, "{got:?}");
     if let ClaimPlan::Provision(i) | ClaimPlan::RollBack(i) = got {
         assert_eq!(*i, intent(), "the recorded request is replayed unchanged");
+    }
+}
+
+#[rstest]
+// The claim is gone (deleted while no one led, or replaced by a new object of the same name).
+#[case::gone_without_pv(None, false, "rollback")]
+#[case::gone_after_pv_create(None, true, "release")]
+// A new claim of the same name: the intent of the old one is rolled back.
+#[case::replaced(Some("uid-2"), false, "rollback")]
+#[case::same_claim(Some("uid-1"), false, "provision")]
+fn intents_of_claims_that_are_gone(
+    #[case] live_uid: Option<&str>,
+    #[case] pv_exists: bool,
+    #[case] want: &str,
+) {
+    let live = live_uid.map(|u| {
+        let mut p = pvc(false, false, None);
+        p.metadata.uid = Some(u.into());
+        p
+    });
+    let got = journal_plan(&intent(), live.as_ref(), pv_exists);
+    assert_eq!(kind(&got), want, "{got:?}");
+}
+
+#[rstest]
+// An intent recorded on the claim by an earlier version moves into the journal...
+#[case::on_claim_only(false, "adopt")]
+// ...and, once there, leaves the claim.
+#[case::on_claim_and_in_journal(true, "strip")]
+fn intents_recorded_on_the_claim_move_to_the_journal(#[case] journal: bool, #[case] want: &str) {
+    for deleting in [false, true] {
+        let p = pvc(true, deleting, None);
+        let got = plan_in(&p, journal, false, provision());
+        assert_eq!(kind(&got), want, "{got:?}");
+        if let ClaimPlan::Adopt(i) = got {
+            assert_eq!(*i, intent());
+        }
     }
 }
 
@@ -115,8 +165,13 @@ fn crash_points(
 fn recorded_intent_wins_over_selection() {
     // The claim no longer qualifies (e.g. the scheduler removed the selected node), but a
     // CreateVolume may be running: keep driving the recorded request.
-    let p = pvc(true, false, None);
-    let got = plan_of(&p, false, Selection::Skip("waiting for the scheduler"));
+    let p = pvc(false, false, None);
+    let got = plan_in(
+        &p,
+        true,
+        false,
+        Selection::Skip("waiting for the scheduler"),
+    );
     assert_eq!(kind(&got), "provision");
 }
 
@@ -124,14 +179,22 @@ fn recorded_intent_wins_over_selection() {
 fn selection_outcomes_without_intent() {
     let p = pvc(false, false, None);
     assert_eq!(
-        kind(&plan_of(&p, false, Selection::MissingClass("x".into()))),
+        kind(&plan_in(
+            &p,
+            false,
+            false,
+            Selection::MissingClass("x".into())
+        )),
         "missing-class"
     );
-    assert_eq!(kind(&plan_of(&p, false, Selection::Skip("x"))), "nothing");
+    assert_eq!(
+        kind(&plan_in(&p, false, false, Selection::Skip("x"))),
+        "nothing"
+    );
 }
 
 #[test]
-fn invalid_intent_is_released_not_kept_forever() {
+fn an_invalid_intent_on_the_claim_is_removed_not_kept_forever() {
     let mut p = pvc(true, true, None);
     p.metadata
         .annotations
@@ -139,7 +202,7 @@ fn invalid_intent_is_released_not_kept_forever() {
         .unwrap()
         .insert(ANN_VOLUME_INTENT.into(), "{not json".into());
     assert!(matches!(recorded(&p, DRIVER), Recorded::Invalid(_)));
-    assert_eq!(kind(&plan_of(&p, false, provision())), "release");
+    assert_eq!(kind(&plan_in(&p, false, false, provision())), "strip");
     // An intent copied onto another object (other UID) is not ours to act on.
     let mut q = pvc(true, false, None);
     q.metadata.uid = Some("uid-2".into());
@@ -209,6 +272,7 @@ fn another_drivers_intent_is_left_alone() {
         let plan = plan(&ClaimObservation {
             driver: "other",
             pvc: &p,
+            journal: None,
             intent_pv_exists: false,
             pv_exists: false,
             selection: &provision(),

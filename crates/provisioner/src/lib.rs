@@ -3,7 +3,7 @@
 //! It provisions a volume (CreateVolume, then a PV bound to the claim) for every PVC whose
 //! StorageClass names this driver, and deletes the volume (DeleteVolume, then the PV) of every
 //! Released PV with the Delete policy. On top of upstream it never leaks a volume: intent is
-//! recorded on the PVC before CreateVolume and resolved after any restart (see `README.md`).
+//! recorded in a per-driver journal before CreateVolume and resolved after any restart (see `README.md`).
 //!
 //! Layout, per the project's observe → plan → act rule:
 //! - pure planning: [`claim`] (selection, naming), [`params`] (fsType, parameter stripping, secret
@@ -17,6 +17,7 @@ pub mod constants;
 pub mod controller;
 pub mod error;
 pub mod intent;
+pub mod journal;
 pub mod meta;
 pub mod params;
 pub mod pv;

@@ -24,6 +24,8 @@ fn intent(template: PvTemplate) -> Intent {
         driver: "d".into(),
         volume_name: "pvc-uid-1".into(),
         claim_uid: "uid-1".into(),
+        claim_namespace: "ns".into(),
+        claim_name: "claim".into(),
         request: RecordedRequest::default(),
         provisioner_secret: None,
         pv: template,

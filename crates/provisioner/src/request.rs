@@ -285,7 +285,7 @@ pub struct PvTemplate {
     pub node_expand_secret: Option<SecretRef>,
 }
 
-/// Everything one provisioning needs, decided before CreateVolume; recorded on the PVC.
+/// Everything one provisioning needs, decided before CreateVolume; recorded in the journal.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Intent {
     /// The driver that recorded it: with one manager per driver in a cluster, each acts only on
@@ -296,6 +296,12 @@ pub struct Intent {
     pub volume_name: String,
     /// The claim's UID (an intent is only valid for the object it was recorded on).
     pub claim_uid: String,
+    /// The claim's namespace: a deleted claim's intent is found by its key.
+    #[serde(default)]
+    pub claim_namespace: String,
+    /// The claim's name.
+    #[serde(default)]
+    pub claim_name: String,
     /// The request, without secrets.
     pub request: RecordedRequest,
     /// The provisioner Secret whose data goes into the request (and DeleteVolume on rollback).
@@ -570,6 +576,8 @@ pub fn prepare(input: &PrepareInput<'_>) -> Result<Intent, ProvisionError> {
         driver: input.driver.to_string(),
         volume_name,
         claim_uid: uid.to_string(),
+        claim_namespace: claim.metadata.namespace.clone().unwrap_or_default(),
+        claim_name: claim.metadata.name.clone().unwrap_or_default(),
         request: RecordedRequest {
             required_bytes,
             parameters,

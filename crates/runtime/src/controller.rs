@@ -30,6 +30,9 @@ pub struct ControllerContext {
     pub workers: usize,
     /// This replica's identity (pod name), for Events' reporting instance.
     pub identity: String,
+    /// The manager's own namespace (`--leader-election-namespace`, else the pod's): its Leases
+    /// and the provisioner's intent journal live there.
+    pub namespace: String,
 }
 
 impl std::fmt::Debug for ControllerContext {
@@ -38,6 +41,7 @@ impl std::fmt::Debug for ControllerContext {
             .field("driver", &self.driver.driver_name)
             .field("workers", &self.workers)
             .field("identity", &self.identity)
+            .field("namespace", &self.namespace)
             .finish_non_exhaustive()
     }
 }

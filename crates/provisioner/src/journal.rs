@@ -1,0 +1,436 @@
+//! The intent journal: where the provisioner records, durably and before any CreateVolume, the
+//! volumes it may be creating (see `README.md`, "No leak").
+//!
+//! One ConfigMap per driver in the manager's namespace holds one entry per volume name (the
+//! [`Intent`] as JSON). Writes are batched ([`window`]): a record after a quiet spell is written
+//! at once, but during a burst (a record written less than [`BURST_GAP`] ago) the writer waits
+//! [`BURST_WINDOW`] for others to share its JSON merge patch; releases ride along with the next
+//! record or go alone after [`RELEASE_WINDOW`]. So a burst of claims costs a few patches in all
+//! instead of two PVC patches each, and users' PVCs carry nothing of ours. A record is acknowledged only once the
+//! API server has stored it; a release may be lost in a crash, which is harmless: the entry's PV
+//! exists, and the next leader releases it again after one look at its cache.
+//!
+//! Only the leader writes (the writer runs inside the controller's leader-only `run`), and each
+//! patch names only the keys it sets or removes, so nothing another writer stored is overwritten.
+//! If the ConfigMap is deleted, the next write creates it again from memory.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use tokio::sync::{Notify, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Error;
+use crate::request::Intent;
+
+/// During a burst, how long the writer waits after a record arrives for others to join its patch.
+pub const BURST_WINDOW: Duration = Duration::from_millis(500);
+/// A record arriving less than this after the last record write is part of a burst.
+pub const BURST_GAP: Duration = Duration::from_secs(1);
+/// How long releases wait for a record to ride along with before they are written alone.
+pub const RELEASE_WINDOW: Duration = Duration::from_secs(2);
+/// How long a record waits for its patch before its pass fails (and is retried with backoff).
+const RECORD_TIMEOUT: Duration = Duration::from_secs(60);
+/// Entries beyond this many bytes wait (their passes fail and retry): a ConfigMap holds at most
+/// 1 MiB, and the rest is kept for the object's metadata.
+pub const MAX_BYTES: usize = 900 * 1024;
+/// First and longest pause after a failed write.
+const WRITE_BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(30));
+
+/// Label on every journal ConfigMap.
+pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
+/// Its value.
+pub const COMPONENT: &str = "provisioner-intent-journal";
+/// Annotation naming the journal's driver (the object's name is derived from it).
+pub const ANN_DRIVER: &str = "provisioner.csi-controller-manager.io/driver";
+
+/// How long the writer waits before writing: `records` whether a record waits, `since_record`
+/// how long ago the last batch with records was written.
+pub fn window(records: bool, since_record: Option<Duration>) -> Duration {
+    if !records {
+        RELEASE_WINDOW
+    } else if since_record.is_some_and(|d| d < BURST_GAP) {
+        BURST_WINDOW
+    } else {
+        Duration::ZERO
+    }
+}
+
+/// The journal ConfigMap's name for `driver`: `csi-volume-intents.` and the driver's name
+/// lowercased, with anything a DNS subdomain does not allow replaced by `-`.
+pub fn object_name(driver: &str) -> String {
+    let tail: String = driver
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9' | '.' | '-') => c,
+            _ => '-',
+        })
+        .collect();
+    let tail = tail.trim_matches(|c| c == '.' || c == '-');
+    format!("csi-volume-intents.{tail}")
+}
+
+/// Where a record's outcome is sent.
+pub type Answer = oneshot::Sender<Result<(), String>>;
+/// A record waiting for its write: volume name, intent, answer.
+pub type Waiter = (String, Intent, Answer);
+
+/// The pure part of the journal: committed entries, the writes not yet made, their waiters.
+#[derive(Debug, Default)]
+pub struct Book {
+    /// Entries the API server stored (or will store, for releases not yet written):
+    /// volume name -> intent and its JSON length.
+    entries: BTreeMap<String, (Intent, usize)>,
+    /// Writes not yet made: volume name -> the JSON to store, or `None` to remove.
+    pending: BTreeMap<String, Option<String>>,
+    /// Records waiting for their write.
+    waiters: Vec<Waiter>,
+    /// Bytes of the entries plus the records pending.
+    bytes: usize,
+}
+
+/// One batched write.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Batch {
+    /// The merge patch's `data`: volume name -> JSON or null.
+    pub data: BTreeMap<String, Option<String>>,
+}
+
+impl Book {
+    /// Loads the entries of a stored ConfigMap's `data`; returns the keys that were not
+    /// readable or not this driver's (left alone) with why.
+    pub fn load(&mut self, data: &BTreeMap<String, String>, driver: &str) -> Vec<(String, String)> {
+        *self = Book::default();
+        let mut skipped = Vec::new();
+        for (key, json) in data {
+            match serde_json::from_str::<Intent>(json) {
+                Ok(i) if i.driver == driver && i.volume_name == *key => {
+                    self.bytes += key.len() + json.len();
+                    self.entries
+                        .insert(key.clone(), (i, key.len() + json.len()));
+                }
+                Ok(i) if i.driver != driver => {
+                    skipped.push((key.clone(), format!("recorded by driver {}", i.driver)));
+                }
+                Ok(_) => skipped.push((key.clone(), "recorded under another name".into())),
+                Err(e) => skipped.push((key.clone(), format!("unreadable: {e}"))),
+            }
+        }
+        skipped
+    }
+
+    /// Queues a record; fails at once if the journal is full.
+    pub fn record(&mut self, intent: &Intent, done: Answer) -> Result<(), String> {
+        let json = serde_json::to_string(intent).map_err(|e| e.to_string())?;
+        let size = intent.volume_name.len() + json.len();
+        if self.bytes + size > MAX_BYTES {
+            return Err(format!(
+                "the intent journal is full ({} volumes in flight); waiting for some to finish",
+                self.entries.len()
+            ));
+        }
+        self.bytes += size;
+        self.pending.insert(intent.volume_name.clone(), Some(json));
+        self.waiters
+            .push((intent.volume_name.clone(), intent.clone(), done));
+        Ok(())
+    }
+
+    /// Queues a release; the entry is gone from lookups at once.
+    pub fn release(&mut self, volume: &str) {
+        if let Some((_, size)) = self.entries.remove(volume) {
+            self.bytes = self.bytes.saturating_sub(size);
+        }
+        self.pending.insert(volume.to_string(), None);
+    }
+
+    /// Whether any record waits, whether anything waits.
+    pub fn waiting(&self) -> (bool, bool) {
+        (!self.waiters.is_empty(), !self.pending.is_empty())
+    }
+
+    /// Takes everything pending as one batch, with the waiters it answers.
+    pub fn take(&mut self) -> (Batch, Vec<Waiter>) {
+        let data = std::mem::take(&mut self.pending);
+        (Batch { data }, std::mem::take(&mut self.waiters))
+    }
+
+    /// The batch was stored: recorded entries become visible.
+    pub fn stored(&mut self, waiters: Vec<Waiter>) {
+        for (volume, intent, done) in waiters {
+            let size = volume.len() + serde_json::to_string(&intent).map_or(0, |j| j.len());
+            // The pending bytes become the entry's.
+            if let Some((_, old)) = self.entries.insert(volume, (intent, size)) {
+                self.bytes = self.bytes.saturating_sub(old);
+            }
+            let _ = done.send(Ok(()));
+        }
+    }
+
+    /// The batch failed: records are answered with the error (their passes retry); releases are
+    /// queued again unless something newer replaced them.
+    pub fn failed(&mut self, batch: Batch, waiters: Vec<Waiter>, error: &str) {
+        for (volume, intent, done) in waiters {
+            let size = volume.len() + serde_json::to_string(&intent).map_or(0, |j| j.len());
+            self.bytes = self.bytes.saturating_sub(size);
+            let _ = done.send(Err(error.to_string()));
+        }
+        for (volume, value) in batch.data {
+            if value.is_none() {
+                self.pending.entry(volume).or_insert(None);
+            }
+        }
+    }
+
+    /// The whole content to store when the object has to be created.
+    pub fn full_data(&self, batch: &Batch) -> BTreeMap<String, String> {
+        let mut data: BTreeMap<String, String> = self
+            .entries
+            .iter()
+            .filter_map(|(k, (i, _))| Some((k.clone(), serde_json::to_string(i).ok()?)))
+            .collect();
+        for (k, v) in &batch.data {
+            match v {
+                Some(json) => data.insert(k.clone(), json.clone()),
+                None => data.remove(k),
+            };
+        }
+        data
+    }
+
+    /// The intent recorded for the claim with this UID.
+    pub fn for_claim(&self, uid: &str) -> Option<Intent> {
+        self.entries
+            .values()
+            .find(|(i, _)| i.claim_uid == uid)
+            .map(|(i, _)| i.clone())
+    }
+
+    /// The intents recorded for claims of this namespace and name (any UID).
+    pub fn for_key(&self, namespace: &str, name: &str) -> Vec<Intent> {
+        self.entries
+            .values()
+            .filter(|(i, _)| i.claim_namespace == namespace && i.claim_name == name)
+            .map(|(i, _)| i.clone())
+            .collect()
+    }
+
+    /// Every claim key (`namespace/name`) with a recorded intent.
+    pub fn claim_keys(&self) -> Vec<String> {
+        self.entries
+            .values()
+            .map(|(i, _)| format!("{}/{}", i.claim_namespace, i.claim_name))
+            .collect()
+    }
+
+    /// How many entries there are.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+impl Batch {
+    /// The JSON merge patch of this batch.
+    pub fn patch(&self) -> Value {
+        let data: serde_json::Map<String, Value> = self
+            .data
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone().map_or(Value::Null, Value::String)))
+            .collect();
+        json!({ "data": data })
+    }
+}
+
+/// The journal of one driver (see the module docs).
+#[derive(Debug)]
+pub struct Journal {
+    api: Api<ConfigMap>,
+    name: String,
+    driver: String,
+    book: Mutex<Book>,
+    wake: Notify,
+}
+
+impl Journal {
+    /// The journal of `driver` in `namespace`.
+    pub fn new(client: kube::Client, namespace: &str, driver: &str) -> Self {
+        Journal {
+            api: Api::namespaced(client, namespace),
+            name: object_name(driver),
+            driver: driver.to_string(),
+            book: Mutex::default(),
+            wake: Notify::new(),
+        }
+    }
+
+    fn book(&self) -> std::sync::MutexGuard<'_, Book> {
+        self.book.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The ConfigMap's name.
+    pub fn object_name(&self) -> &str {
+        &self.name
+    }
+
+    /// Reads the stored journal (an absent object is an empty journal). Call before any pass
+    /// that reads it; returns how many intents it holds.
+    pub async fn load(&self) -> Result<usize, Error> {
+        let stored =
+            crate::controller::call_api("read the intent journal", self.api.get_opt(&self.name))
+                .await?;
+        let data = stored.and_then(|c| c.data).unwrap_or_default();
+        let mut book = self.book();
+        for (key, why) in book.load(&data, &self.driver) {
+            tracing::warn!(journal = %self.name, entry = %key, reason = %why, "journal entry left alone");
+        }
+        Ok(book.len())
+    }
+
+    /// Records `intent` durably; returns once the API server stored it.
+    pub async fn record(&self, intent: &Intent) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.book().record(intent, tx).map_err(Error::Held)?;
+        self.wake.notify_one();
+        let answer = tokio::time::timeout(RECORD_TIMEOUT, rx).await;
+        match answer {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(Error::Journal(e)),
+            Ok(Err(_)) => Err(Error::Journal("the journal writer stopped".into())),
+            Err(_) => Err(Error::Journal("no answer from the journal writer".into())),
+        }
+    }
+
+    /// Releases the intent of `volume` (written with the next batch).
+    pub fn release(&self, volume: &str) {
+        self.book().release(volume);
+        self.wake.notify_one();
+    }
+
+    /// The intent recorded for the claim with this UID.
+    pub fn for_claim(&self, uid: &str) -> Option<Intent> {
+        self.book().for_claim(uid)
+    }
+
+    /// Whether an intent is recorded for the claim with this UID.
+    pub fn has_claim(&self, uid: &str) -> bool {
+        self.book().for_claim(uid).is_some()
+    }
+
+    /// The intents recorded for claims of this namespace and name (any UID).
+    pub fn for_key(&self, namespace: &str, name: &str) -> Vec<Intent> {
+        self.book().for_key(namespace, name)
+    }
+
+    /// Every claim key with a recorded intent.
+    pub fn claim_keys(&self) -> Vec<String> {
+        self.book().claim_keys()
+    }
+
+    /// The writer: batches records and releases into patches until `token` is cancelled.
+    pub async fn write(&self, token: CancellationToken) {
+        use tokio::time::Instant;
+        let mut backoff = WRITE_BACKOFF.0;
+        let mut last_record: Option<Instant> = None;
+        loop {
+            let (mut records, any) = self.book().waiting();
+            if !any {
+                tokio::select! {
+                    () = token.cancelled() => return,
+                    () = self.wake.notified() => continue,
+                }
+            }
+            let since = || last_record.map(|t| t.elapsed());
+            let mut deadline = Instant::now() + window(records, since());
+            loop {
+                tokio::select! {
+                    () = token.cancelled() => return,
+                    () = tokio::time::sleep_until(deadline) => break,
+                    () = self.wake.notified() => {
+                        if !records && self.book().waiting().0 {
+                            // A record joins the releases: its window applies.
+                            records = true;
+                            deadline = deadline.min(Instant::now() + window(true, since()));
+                        }
+                    }
+                }
+            }
+            let (batch, waiters) = self.book().take();
+            match self.store(&batch).await {
+                Ok(()) => {
+                    tracing::debug!(journal = %self.name, writes = batch.data.len(), "journal written");
+                    if !waiters.is_empty() {
+                        last_record = Some(Instant::now());
+                    }
+                    self.book().stored(waiters);
+                    backoff = WRITE_BACKOFF.0;
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    tracing::warn!(journal = %self.name, error = %message, "journal write failed");
+                    self.book().failed(batch, waiters, &message);
+                    tokio::select! {
+                        () = token.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(WRITE_BACKOFF.1);
+                }
+            }
+        }
+    }
+
+    /// One write: a merge patch, or the whole object when it does not exist.
+    async fn store(&self, batch: &Batch) -> Result<(), Error> {
+        use crate::controller::{call_api, is_status};
+        let patch = batch.patch();
+        let patched = call_api(
+            "write the intent journal",
+            self.api
+                .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch)),
+        )
+        .await;
+        match patched {
+            Err(e) if is_status(&e, 404) => {}
+            r => return r.map(|_| ()),
+        }
+        let data = self.book().full_data(batch);
+        let object = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(self.name.clone()),
+                labels: Some([(LABEL_COMPONENT.to_string(), COMPONENT.to_string())].into()),
+                annotations: Some([(ANN_DRIVER.to_string(), self.driver.clone())].into()),
+                ..ObjectMeta::default()
+            },
+            data: Some(data),
+            ..ConfigMap::default()
+        };
+        match call_api(
+            "create the intent journal",
+            self.api.create(&PostParams::default(), &object),
+        )
+        .await
+        {
+            // Created meanwhile: patch it.
+            Err(e) if is_status(&e, 409) => call_api(
+                "write the intent journal",
+                self.api
+                    .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch)),
+            )
+            .await
+            .map(|_| ()),
+            r => r.map(|_| ()),
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "journal_tests.rs"]
+mod tests;
