@@ -125,6 +125,8 @@ pub struct ManagerProcess {
     pub starts: u32,
     /// Exits nobody asked for, found at [`ManagerProcess::kill`].
     pub unexpected_exits: Vec<String>,
+    /// Environment variables set for the process, on top of the test's.
+    pub env: Vec<(String, String)>,
 }
 
 impl ManagerProcess {
@@ -153,6 +155,7 @@ impl ManagerProcess {
             child: None,
             starts: 0,
             unexpected_exits: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -167,6 +170,7 @@ impl ManagerProcess {
         writeln!(log, "==== start {}", self.starts).expect("the manager's log file");
         let child = tokio::process::Command::new(&self.bin)
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone().expect("the manager's log file"))
             .stderr(log)
@@ -361,4 +365,115 @@ pub async fn journal_entries(client: &kube::Client, driver: &str) -> Vec<String>
         .and_then(|c| c.data)
         .map(|d| d.into_keys().collect())
         .unwrap_or_default()
+}
+
+/// The cluster's kwok nodes, labelled with a topology key of a test's own and registered for its
+/// driver in their CSINodes (see [`mark_nodes`]).
+#[derive(Debug)]
+pub struct NodeMarks {
+    /// The topology key.
+    pub key: String,
+    /// Each node and its zone.
+    pub zones: Vec<(String, String)>,
+    driver: String,
+}
+
+/// Labels every kwok node `i` with `key` = `zone_of(i)` and lists `driver` with that key in its
+/// CSINode. Undo with [`NodeMarks::remove`].
+pub async fn mark_nodes(driver: &str, key: &str, zone_of: impl Fn(usize) -> String) -> NodeMarks {
+    use k8s_openapi::api::core::v1::Node;
+    use k8s_openapi::api::storage::v1::CSINode;
+    use kube::api::{ListParams, Patch, PatchParams, PostParams};
+    let c = clients().await;
+    let nodes: kube::Api<Node> = kube::Api::all(c.main.clone());
+    let csinodes: kube::Api<CSINode> = kube::Api::all(c.main.clone());
+    let names: Vec<String> = nodes
+        .list(&ListParams::default().labels("type=kwok"))
+        .await
+        .expect("list nodes")
+        .items
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .collect();
+    assert!(!names.is_empty(), "the cluster has kwok nodes");
+    let mut zones = Vec::new();
+    for (i, node) in names.into_iter().enumerate() {
+        let zone = zone_of(i);
+        let labels = serde_json::json!({"metadata": {"labels": {key: zone}}});
+        nodes
+            .patch(&node, &PatchParams::default(), &Patch::Strategic(&labels))
+            .await
+            .expect("label the node");
+        let entry = serde_json::json!({"name": driver, "nodeID": node, "topologyKeys": [key]});
+        if csinodes
+            .get_opt(&node)
+            .await
+            .expect("get CSINode")
+            .is_some()
+        {
+            let patch = serde_json::json!({"spec": {"drivers": [entry]}});
+            csinodes
+                .patch(&node, &PatchParams::default(), &Patch::Strategic(&patch))
+                .await
+                .expect("register the driver in the CSINode");
+        } else {
+            let csinode: CSINode = serde_json::from_value(
+                serde_json::json!({"metadata": {"name": node}, "spec": {"drivers": [entry]}}),
+            )
+            .expect("a CSINode");
+            csinodes
+                .create(&PostParams::default(), &csinode)
+                .await
+                .expect("create the CSINode");
+        }
+        zones.push((node, zone));
+    }
+    NodeMarks {
+        key: key.to_string(),
+        zones,
+        driver: driver.to_string(),
+    }
+}
+
+impl NodeMarks {
+    /// The zone of `node`.
+    pub fn zone_of(&self, node: &str) -> &str {
+        self.zones
+            .iter()
+            .find(|(n, _)| n == node)
+            .map(|(_, z)| z.as_str())
+            .expect("a marked node")
+    }
+
+    /// Removes the labels and the CSINode entries again.
+    pub async fn remove(&self) {
+        use k8s_openapi::api::core::v1::Node;
+        use k8s_openapi::api::storage::v1::CSINode;
+        use kube::api::{Patch, PatchParams};
+        let c = clients().await;
+        let nodes: kube::Api<Node> = kube::Api::all(c.main.clone());
+        let csinodes: kube::Api<CSINode> = kube::Api::all(c.main.clone());
+        for (node, _) in &self.zones {
+            let labels = serde_json::json!({"metadata": {"labels": {self.key.as_str(): null}}});
+            let _ = nodes
+                .patch(node, &PatchParams::default(), &Patch::Strategic(&labels))
+                .await;
+            let entry = serde_json::json!({"spec": {"drivers": [{"name": self.driver, "$patch": "delete"}]}});
+            let _ = csinodes
+                .patch(node, &PatchParams::default(), &Patch::Strategic(&entry))
+                .await;
+        }
+    }
+}
+
+/// How many kwok nodes the cluster has.
+pub async fn kwok_node_count() -> usize {
+    let c = clients().await;
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(c.main.clone());
+    nodes
+        .list(&kube::api::ListParams::default().labels("type=kwok"))
+        .await
+        .expect("list nodes")
+        .items
+        .len()
 }

@@ -10,9 +10,9 @@ use std::time::Duration;
 use csi_mock::{AccessType, Fault, Method, TopologyConfig};
 use e2e::{OwnDriver, claim, clients, eventually, storage_class};
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::api::storage::v1::{CSIDriver, CSIDriverSpec, CSINode, StorageClass};
+use k8s_openapi::api::storage::v1::{CSIDriver, CSIDriverSpec, StorageClass};
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use serde_json::json;
 use tonic::Code;
@@ -376,19 +376,10 @@ async fn driver_errors_are_reported_then_provisioning_and_deletion_recover() {
 #[tokio::test]
 async fn wait_for_first_consumer_provisions_in_the_scheduled_nodes_zone() {
     let c = clients().await;
-    let nodes: Api<Node> = Api::all(c.main.clone());
-    let node_names: Vec<String> = nodes
-        .list(&ListParams::default().labels("type=kwok"))
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter_map(|n| n.metadata.name)
-        .collect();
-    assert!(!node_names.is_empty(), "the cluster has kwok nodes");
     // A topology key of this test's own, one zone per node.
     let key = format!("topology.{}/zone", e2e::unique("wffc"));
-    let zones: Vec<String> = (0..node_names.len()).map(|i| format!("zone-{i}")).collect();
+    let node_count = e2e::kwok_node_count().await;
+    let zones: Vec<String> = (0..node_count).map(|i| format!("zone-{i}")).collect();
     let own = OwnDriver::start(
         "wffc",
         |cfg| {
@@ -401,7 +392,6 @@ async fn wait_for_first_consumer_provisions_in_the_scheduled_nodes_zone() {
     )
     .await;
     let a = apis(&own.name).await;
-    let csinodes: Api<CSINode> = Api::all(c.main.clone());
     let csidrivers: Api<CSIDriver> = Api::all(c.main.clone());
     // No attach: this test is about provisioning.
     csidrivers
@@ -420,30 +410,7 @@ async fn wait_for_first_consumer_provisions_in_the_scheduled_nodes_zone() {
         )
         .await
         .unwrap();
-    for (node, zone) in node_names.iter().zip(&zones) {
-        let labels = json!({"metadata": {"labels": {key.as_str(): zone}}});
-        nodes
-            .patch(node, &PatchParams::default(), &Patch::Strategic(&labels))
-            .await
-            .unwrap();
-        let driver = json!({"name": own.driver_name, "nodeID": node, "topologyKeys": [key]});
-        if csinodes.get_opt(node).await.unwrap().is_some() {
-            let patch = json!({"spec": {"drivers": [driver]}});
-            csinodes
-                .patch(node, &PatchParams::default(), &Patch::Strategic(&patch))
-                .await
-                .unwrap();
-        } else {
-            let csinode: CSINode = serde_json::from_value(
-                json!({"metadata": {"name": node}, "spec": {"drivers": [driver]}}),
-            )
-            .unwrap();
-            csinodes
-                .create(&PostParams::default(), &csinode)
-                .await
-                .unwrap();
-        }
-    }
+    let marks = e2e::mark_nodes(&own.driver_name, &key, |i| format!("zone-{i}")).await;
     let mut class = storage_class(&own.name, &own.driver_name, "Delete", BTreeMap::new());
     class.volume_binding_mode = Some("WaitForFirstConsumer".into());
     a.classes
@@ -471,7 +438,7 @@ async fn wait_for_first_consumer_provisions_in_the_scheduled_nodes_zone() {
         .get("volume.kubernetes.io/selected-node")
         .cloned()
         .expect("kube-scheduler set the selected node");
-    let zone = &zones[node_names.iter().position(|n| *n == selected).unwrap()];
+    let zone = &marks.zone_of(&selected).to_string();
     // The PV is pinned to the selected node's zone, and the driver placed the volume there.
     let terms = pv
         .spec
@@ -520,16 +487,7 @@ async fn wait_for_first_consumer_provisions_in_the_scheduled_nodes_zone() {
         || async { own.driver.state().volumes.is_empty().then_some(()) },
     )
     .await;
-    for node in &node_names {
-        let labels = json!({"metadata": {"labels": {key.as_str(): null}}});
-        let _ = nodes
-            .patch(node, &PatchParams::default(), &Patch::Strategic(&labels))
-            .await;
-        let driver = json!({"spec": {"drivers": [{"name": own.driver_name, "$patch": "delete"}]}});
-        let _ = csinodes
-            .patch(node, &PatchParams::default(), &Patch::Strategic(&driver))
-            .await;
-    }
+    marks.remove().await;
     let _ = csidrivers
         .delete(&own.driver_name, &DeleteParams::default())
         .await;

@@ -127,8 +127,19 @@ pub async fn run(flags: Flags) -> Result<(), AppError> {
     }
 
     let mut informers = Informers::new(clients.main.clone());
+    let capacity_client = if flags.enable_capacity {
+        kubeclient::client_with_budget(
+            flags.kubeconfig.as_deref(),
+            flags.kube_api_capacity_qps,
+            flags.kube_api_capacity_burst,
+        )
+        .await?
+    } else {
+        clients.main.clone()
+    };
     let context = ControllerContext {
         client: clients.main.clone(),
+        capacity_client,
         csi: csi.clone(),
         driver: discovery.clone(),
         metrics: metrics.clone(),
@@ -245,6 +256,17 @@ fn build_controllers(
                     controller_publish_readonly: flags.controller_publish_readonly,
                     prevent_volume_mode_conversion: flags.prevent_volume_mode_conversion,
                     snapshot_orphan_sweep_interval: flags.snapshot_orphan_sweep_interval,
+                    capacity: flags.enable_capacity.then(|| {
+                        provisioner::capacity_controller::CapacityConfig {
+                            for_immediate_binding: flags.capacity_for_immediate_binding,
+                            poll_interval: flags.capacity_poll_interval,
+                            ownerref_level: flags.capacity_ownerref_level,
+                            workers: flags.capacity_threads,
+                            namespace: std::env::var("NAMESPACE").unwrap_or_default(),
+                            pod_name: std::env::var("POD_NAME").unwrap_or_default(),
+                            node: None,
+                        }
+                    }),
                     ..provisioner::ProvisionerConfig::default()
                 };
                 built.push(provisioner::build(context.clone(), config, informers));

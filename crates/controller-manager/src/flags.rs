@@ -113,6 +113,36 @@ pub struct Flags {
     #[arg(long, default_value = "5m", value_parser = go_duration)]
     pub snapshot_orphan_sweep_interval: Duration,
 
+    /// Provisioner: publish CSIStorageCapacity objects (GetCapacity per StorageClass and topology
+    /// segment) in `$NAMESPACE`.
+    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub enable_capacity: bool,
+
+    /// Provisioner: also publish capacity for StorageClasses with Immediate binding.
+    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub capacity_for_immediate_binding: bool,
+
+    /// Provisioner: how often every CSIStorageCapacity is refreshed with GetCapacity.
+    #[arg(long, default_value = "1m", value_parser = go_duration)]
+    pub capacity_poll_interval: Duration,
+
+    /// Provisioner: owner of the CSIStorageCapacity objects, walking up from `$POD_NAME`: -1 none,
+    /// 0 the pod, 1 its controller (StatefulSet, DaemonSet), 2 that one's controller (Deployment).
+    #[arg(long, default_value_t = 1, allow_hyphen_values = true)]
+    pub capacity_ownerref_level: i64,
+
+    /// Provisioner: workers refreshing CSIStorageCapacity objects.
+    #[arg(long, default_value_t = 1)]
+    pub capacity_threads: usize,
+
+    /// Sustained API requests per second for CSIStorageCapacity objects (upstream's default).
+    #[arg(long, default_value_t = 1.0)]
+    pub kube_api_capacity_qps: f32,
+
+    /// Largest burst of API requests for CSIStorageCapacity objects.
+    #[arg(long, default_value_t = 5)]
+    pub kube_api_capacity_burst: u32,
+
     /// Period of the attacher's ListVolumes reconciliation (0 turns it off; used only when the
     /// driver has LIST_VOLUMES_PUBLISHED_NODES).
     #[arg(long, default_value = "1m", value_parser = go_duration)]
@@ -200,6 +230,22 @@ impl Flags {
             return Err("--metrics-path must start with /".into());
         }
         self.lease_labels()?;
+        if self.enable_capacity {
+            if self.capacity_threads == 0 {
+                return Err("--capacity-threads must be at least 1".into());
+            }
+            // Upstream's start-up checks, with its messages.
+            if std::env::var("NAMESPACE").unwrap_or_default().is_empty() {
+                return Err("need NAMESPACE env variable for CSIStorageCapacity objects".into());
+            }
+            if self.capacity_ownerref_level >= 0
+                && std::env::var("POD_NAME").unwrap_or_default().is_empty()
+            {
+                return Err(
+                    "need POD_NAME env variable to determine CSIStorageCapacity owner".into(),
+                );
+            }
+        }
         Ok(())
     }
 

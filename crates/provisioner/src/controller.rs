@@ -37,6 +37,8 @@ use serde_json::json;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::capacity::Item;
+use crate::capacity_controller::{QUEUE_CAPACITY, Tracker};
 use crate::claim;
 use crate::constants::*;
 use crate::error::{Error, ProvisionError, ProvisioningState, grpc_message};
@@ -98,6 +100,8 @@ struct Shared {
     volumes: WorkQueue<String>,
     locks: NameLocks,
     journal: Arc<Journal>,
+    /// Capacity tracking, with `--enable-capacity`.
+    capacity: Option<(Arc<Tracker>, WorkQueue<Item>)>,
     events: EventRecorder,
     /// Claims held back after INVALID_ARGUMENT: UID -> (until, StorageClass UID).
     infeasible: Mutex<HashMap<String, (Instant, String)>>,
@@ -133,6 +137,12 @@ fn has_intent_finalizer(pvc: &PersistentVolumeClaim) -> bool {
 
 /// How long a failed journal read waits before the next try.
 const LOAD_RETRY: Duration = Duration::from_secs(2);
+
+/// An informer handler that wakes `n`.
+fn notifier<K>(n: &Arc<tokio::sync::Notify>) -> impl Fn(&Change<'_, K>) + Send + Sync + 'static {
+    let n = n.clone();
+    move |_| n.notify_one()
+}
 
 /// Builds the provisioner: registers its informers and handlers. Call before the informers start.
 pub fn build(
@@ -192,20 +202,54 @@ pub fn build(
             })
             .store()
     };
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let tracking = config.capacity.is_some();
     let classes = {
         let d = driver.clone();
-        informers
+        let b = informers
             .for_type::<StorageClass>()
-            .keep(move |sc| sc.provisioner == d)
-            .store()
+            .keep(move |sc| sc.provisioner == d);
+        if tracking {
+            b.on_change(notifier(&changed));
+        }
+        b.store()
     };
-    let (csinodes, nodes) = if caps.topology {
-        (
-            Some(informers.for_type::<CSINode>().store()),
-            Some(informers.for_type::<PartialObjectMeta<Node>>().store()),
-        )
+    let (csinodes, nodes) = if caps.topology || tracking {
+        let csinodes = informers.for_type::<CSINode>();
+        if tracking {
+            csinodes.on_change(notifier(&changed));
+        }
+        let csinodes = csinodes.store();
+        let nodes = caps.topology.then(|| {
+            let nodes = informers.for_type::<PartialObjectMeta<Node>>();
+            if tracking {
+                nodes.on_change(notifier(&changed));
+            }
+            nodes.store()
+        });
+        (Some(csinodes), nodes)
     } else {
         (None, None)
+    };
+    let capacity = match (&config.capacity, &csinodes) {
+        (Some(c), Some(cn)) => {
+            let queue = WorkQueue::new(QUEUE_CAPACITY, ctx.backoff, ctx.metrics.queues());
+            let tracker = Tracker::new(
+                ctx.capacity_client.clone(),
+                ctx.csi.clone(),
+                &driver,
+                c.clone(),
+                classes.clone(),
+                cn.clone(),
+                nodes.clone(),
+                queue.clone(),
+                changed,
+                ctx.metrics
+                    .register(crate::capacity_controller::CapacityMetrics::register),
+            );
+            Some((Arc::new(tracker), queue))
+        }
+        _ => None,
     };
     let attachments = caps.publish_unpublish.then(|| {
         let d = driver.clone();
@@ -235,6 +279,7 @@ pub fn build(
             volumes,
             locks: NameLocks::default(),
             journal,
+            capacity,
             events,
             infeasible: Mutex::default(),
             deletions: Mutex::default(),
@@ -299,7 +344,8 @@ impl Controller for Provisioner {
                 },
             );
             let sweep = shared.clone().sweep_snapshot_finalizers(token.clone());
-            futures::join!(claims, volumes, sweep, writer);
+            let capacity = shared.clone().track_capacity(token.clone());
+            futures::join!(claims, volumes, sweep, writer, capacity);
         })
     }
 }
@@ -344,6 +390,33 @@ impl Shared {
 
     fn pv_api(&self) -> Api<PersistentVolume> {
         Api::all(self.ctx.client.clone())
+    }
+
+    /// Capacity tracking (with `--enable-capacity`): the tracker and its workers.
+    async fn track_capacity(self: Arc<Self>, token: CancellationToken) {
+        let Some((tracker, queue)) = self.capacity.clone() else {
+            return;
+        };
+        let t = tracker.clone();
+        let workers = runtime::run_workers(
+            "provisioner-capacity",
+            queue,
+            t.config_workers(),
+            self.ctx.metrics.controllers(),
+            token.clone(),
+            move |item| {
+                let t = t.clone();
+                async move { t.sync_item(&item).await }
+            },
+        );
+        futures::join!(tracker.run(token), workers);
+    }
+
+    /// Tells capacity tracking that volumes of `class` came or went.
+    fn capacity_changed(&self, class: Option<&str>) {
+        if let (Some((tracker, _)), Some(class)) = (&self.capacity, class) {
+            tracker.class_changed(class);
+        }
     }
 
     fn cluster_topology(&self) -> ClusterTopology {
@@ -893,6 +966,10 @@ impl Shared {
         pvc: &PersistentVolumeClaim,
         e: ProvisionError,
     ) -> Result<Outcome, Error> {
+        // Upstream: a failure that may have touched the driver refreshes the class's capacity.
+        if e.state != ProvisioningState::NoChange {
+            self.capacity_changed(Some(&claim::claim_class(pvc)));
+        }
         self.events
             .warning(
                 &pvc_ref(pvc),
@@ -1079,6 +1156,7 @@ impl Shared {
             created.insert(intent.volume_name.clone(), Instant::now());
         }
         tracing::info!(pvc = %claim_key(ns, name), pv = %intent.volume_name, volume_id = %volume.volume_id, "provisioned volume");
+        self.capacity_changed(Some(&intent.pv.storage_class_name));
         self.events
             .normal(
                 &pvc_ref(pvc),
@@ -1213,6 +1291,7 @@ impl Shared {
                         return Err(Error::Delete(m));
                     }
                     self.remember_deletion(&uid, DeletionStage::VolumeDeleted);
+                    self.capacity_changed(pv::pv_class(&pv).as_deref());
                 }
                 if pv.metadata.deletion_timestamp.is_none() {
                     match call_api(

@@ -12,6 +12,8 @@
 //!   machine), [`source`] (data sources), [`error`] (states and messages);
 //! - [`controller`]: informers, queues, and the thin act layer over the API and the driver.
 
+pub mod capacity;
+pub mod capacity_controller;
 pub mod claim;
 pub mod constants;
 pub mod controller;

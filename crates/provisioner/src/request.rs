@@ -49,6 +49,8 @@ pub struct ProvisionerConfig {
     pub prevent_volume_mode_conversion: bool,
     /// `--snapshot-orphan-sweep-interval` (default 5 min; zero disables the sweep).
     pub snapshot_orphan_sweep_interval: std::time::Duration,
+    /// `--enable-capacity` and its settings (`None`: off).
+    pub capacity: Option<crate::capacity_controller::CapacityConfig>,
 }
 
 impl Default for ProvisionerConfig {
@@ -65,6 +67,7 @@ impl Default for ProvisionerConfig {
             volume_attributes_class_gate: true,
             prevent_volume_mode_conversion: true,
             snapshot_orphan_sweep_interval: std::time::Duration::from_secs(300),
+            capacity: None,
         }
     }
 }

@@ -18,6 +18,8 @@ pub trait Controller: Send + Sync + 'static {
 pub struct ControllerContext {
     /// API client for the controller (rate-limited by `--kube-api-qps`/`--kube-api-burst`).
     pub client: kube::Client,
+    /// API client for CSIStorageCapacity objects (`--kube-api-capacity-qps`/`-burst`).
+    pub capacity_client: kube::Client,
     /// The CSI driver.
     pub csi: csi::CsiClient,
     /// What discovery learnt of the driver (its name, capabilities).

@@ -62,10 +62,41 @@ pub async fn clients(
     qps: f32,
     burst: u32,
 ) -> Result<Clients, ClientError> {
+    check_budget(qps, burst)?;
+    let config = load_config(kubeconfig).await?;
+    let mut election_config = config.clone();
+    election_config
+        .headers
+        .retain(|(name, _)| name != http::header::USER_AGENT);
+    election_config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(ELECTION_USER_AGENT),
+    ));
+    let election = Client::try_from(election_config)?;
+    let main = rate_limited(config, qps, burst)?;
+    Ok(Clients { main, election })
+}
+
+/// One more rate-limited client with a budget of its own (e.g. the provisioner's
+/// CSIStorageCapacity writes, `--kube-api-capacity-qps`/`-burst`).
+pub async fn client_with_budget(
+    kubeconfig: Option<&Path>,
+    qps: f32,
+    burst: u32,
+) -> Result<Client, ClientError> {
+    check_budget(qps, burst)?;
+    rate_limited(load_config(kubeconfig).await?, qps, burst)
+}
+
+fn check_budget(qps: f32, burst: u32) -> Result<(), ClientError> {
     if qps.is_nan() || qps <= 0.0 || burst == 0 {
         return Err(ClientError::Budget);
     }
-    let config = match kubeconfig {
+    Ok(())
+}
+
+async fn load_config(kubeconfig: Option<&Path>) -> Result<Config, ClientError> {
+    let mut config = match kubeconfig {
         Some(path) => {
             let kc = Kubeconfig::read_from(path).map_err(|source| ClientError::Kubeconfig {
                 path: path.display().to_string(),
@@ -81,25 +112,18 @@ pub async fn clients(
         None => Config::infer().await?,
     };
     // Our own User-Agent, so that audit logs and apiserver metrics name the component.
-    let mut config = config;
     config.headers.push((
         http::header::USER_AGENT,
         http::HeaderValue::from_static(USER_AGENT),
     ));
-    let mut election_config = config.clone();
-    election_config
-        .headers
-        .retain(|(name, _)| name != http::header::USER_AGENT);
-    election_config.headers.push((
-        http::header::USER_AGENT,
-        http::HeaderValue::from_static(ELECTION_USER_AGENT),
-    ));
-    let election = Client::try_from(election_config)?;
-    // `burst` requests per `burst / qps` seconds: the same long-run rate as client-go's token
-    // bucket, and the same largest burst.
+    Ok(config)
+}
+
+/// `burst` requests per `burst / qps` seconds: the same long-run rate as client-go's token
+/// bucket, and the same largest burst.
+fn rate_limited(config: Config, qps: f32, burst: u32) -> Result<Client, ClientError> {
     let window = Duration::from_secs_f64(f64::from(burst) / f64::from(qps));
-    let main = kube::client::ClientBuilder::try_from(config)?
+    Ok(kube::client::ClientBuilder::try_from(config)?
         .with_layer(&tower::limit::RateLimitLayer::new(u64::from(burst), window))
-        .build();
-    Ok(Clients { main, election })
+        .build())
 }
