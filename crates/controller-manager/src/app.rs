@@ -47,6 +47,9 @@ pub enum AppError {
     /// Leader election is misconfigured.
     #[error(transparent)]
     Leader(#[from] runtime::leader::LeaderError),
+    /// Node deployment cannot learn the node's topology.
+    #[error("node deployment: NodeGetInfo failed: {0}")]
+    NodeInfo(csi::CsiError),
 }
 
 /// Runs the process until SIGTERM/SIGINT.
@@ -151,7 +154,10 @@ pub async fn run(flags: Flags) -> Result<(), AppError> {
         identity: identity(&flags.leader_election_identity),
         namespace: lease_namespace(&flags.leader_election_namespace),
     };
-    let built = build_controllers(&kinds, &flags, &context, &mut informers);
+    let node = node_deployment(&flags, &csi, &kinds)
+        .await
+        .map_err(AppError::NodeInfo)?;
+    let built = build_controllers(&kinds, &flags, &context, node, &mut informers);
     let running_informers = Arc::new(informers.start(shutdown.clone()));
     {
         let informers = running_informers.clone();
@@ -227,10 +233,35 @@ async fn run_term(
 ///
 /// A controller whose crate is not part of this build yet is reported and skipped; the process
 /// still holds its Lease, so that a migrated cluster never runs two actors.
+/// With `--node-deployment` and the provisioner: this node's name and topology, from NodeGetInfo
+/// (upstream's start-up call, fatal if it fails).
+async fn node_deployment(
+    flags: &Flags,
+    csi: &CsiClient,
+    kinds: &BTreeSet<ControllerKind>,
+) -> Result<Option<provisioner::node::NodeDeployment>, csi::CsiError> {
+    if !flags.node_deployment || !kinds.contains(&ControllerKind::Provisioner) {
+        return Ok(None);
+    }
+    let info = csi.node_get_info(Default::default()).await?;
+    let segment = info
+        .accessible_topology
+        .map(|t| t.segments.into_iter().collect())
+        .unwrap_or_default();
+    Ok(Some(provisioner::node::NodeDeployment {
+        node: std::env::var("NODE_NAME").unwrap_or_default(),
+        segment,
+        immediate_binding: flags.node_deployment_immediate_binding,
+        base_delay: flags.node_deployment_base_delay,
+        max_delay: flags.node_deployment_max_delay,
+    }))
+}
+
 fn build_controllers(
     kinds: &BTreeSet<ControllerKind>,
     flags: &Flags,
     context: &ControllerContext,
+    node: Option<provisioner::node::NodeDeployment>,
     informers: &mut Informers,
 ) -> Vec<Arc<dyn Controller>> {
     let mut built: Vec<Arc<dyn Controller>> = Vec::new();
@@ -264,9 +295,10 @@ fn build_controllers(
                             workers: flags.capacity_threads,
                             namespace: std::env::var("NAMESPACE").unwrap_or_default(),
                             pod_name: std::env::var("POD_NAME").unwrap_or_default(),
-                            node: None,
+                            node: node.as_ref().map(|n| (n.node.clone(), n.segment.clone())),
                         }
                     }),
+                    node_deployment: node.clone(),
                     ..provisioner::ProvisionerConfig::default()
                 };
                 built.push(provisioner::build(context.clone(), config, informers));

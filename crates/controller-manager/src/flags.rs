@@ -135,6 +135,23 @@ pub struct Flags {
     #[arg(long, default_value_t = 1)]
     pub capacity_threads: usize,
 
+    /// Provisioner: run one instance per node (`$NODE_NAME`), each provisioning the claims of its
+    /// node and deleting its node's volumes.
+    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub node_deployment: bool,
+
+    /// Provisioner, node deployment: instances compete for claims with Immediate binding.
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub node_deployment_immediate_binding: bool,
+
+    /// Provisioner, node deployment: base of the wait before competing for a claim.
+    #[arg(long, default_value = "20s", value_parser = go_duration)]
+    pub node_deployment_base_delay: Duration,
+
+    /// Provisioner, node deployment: longest wait before competing for a claim.
+    #[arg(long, default_value = "60s", value_parser = go_duration)]
+    pub node_deployment_max_delay: Duration,
+
     /// Sustained API requests per second for CSIStorageCapacity objects (upstream's default).
     #[arg(long, default_value_t = 1.0)]
     pub kube_api_capacity_qps: f32,
@@ -230,6 +247,12 @@ impl Flags {
             return Err("--metrics-path must start with /".into());
         }
         self.lease_labels()?;
+        if self.node_deployment && std::env::var("NODE_NAME").unwrap_or_default().is_empty() {
+            return Err(
+                "The NODE_NAME environment variable must be set when using --enable-node-deployment."
+                    .into(),
+            );
+        }
         if self.enable_capacity {
             if self.capacity_threads == 0 {
                 return Err("--capacity-threads must be at least 1".into());

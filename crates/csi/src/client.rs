@@ -225,6 +225,8 @@ impl CsiClient {
         controller_client::ControllerClient::controller_get_volume("Controller", "ControllerGetVolume", v1::ControllerGetVolumeRequest) -> v1::ControllerGetVolumeResponse;
         /// Controller.ControllerModifyVolume.
         controller_client::ControllerClient::controller_modify_volume("Controller", "ControllerModifyVolume", v1::ControllerModifyVolumeRequest) -> v1::ControllerModifyVolumeResponse;
+        /// Node.NodeGetInfo (the provisioner's node deployment asks its node's topology).
+        node_client::NodeClient::node_get_info("Node", "NodeGetInfo", v1::NodeGetInfoRequest) -> v1::NodeGetInfoResponse;
         /// GroupController.GroupControllerGetCapabilities.
         group_controller_client::GroupControllerClient::group_controller_get_capabilities("GroupController", "GroupControllerGetCapabilities", v1::GroupControllerGetCapabilitiesRequest) -> v1::GroupControllerGetCapabilitiesResponse;
         /// GroupController.CreateVolumeGroupSnapshot.

@@ -87,8 +87,9 @@ pub struct CapacityConfig {
     pub namespace: String,
     /// This pod's name (`$POD_NAME`), where the owner look-up starts.
     pub pod_name: String,
-    /// The node, in node deployment: its managed-by value and its one segment.
-    pub node: Option<String>,
+    /// In node deployment, the node and its segment: the managed-by value is the node's, and
+    /// its segment is the only one.
+    pub node: Option<(String, capacity::Segment)>,
 }
 
 /// The capacity tracker of one driver.
@@ -99,7 +100,7 @@ pub struct Tracker {
     config: CapacityConfig,
     managed_by: String,
     classes: Store<StorageClass>,
-    csinodes: Store<CSINode>,
+    csinodes: Option<Store<CSINode>>,
     nodes: Option<Store<PartialObjectMeta<Node>>>,
     objects: Store<CSIStorageCapacity>,
     writer: Mutex<Option<reflector::store::Writer<CSIStorageCapacity>>>,
@@ -132,7 +133,7 @@ impl Tracker {
         driver: &str,
         config: CapacityConfig,
         classes: Store<StorageClass>,
-        csinodes: Store<CSINode>,
+        csinodes: Option<Store<CSINode>>,
         nodes: Option<Store<PartialObjectMeta<Node>>>,
         queue: WorkQueue<Item>,
         changed: Arc<Notify>,
@@ -143,7 +144,7 @@ impl Tracker {
             client,
             csi,
             driver: driver.to_string(),
-            managed_by: capacity::managed_by(config.node.as_deref()),
+            managed_by: capacity::managed_by(config.node.as_ref().map(|(n, _)| n.as_str())),
             config,
             classes,
             csinodes,
@@ -318,33 +319,30 @@ impl Tracker {
 
     /// New items (and items whose object disappeared), and obsolete objects (name, UID).
     fn refresh(&self) -> (Vec<Item>, Vec<(String, String)>) {
-        let csinodes = self.csinodes.state();
-        let labels: BTreeMap<String, BTreeMap<String, String>> = self
-            .nodes
-            .as_ref()
-            .map(|n| {
-                n.state()
-                    .iter()
-                    .map(|n| {
-                        (
-                            n.metadata.name.clone().unwrap_or_default(),
-                            n.metadata.labels.clone().unwrap_or_default(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
         let segments = match &self.config.node {
-            // Node deployment: this node's segment only (from its CSINode and Node).
-            Some(node) => {
-                let mine: Vec<&CSINode> = csinodes
-                    .iter()
-                    .map(|c| c.as_ref())
-                    .filter(|c| c.metadata.name.as_deref() == Some(node))
-                    .collect();
-                capacity::segments(&mine, &labels, &self.driver)
-            }
+            // Node deployment: this node's segment only.
+            Some((_, segment)) => BTreeSet::from([segment.clone()]),
             None => {
+                let csinodes = self
+                    .csinodes
+                    .as_ref()
+                    .map(|s| s.state())
+                    .unwrap_or_default();
+                let labels: BTreeMap<String, BTreeMap<String, String>> = self
+                    .nodes
+                    .as_ref()
+                    .map(|n| {
+                        n.state()
+                            .iter()
+                            .map(|n| {
+                                (
+                                    n.metadata.name.clone().unwrap_or_default(),
+                                    n.metadata.labels.clone().unwrap_or_default(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 let all: Vec<&CSINode> = csinodes.iter().map(|c| c.as_ref()).collect();
                 capacity::segments(&all, &labels, &self.driver)
             }

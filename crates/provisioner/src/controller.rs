@@ -44,6 +44,7 @@ use crate::constants::*;
 use crate::error::{Error, ProvisionError, ProvisioningState, grpc_message};
 use crate::intent::{self, ClaimObservation, ClaimPlan, Recorded, ReplayResult, RollBackStep};
 use crate::journal::Journal;
+use crate::node::{self, Ownership};
 use crate::params::SecretRef;
 use crate::pv::{self, DeletionSecrets, VolumeAction};
 use crate::request::{self, DriverCaps, Intent, PrepareInput, ProvisionerConfig, VacInfo};
@@ -102,6 +103,11 @@ struct Shared {
     journal: Arc<Journal>,
     /// Capacity tracking, with `--enable-capacity`.
     capacity: Option<(Arc<Tracker>, WorkQueue<Item>)>,
+    /// The provisioner identity on PVs (with `-<node>` in node deployment).
+    identity: String,
+    /// Node deployment: claims this node competes for, by UID: when it may try, and how many
+    /// tries lost.
+    competing: Mutex<HashMap<String, (Instant, u32)>>,
     events: EventRecorder,
     /// Claims held back after INVALID_ARGUMENT: UID -> (until, StorageClass UID).
     infeasible: Mutex<HashMap<String, (Instant, String)>>,
@@ -135,8 +141,19 @@ fn has_intent_finalizer(pvc: &PersistentVolumeClaim) -> bool {
     crate::meta::has_finalizer(&pvc.metadata, FINALIZER_VOLUME_INTENT)
 }
 
+/// How long a node deployment's competition for a claim is remembered after its last try.
+const COMPETITION_MEMORY: Duration = Duration::from_secs(3600);
 /// How long a failed journal read waits before the next try.
 const LOAD_RETRY: Duration = Duration::from_secs(2);
+
+/// A jitter in `[0, 1)` for a claim's competition delay: different per claim and per moment.
+fn jitter(uid: &str) -> f64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let h = crate::capacity::fnv1a_32(uid.as_bytes()) ^ nanos.wrapping_mul(0x9e37_79b9);
+    f64::from(h) / (f64::from(u32::MAX) + 1.0)
+}
 
 /// An informer handler that wakes `n`.
 fn notifier<K>(n: &Arc<tokio::sync::Notify>) -> impl Fn(&Change<'_, K>) + Send + Sync + 'static {
@@ -154,7 +171,13 @@ pub fn build(
     let caps = DriverCaps::from_discovery(&ctx.driver, config.topology_gate);
     let claims = WorkQueue::new(QUEUE_CLAIMS, ctx.backoff, ctx.metrics.queues());
     let volumes = WorkQueue::new(QUEUE_VOLUMES, ctx.backoff, ctx.metrics.queues());
-    let journal = Arc::new(Journal::new(ctx.client.clone(), &ctx.namespace, &driver));
+    let node_mode = config.node_deployment.clone();
+    let journal = Arc::new(Journal::new(
+        ctx.client.clone(),
+        &ctx.namespace,
+        &driver,
+        node_mode.as_ref().map(|n| n.node.as_str()),
+    ));
 
     let pvcs = {
         let d = driver.clone();
@@ -214,7 +237,8 @@ pub fn build(
         }
         b.store()
     };
-    let (csinodes, nodes) = if caps.topology || tracking {
+    // Node deployment: the node's own topology is static (upstream replaces these informers).
+    let (csinodes, nodes) = if (caps.topology || tracking) && node_mode.is_none() {
         let csinodes = informers.for_type::<CSINode>();
         if tracking {
             csinodes.on_change(notifier(&changed));
@@ -231,8 +255,8 @@ pub fn build(
     } else {
         (None, None)
     };
-    let capacity = match (&config.capacity, &csinodes) {
-        (Some(c), Some(cn)) => {
+    let capacity = match &config.capacity {
+        Some(c) => {
             let queue = WorkQueue::new(QUEUE_CAPACITY, ctx.backoff, ctx.metrics.queues());
             let tracker = Tracker::new(
                 ctx.capacity_client.clone(),
@@ -240,7 +264,7 @@ pub fn build(
                 &driver,
                 c.clone(),
                 classes.clone(),
-                cn.clone(),
+                csinodes.clone(),
                 nodes.clone(),
                 queue.clone(),
                 changed,
@@ -249,7 +273,11 @@ pub fn build(
             );
             Some((Arc::new(tracker), queue))
         }
-        _ => None,
+        None => None,
+    };
+    let identity = match &node_mode {
+        Some(n) => format!("{}-{}", ctx.identity, n.node),
+        None => ctx.identity.clone(),
     };
     let attachments = caps.publish_unpublish.then(|| {
         let d = driver.clone();
@@ -280,6 +308,8 @@ pub fn build(
             locks: NameLocks::default(),
             journal,
             capacity,
+            identity,
+            competing: Mutex::default(),
             events,
             infeasible: Mutex::default(),
             deletions: Mutex::default(),
@@ -420,6 +450,9 @@ impl Shared {
     }
 
     fn cluster_topology(&self) -> ClusterTopology {
+        if let Some(nd) = &self.config.node_deployment {
+            return nd.cluster();
+        }
         let mut t = ClusterTopology::default();
         if let Some(s) = &self.csinodes {
             for n in s.state() {
@@ -518,6 +551,17 @@ impl Shared {
                 let Some(class) = class else {
                     return Ok(Outcome::Done);
                 };
+                if let Some(nd) = &self.config.node_deployment {
+                    match node::ownership(&pvc, &class, nd, &self.driver) {
+                        Ownership::Mine => self.forget_competition(&uid),
+                        Ownership::NotMine(why) => {
+                            tracing::debug!(pvc = %key, reason = %why, "not this node's claim");
+                            self.forget_competition(&uid);
+                            return Ok(Outcome::Done);
+                        }
+                        Ownership::Compete => return self.compete(&pvc, &class, nd).await,
+                    }
+                }
                 let lock_name = computed.unwrap_or_default();
                 let _guard = self.locks.lock(&lock_name).await;
                 self.prepare(&pvc, &class, selected_node.as_deref()).await
@@ -538,6 +582,104 @@ impl Shared {
                 None => Ok(Outcome::Done),
             },
         }
+    }
+
+    fn forget_competition(&self, uid: &str) {
+        self.competing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(uid);
+    }
+
+    /// Node deployment, upstream's `becomeOwner` for an Immediate claim without a node: after a
+    /// per-claim delay (a pass that comes back later, not a blocked worker), check capacity, then
+    /// set `selected-node` to this node with a resourceVersion-conditioned patch. Whoever wins,
+    /// the claim's update brings it back; a lost race waits longer next time.
+    async fn compete(
+        &self,
+        pvc: &PersistentVolumeClaim,
+        class: &StorageClass,
+        nd: &node::NodeDeployment,
+    ) -> Result<Outcome, Error> {
+        let uid = pvc.metadata.uid.clone().unwrap_or_default();
+        let now = Instant::now();
+        let wait = {
+            let mut competing = self.competing.lock().unwrap_or_else(|e| e.into_inner());
+            // Claims deleted while competed for are not seen again: forget old entries.
+            competing.retain(|_, (at, _)| at.elapsed() < COMPETITION_MEMORY);
+            match competing.get(&uid).copied() {
+                None => {
+                    let at = now + node::compete_delay(nd, 0, jitter(&uid));
+                    competing.insert(uid.clone(), (at, 0));
+                    at.saturating_duration_since(now)
+                }
+                Some((at, _)) => at.saturating_duration_since(now),
+            }
+        };
+        if !wait.is_zero() {
+            return Ok(Outcome::RequeueAfter(wait));
+        }
+        let requested = pvc
+            .spec
+            .as_ref()
+            .and_then(|s| s.resources.as_ref()?.requests.as_ref()?.get("storage"))
+            .and_then(|q| crate::quantity::parse_bytes(&q.0))
+            .unwrap_or(0);
+        let request = v1::GetCapacityRequest {
+            volume_capabilities: Vec::new(),
+            parameters: crate::params::strip_prefixed(
+                &class.parameters.clone().unwrap_or_default(),
+            )
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+            accessible_topology: (!nd.segment.is_empty()).then(|| v1::Topology {
+                segments: nd.segment.clone().into_iter().collect(),
+            }),
+        };
+        match self.ctx.csi.get_capacity(request).await {
+            Ok(c) if c.available_capacity < requested => {
+                tracing::info!(pvc = %pvc.metadata.name.as_deref().unwrap_or_default(), available = c.available_capacity, requested, "not enough capacity on this node to compete for the claim");
+                self.schedule_next_try(&uid, nd);
+                return Ok(Outcome::RequeueAfter(nd.max_delay));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "capacity check failed; competing for the claim anyway")
+            }
+        }
+        let patch = json!({"metadata": {
+            "resourceVersion": pvc.metadata.resource_version,
+            "annotations": {ANN_SELECTED_NODE: nd.node},
+        }});
+        let ns = pvc.metadata.namespace.as_deref().unwrap_or_default();
+        let name = pvc.metadata.name.as_deref().unwrap_or_default();
+        match call_api(
+            "select this node for the claim",
+            self.pvc_api(ns)
+                .patch(name, &PatchParams::default(), &Patch::Merge(&patch)),
+        )
+        .await
+        {
+            Ok(_) => {
+                tracing::info!(pvc = %claim_key(ns, name), node = %nd.node, "this node took the claim");
+                self.forget_competition(&uid);
+                Ok(Outcome::Done)
+            }
+            Err(e) if is_status(&e, 409) => {
+                self.schedule_next_try(&uid, nd);
+                Ok(Outcome::Done)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A lost or refused try: the next waits longer.
+    fn schedule_next_try(&self, uid: &str, nd: &node::NodeDeployment) {
+        let mut competing = self.competing.lock().unwrap_or_else(|e| e.into_inner());
+        let failures = competing.get(uid).map_or(0, |(_, f)| *f) + 1;
+        let at = Instant::now() + node::compete_delay(nd, failures, jitter(uid));
+        competing.insert(uid.to_string(), (at, failures));
     }
 
     /// Whether a PV of this name exists (cache), or this process created it lately.
@@ -1132,14 +1274,7 @@ impl Shared {
                 .failed(pvc, ProvisionError::new(ProvisioningState::InBackground, m))
                 .await;
         }
-        let pv = pv::build_pv(
-            pvc,
-            intent,
-            &volume,
-            capacity,
-            &self.driver,
-            &self.ctx.identity,
-        );
+        let pv = pv::build_pv(pvc, intent, &volume, capacity, &self.driver, &self.identity);
         match call_api(
             "create PV",
             self.pv_api().create(&PostParams::default(), &pv),
@@ -1276,6 +1411,12 @@ impl Shared {
                 Ok(Outcome::Done)
             }
             VolumeAction::Delete => {
+                if let Some(nd) = &self.config.node_deployment
+                    && !node::deletes(&pv, nd)
+                {
+                    // Another node's volume (upstream: ignored, no Event).
+                    return Ok(Outcome::Done);
+                }
                 let _guard = self.locks.lock(name).await;
                 let uid = pv.metadata.uid.clone().unwrap_or_default();
                 let done = self.deletion_done(&uid);

@@ -61,17 +61,22 @@ pub fn window(records: bool, since_record: Option<Duration>) -> Duration {
 }
 
 /// The journal ConfigMap's name for `driver`: `csi-volume-intents.` and the driver's name
-/// lowercased, with anything a DNS subdomain does not allow replaced by `-`.
+/// lowercased, with anything a DNS subdomain does not allow replaced by `-`. In node deployment
+/// each node's instance has its own, with `.<node>` appended.
 pub fn object_name(driver: &str) -> String {
-    let tail: String = driver
+    format!("csi-volume-intents.{}", object_name_part(driver))
+}
+
+/// `s` lowercased, with anything a DNS subdomain does not allow replaced by `-`.
+fn object_name_part(s: &str) -> String {
+    let tail: String = s
         .chars()
         .map(|c| match c.to_ascii_lowercase() {
             c @ ('a'..='z' | '0'..='9' | '.' | '-') => c,
             _ => '-',
         })
         .collect();
-    let tail = tail.trim_matches(|c| c == '.' || c == '-');
-    format!("csi-volume-intents.{tail}")
+    tail.trim_matches(|c| c == '.' || c == '-').to_string()
 }
 
 /// Where a record's outcome is sent.
@@ -261,11 +266,15 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// The journal of `driver` in `namespace`.
-    pub fn new(client: kube::Client, namespace: &str, driver: &str) -> Self {
+    /// The journal of `driver` in `namespace`; in node deployment, of that node's instance.
+    pub fn new(client: kube::Client, namespace: &str, driver: &str, node: Option<&str>) -> Self {
+        let name = match node {
+            Some(n) => format!("{}.{}", object_name(driver), object_name_part(n)),
+            None => object_name(driver),
+        };
         Journal {
             api: Api::namespaced(client, namespace),
-            name: object_name(driver),
+            name,
             driver: driver.to_string(),
             book: Mutex::default(),
             wake: Notify::new(),

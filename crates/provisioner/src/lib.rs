@@ -21,6 +21,7 @@ pub mod error;
 pub mod intent;
 pub mod journal;
 pub mod meta;
+pub mod node;
 pub mod params;
 pub mod pv;
 pub mod quantity;

@@ -51,6 +51,8 @@ pub struct ProvisionerConfig {
     pub snapshot_orphan_sweep_interval: std::time::Duration,
     /// `--enable-capacity` and its settings (`None`: off).
     pub capacity: Option<crate::capacity_controller::CapacityConfig>,
+    /// `--node-deployment` and its settings (`None`: central).
+    pub node_deployment: Option<crate::node::NodeDeployment>,
 }
 
 impl Default for ProvisionerConfig {
@@ -68,6 +70,7 @@ impl Default for ProvisionerConfig {
             prevent_volume_mode_conversion: true,
             snapshot_orphan_sweep_interval: std::time::Duration::from_secs(300),
             capacity: None,
+            node_deployment: None,
         }
     }
 }
