@@ -289,7 +289,14 @@ async fn secrets_from_templates_reach_the_driver_and_the_pv() {
 
 #[tokio::test]
 async fn driver_errors_are_reported_then_provisioning_and_deletion_recover() {
-    let own = OwnDriver::start("recover", |_| {}, MANAGER_ARGS).await;
+    let port = e2e::free_port();
+    let http = format!("--http-endpoint=127.0.0.1:{port}");
+    let args: Vec<&str> = MANAGER_ARGS
+        .iter()
+        .copied()
+        .chain([http.as_str()])
+        .collect();
+    let own = OwnDriver::start("recover", |_| {}, &args).await;
     own.driver.inject(
         Method::CreateVolume,
         Fault::error(Code::Unavailable, "backend busy").times(2),
@@ -366,6 +373,21 @@ async fn driver_errors_are_reported_then_provisioning_and_deletion_recover() {
                     .is_some_and(|n| n.contains("backend busy on delete"))),
         "a VolumeFailedDelete event on the PV"
     );
+    // Upstream's metrics count the same attempts.
+    let metrics = e2e::http_get(port, "/metrics").await;
+    let class = &own.name;
+    for line in [
+        format!(
+            r#"controller_persistentvolumeclaim_provision_failed_total{{class="{class}",source=""}} 3"#
+        ),
+        format!(
+            r#"controller_persistentvolumeclaim_provision_total{{class="{class}",source=""}} 1"#
+        ),
+        format!(r#"controller_persistentvolume_delete_failed_total{{class="{class}"}} 2"#),
+        format!(r#"controller_persistentvolume_delete_total{{class="{class}"}} 1"#),
+    ] {
+        assert!(metrics.contains(&line), "missing {line} in\n{metrics}");
+    }
     a.classes
         .delete(&own.name, &DeleteParams::default())
         .await

@@ -105,6 +105,8 @@ struct Shared {
     capacity: Option<(Arc<Tracker>, WorkQueue<Item>)>,
     /// The provisioner identity on PVs (with `-<node>` in node deployment).
     identity: String,
+    /// Upstream's provisioning and deletion metrics.
+    metrics: crate::metrics::ProvisionerMetrics,
     /// Node deployment: claims this node competes for, by UID: when it may try, and how many
     /// tries lost.
     competing: Mutex<HashMap<String, (Instant, u32)>>,
@@ -275,6 +277,9 @@ pub fn build(
         }
         None => None,
     };
+    let metrics = ctx
+        .metrics
+        .register(crate::metrics::ProvisionerMetrics::register);
     let identity = match &node_mode {
         Some(n) => format!("{}-{}", ctx.identity, n.node),
         None => ctx.identity.clone(),
@@ -309,6 +314,7 @@ pub fn build(
             journal,
             capacity,
             identity,
+            metrics,
             competing: Mutex::default(),
             events,
             infeasible: Mutex::default(),
@@ -1112,6 +1118,10 @@ impl Shared {
         if e.state != ProvisioningState::NoChange {
             self.capacity_changed(Some(&claim::claim_class(pvc)));
         }
+        if e.state != ProvisioningState::Ignored {
+            self.metrics
+                .provision_failed(&crate::metrics::claim_labels(pvc));
+        }
         self.events
             .warning(
                 &pvc_ref(pvc),
@@ -1189,6 +1199,7 @@ impl Shared {
         pvc: &PersistentVolumeClaim,
         intent: &Intent,
     ) -> Result<Outcome, Error> {
+        let started = Instant::now();
         let secrets = match &intent.provisioner_secret {
             Some(r) => match self.secret_data(r).await {
                 Ok(s) => s,
@@ -1292,6 +1303,10 @@ impl Shared {
         }
         tracing::info!(pvc = %claim_key(ns, name), pv = %intent.volume_name, volume_id = %volume.volume_id, "provisioned volume");
         self.capacity_changed(Some(&intent.pv.storage_class_name));
+        self.metrics.provisioned(
+            &crate::metrics::claim_labels(pvc),
+            started.elapsed().as_secs_f64(),
+        );
         self.events
             .normal(
                 &pvc_ref(pvc),
@@ -1418,6 +1433,8 @@ impl Shared {
                     return Ok(Outcome::Done);
                 }
                 let _guard = self.locks.lock(name).await;
+                let started = Instant::now();
+                let class = pv::pv_class(&pv).unwrap_or_default();
                 let uid = pv.metadata.uid.clone().unwrap_or_default();
                 let done = self.deletion_done(&uid);
                 if done == Some(DeletionStage::Finished) {
@@ -1426,6 +1443,7 @@ impl Shared {
                 }
                 if done.is_none() {
                     if let Err(m) = self.delete_volume(&pv).await {
+                        self.metrics.delete_failed(&class);
                         self.events
                             .warning(&pv_ref(&pv), REASON_VOLUME_FAILED_DELETE, "Delete", &m)
                             .await;
@@ -1457,6 +1475,8 @@ impl Shared {
                     _ => {}
                 }
                 self.remember_deletion(&uid, DeletionStage::Finished);
+                self.metrics
+                    .deleted(&class, started.elapsed().as_secs_f64());
                 Ok(Outcome::Done)
             }
         }

@@ -22,6 +22,16 @@ fn waiter() -> (Answer, oneshot::Receiver<Result<(), String>>) {
     oneshot::channel()
 }
 
+/// A book whose write of pvc-1's record went through.
+fn book_with_pvc_1() -> Book {
+    let mut book = Book::default();
+    let (tx, _rx) = waiter();
+    book.record(&intent("pvc-1", "1"), tx).unwrap();
+    let (_, waiters) = book.take();
+    book.stored(waiters);
+    book
+}
+
 #[rstest]
 #[case::plain("hostpath.csi.k8s.io", "csi-volume-intents.hostpath.csi.k8s.io")]
 #[case::upper_and_underscore("My_Driver.example", "csi-volume-intents.my-driver.example")]
@@ -63,11 +73,7 @@ fn a_record_is_seen_only_once_stored() {
 
 #[test]
 fn records_and_releases_share_one_patch() {
-    let mut book = Book::default();
-    let (tx, _rx) = waiter();
-    book.record(&intent("pvc-1", "1"), tx).unwrap();
-    let (_, waiters) = book.take();
-    book.stored(waiters);
+    let mut book = book_with_pvc_1();
 
     book.release("pvc-1");
     assert_eq!(book.for_claim("1"), None, "a release is seen at once");
@@ -92,11 +98,7 @@ fn records_and_releases_share_one_patch() {
 
 #[test]
 fn a_failed_write_fails_its_records_and_keeps_its_releases() {
-    let mut book = Book::default();
-    let (tx, _rx) = waiter();
-    book.record(&intent("pvc-1", "1"), tx).unwrap();
-    let (_, waiters) = book.take();
-    book.stored(waiters);
+    let mut book = book_with_pvc_1();
     book.release("pvc-1");
     let (tx, mut rx) = waiter();
     book.record(&intent("pvc-2", "2"), tx).unwrap();

@@ -21,6 +21,7 @@ pub mod error;
 pub mod intent;
 pub mod journal;
 pub mod meta;
+pub mod metrics;
 pub mod node;
 pub mod params;
 pub mod pv;
