@@ -181,6 +181,15 @@ impl ManagerProcess {
         self.starts += 1;
     }
 
+    /// Kills the process and starts it again with `args` and `env` added.
+    pub async fn restart_with(&mut self, args: &[&str], env: &[(&str, &str)]) {
+        self.kill().await;
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self.env
+            .extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self.start();
+    }
+
     /// SIGKILL, after noting whether the process had already exited on its own.
     pub async fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

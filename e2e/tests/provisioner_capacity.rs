@@ -67,19 +67,19 @@ async fn capacity_is_published_per_class_and_segment_and_follows_the_driver() {
     )
     .await;
     let mut own = own;
-    own.manager.kill().await;
-    own.manager.args.extend(
-        [
-            "--controllers=provisioner",
-            "--enable-capacity",
-            "--capacity-ownerref-level=-1",
-            // Long: only a provisioning, a deletion or a change may refresh within the test.
-            "--capacity-poll-interval=1h",
-        ]
-        .map(String::from),
-    );
-    own.manager.env.push(("NAMESPACE".into(), own.name.clone()));
-    own.manager.start();
+    let namespace = own.name.clone();
+    own.manager
+        .restart_with(
+            &[
+                "--controllers=provisioner",
+                "--enable-capacity",
+                "--capacity-ownerref-level=-1",
+                // Long: only a provisioning, a deletion or a change may refresh within the test.
+                "--capacity-poll-interval=1h",
+            ],
+            &[("NAMESPACE", &namespace)],
+        )
+        .await;
     let zone_of = |i: usize| {
         if i + 1 == nodes {
             "zone-out".to_string()

@@ -28,20 +28,19 @@ async fn instance(prefix: &str, driver: &str, key: &str, zone: &str, node: &str)
         &[],
     )
     .await;
-    own.manager.kill().await;
     own.driver_name = driver.to_string();
-    own.manager.args.extend(
-        [
-            "--controllers=provisioner",
-            "--node-deployment",
-            "--node-deployment-base-delay=200ms",
-            "--node-deployment-max-delay=2s",
-            "--retry-interval-start=200ms",
-        ]
-        .map(String::from),
-    );
-    own.manager.env.push(("NODE_NAME".into(), node.into()));
-    own.manager.start();
+    own.manager
+        .restart_with(
+            &[
+                "--controllers=provisioner",
+                "--node-deployment",
+                "--node-deployment-base-delay=200ms",
+                "--node-deployment-max-delay=2s",
+                "--retry-interval-start=200ms",
+            ],
+            &[("NODE_NAME", node)],
+        )
+        .await;
     own
 }
 

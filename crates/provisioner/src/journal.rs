@@ -81,8 +81,14 @@ fn object_name_part(s: &str) -> String {
 
 /// Where a record's outcome is sent.
 pub type Answer = oneshot::Sender<Result<(), String>>;
-/// A record waiting for its write: volume name, intent, answer.
-pub type Waiter = (String, Intent, Answer);
+/// A record waiting for its write.
+#[derive(Debug)]
+pub struct Waiter {
+    intent: Intent,
+    /// Its share of the journal's bytes (key and JSON), counted once at `record`.
+    size: usize,
+    answer: Answer,
+}
 
 /// The pure part of the journal: committed entries, the writes not yet made, their waiters.
 #[derive(Debug, Default)]
@@ -140,8 +146,11 @@ impl Book {
         }
         self.bytes += size;
         self.pending.insert(intent.volume_name.clone(), Some(json));
-        self.waiters
-            .push((intent.volume_name.clone(), intent.clone(), done));
+        self.waiters.push(Waiter {
+            intent: intent.clone(),
+            size,
+            answer: done,
+        });
         Ok(())
     }
 
@@ -166,23 +175,22 @@ impl Book {
 
     /// The batch was stored: recorded entries become visible.
     pub fn stored(&mut self, waiters: Vec<Waiter>) {
-        for (volume, intent, done) in waiters {
-            let size = volume.len() + serde_json::to_string(&intent).map_or(0, |j| j.len());
+        for w in waiters {
             // The pending bytes become the entry's.
-            if let Some((_, old)) = self.entries.insert(volume, (intent, size)) {
+            let volume = w.intent.volume_name.clone();
+            if let Some((_, old)) = self.entries.insert(volume, (w.intent, w.size)) {
                 self.bytes = self.bytes.saturating_sub(old);
             }
-            let _ = done.send(Ok(()));
+            let _ = w.answer.send(Ok(()));
         }
     }
 
     /// The batch failed: records are answered with the error (their passes retry); releases are
     /// queued again unless something newer replaced them.
     pub fn failed(&mut self, batch: Batch, waiters: Vec<Waiter>, error: &str) {
-        for (volume, intent, done) in waiters {
-            let size = volume.len() + serde_json::to_string(&intent).map_or(0, |j| j.len());
-            self.bytes = self.bytes.saturating_sub(size);
-            let _ = done.send(Err(error.to_string()));
+        for w in waiters {
+            self.bytes = self.bytes.saturating_sub(w.size);
+            let _ = w.answer.send(Err(error.to_string()));
         }
         for (volume, value) in batch.data {
             if value.is_none() {
@@ -209,10 +217,20 @@ impl Book {
 
     /// The intent recorded for the claim with this UID.
     pub fn for_claim(&self, uid: &str) -> Option<Intent> {
+        self.claim_entry(uid).cloned()
+    }
+
+    /// Whether an intent is recorded for the claim with this UID (no copy: the informer's
+    /// filter asks this for every claim event).
+    pub fn has_claim(&self, uid: &str) -> bool {
+        self.claim_entry(uid).is_some()
+    }
+
+    fn claim_entry(&self, uid: &str) -> Option<&Intent> {
         self.entries
             .values()
-            .find(|(i, _)| i.claim_uid == uid)
-            .map(|(i, _)| i.clone())
+            .map(|(i, _)| i)
+            .find(|i| i.claim_uid == uid)
     }
 
     /// The intents recorded for claims of this namespace and name (any UID).
@@ -331,7 +349,7 @@ impl Journal {
 
     /// Whether an intent is recorded for the claim with this UID.
     pub fn has_claim(&self, uid: &str) -> bool {
-        self.book().for_claim(uid).is_some()
+        self.book().has_claim(uid)
     }
 
     /// The intents recorded for claims of this namespace and name (any UID).

@@ -54,21 +54,16 @@ impl ProvisionerMetrics {
             delete_failed: Family::default(),
             delete_duration: Family::new_with_constructor(histogram),
         };
-        let counters = [
-            (
-                "controller_persistentvolumeclaim_provision",
-                "Total number of persistent volumes provisioned successfully. Broken down by storage class name and source of the claim.",
-                &m.provisioned,
-            ),
-            (
-                "controller_persistentvolumeclaim_provision_failed",
-                "Total number of persistent volume provision failed attempts. Broken down by storage class name and source of the claim.",
-                &m.provision_failed,
-            ),
-        ];
-        for (name, help, family) in counters {
-            registry.register(name, help, family.clone());
-        }
+        registry.register(
+            "controller_persistentvolumeclaim_provision",
+            "Total number of persistent volumes provisioned successfully. Broken down by storage class name and source of the claim.",
+            m.provisioned.clone(),
+        );
+        registry.register(
+            "controller_persistentvolumeclaim_provision_failed",
+            "Total number of persistent volume provision failed attempts. Broken down by storage class name and source of the claim.",
+            m.provision_failed.clone(),
+        );
         registry.register(
             "controller_persistentvolumeclaim_provision_duration_seconds",
             "Latency in seconds to provision persistent volumes. Failed provisioning attempts are ignored. Broken down by storage class name and source of the claim.",
