@@ -102,8 +102,8 @@ pub struct Tracker {
     classes: Store<StorageClass>,
     csinodes: Option<Store<CSINode>>,
     nodes: Option<Store<PartialObjectMeta<Node>>>,
-    objects: Store<CSIStorageCapacity>,
-    writer: Mutex<Option<reflector::store::Writer<CSIStorageCapacity>>>,
+    /// The watched objects; a new cache each leadership term (see [`Tracker::run`]).
+    objects: Mutex<Store<CSIStorageCapacity>>,
     queue: WorkQueue<Item>,
     /// The current items.
     items: Mutex<BTreeSet<Item>>,
@@ -139,7 +139,6 @@ impl Tracker {
         changed: Arc<Notify>,
         metrics: CapacityMetrics,
     ) -> Self {
-        let (objects, writer) = reflector::store();
         Tracker {
             client,
             csi,
@@ -149,8 +148,7 @@ impl Tracker {
             classes,
             csinodes,
             nodes,
-            objects,
-            writer: Mutex::new(Some(writer)),
+            objects: Mutex::new(reflector::store().0),
             queue,
             items: Mutex::default(),
             changed,
@@ -177,12 +175,26 @@ impl Tracker {
         }
     }
 
+    fn objects(&self) -> Store<CSIStorageCapacity> {
+        self.objects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Runs the watch of the objects, the items loop and the poll until `token` is cancelled
-    /// (the workers run beside it, see [`Tracker::sync_item`]).
+    /// (the workers run beside it, see [`Tracker::sync_item`]). Called again after leadership
+    /// comes back: each term starts from a fresh cache.
     pub async fn run(self: Arc<Self>, token: CancellationToken) {
-        let Some(writer) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() else {
-            return;
-        };
+        let (store, writer) = reflector::store();
+        *self.objects.lock().unwrap_or_else(|e| e.into_inner()) = store;
+        self.created
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        // No item is synced before the new cache has listed the objects (it would create a
+        // second object for an item whose object the empty cache does not show yet).
+        self.items.lock().unwrap_or_else(|e| e.into_inner()).clear();
         if !self.resolve_owner(&token).await {
             return;
         }
@@ -287,9 +299,10 @@ impl Tracker {
         let mut poll = tokio::time::interval(self.config.poll_interval.max(Duration::from_secs(1)));
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The objects' first list must be in before anything is created.
+        let objects = self.objects();
         tokio::select! {
             () = token.cancelled() => return,
-            r = self.objects.wait_until_ready() => if r.is_err() { return },
+            r = objects.wait_until_ready() => if r.is_err() { return },
         }
         loop {
             let all = tokio::select! {
@@ -355,7 +368,7 @@ impl Tracker {
             &self.driver,
             self.config.for_immediate_binding,
         );
-        let objects = self.objects.state();
+        let objects = self.objects().state();
         let (assigned, obsolete) = capacity::assign(
             objects
                 .iter()
@@ -511,19 +524,14 @@ impl Tracker {
 
     /// The object standing for `item`: the watched one, else the one this process just created.
     fn object_of(&self, item: &Item) -> Option<CSIStorageCapacity> {
-        let objects = self.objects.state();
-        let items = BTreeSet::from([item.clone()]);
-        let (assigned, _) = capacity::assign(
-            objects
-                .iter()
-                .map(|o| (o.metadata.name.as_deref().unwrap_or_default(), o.as_ref())),
-            &items,
-        );
-        if let Some(name) = assigned.get(item) {
-            return objects
-                .iter()
-                .find(|o| o.metadata.name.as_deref() == Some(name))
-                .map(|o| (**o).clone());
+        // Duplicates are deleted by the items loop; any one of them will do meanwhile.
+        if let Some(o) = self
+            .objects()
+            .state()
+            .into_iter()
+            .find(|o| capacity::item_of(o).as_ref() == Some(item))
+        {
+            return Some((*o).clone());
         }
         self.created
             .lock()
