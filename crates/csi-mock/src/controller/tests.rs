@@ -1,12 +1,19 @@
 //! Unit tests of the controller logic: spec error codes, idempotency, accounting, pagination.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::time::Duration;
 
-use tonic::Code;
+use csi::v1 as pb;
+use csi::v1::volume_capability::access_mode::Mode;
+use tonic::{Code, Status};
 
-use super::*;
+use super::Backend;
+use crate::config::{
+    ControllerCapability as Cap, DEFAULT_VOLUME_SIZE, DEVICE_PATH_CONTEXT_KEY, MockConfig,
+    TopologyConfig, VOLUME_NAME_CONTEXT_KEY,
+};
+use crate::state::{ContentSource, MockState};
 
 const GIB: i64 = 1 << 30;
 
