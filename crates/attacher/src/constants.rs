@@ -1,6 +1,7 @@
-//! Names that other software reads, with external-attacher v4.12's values: the finalizer, the
-//! node-id annotation, queue names and metric names. Nothing here is configurable; changing a
-//! value breaks compatibility with objects written by the Go sidecar.
+//! Names that other software reads, with external-attacher v4.12's values: the finalizer (and
+//! how it is built from the driver name), the node-id annotation, queue names and metric names.
+//! Nothing here is configurable; changing a value breaks compatibility with objects written by
+//! the Go sidecar.
 
 /// Prefix of the finalizer put on VolumeAttachments and PersistentVolumes
 /// (`pkg/controller/util.go` `GetFinalizerName`).

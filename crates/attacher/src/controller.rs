@@ -32,21 +32,21 @@ use runtime::{Change, ControllerContext, Informers, Outcome, WorkQueue};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use crate::constants::{
+    ATTACH_QUEUE, CONTROLLER_NAME, DELETED_NODE_DETACHES_METRIC, DETACH_QUEUE, PV_QUEUE,
+};
 use crate::csi_call::{self, Unpublished};
 use crate::error::{ApiError, Error};
 use crate::filter::ChangeFilter;
-use crate::names::{
-    ATTACH_QUEUE, CONTROLLER_NAME, DELETED_NODE_DETACHES_METRIC, DETACH_QUEUE, PV_QUEUE,
-};
 use crate::patch;
 use crate::plan::{self, Lane, Observed, PvStep, Secrets, Step};
 use crate::request::{self, DriverInfo, SecretRef};
-use crate::{AttacherConfig, reconciler};
+use crate::{AttacherConfig, list_sync};
 
 /// How soon a pass that found its key claimed by the other lane tries again.
 const CLAIM_RETRY: Duration = Duration::from_millis(500);
 
-/// Everything the handlers, workers and the reconciler share.
+/// Everything the handlers, workers and the ListVolumes sync share.
 pub(crate) struct Shared {
     pub(crate) ctx: ControllerContext,
     pub(crate) config: AttacherConfig,
@@ -125,7 +125,7 @@ pub(crate) fn build(
     let d = &ctx.driver;
     let driver = DriverInfo {
         name: d.driver_name.clone(),
-        finalizer: crate::names::finalizer_name(&d.driver_name),
+        finalizer: crate::constants::finalizer_name(&d.driver_name),
         publish_unpublish: d.has_controller(Cap::PublishUnpublishVolume),
         publish_readonly: d.has_controller(Cap::PublishReadonly),
         single_node_multi_writer: d.has_controller(Cap::SingleNodeMultiWriter),
@@ -638,8 +638,8 @@ impl runtime::Controller for Attacher {
                     }
                 }
             };
-            let reconcile = reconciler::run(s.clone(), token.clone());
-            tokio::join!(attach, detach, pv, resync, reconcile);
+            let list_sync = list_sync::run(s.clone(), token.clone());
+            tokio::join!(attach, detach, pv, resync, list_sync);
         })
     }
 }

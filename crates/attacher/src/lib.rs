@@ -3,13 +3,14 @@
 //! fields and error texts.
 //!
 //! # Shape
-//! - [`names`]: the strings other software reads (finalizer, annotation, queue and metric names);
+//! - [`constants`]: the strings other software reads (finalizer, annotation, queue and metric
+//!   names);
 //! - [`request`], [`patch`]: pure builders of CSI requests and API patches;
 //! - [`plan`]: the pure planner, state → next step;
 //! - [`filter`]: upstream's filter that keeps our own error writes from defeating backoff;
 //! - [`csi_call`]: the CSI calls and the mapping of their outcomes;
 //! - `controller`: informers, lanes, workers and the API calls (thin);
-//! - [`reconciler`]: the ListVolumes reconciler.
+//! - [`list_sync`]: the periodic ListVolumes sync (`--reconcile-sync`).
 //!
 //! # Lanes (beyond upstream)
 //! Attaches and detaches have separate queues, `csi-attacher-va-attach` and
@@ -29,14 +30,14 @@
 //!   node's pods are gone, or after its 6-minute force-detach timeout); this controller never
 //!   deletes a VolumeAttachment itself.
 
+pub mod constants;
 mod controller;
 pub mod csi_call;
 pub mod error;
 pub mod filter;
-pub mod names;
+pub mod list_sync;
 pub mod patch;
 pub mod plan;
-pub mod reconciler;
 pub mod request;
 
 use std::sync::Arc;
@@ -50,7 +51,7 @@ pub use error::Error;
 pub struct AttacherConfig {
     /// `--default-fstype`: fsType for Filesystem volumes whose PV has none.
     pub default_fstype: String,
-    /// `--reconcile-sync`: period of the ListVolumes reconciler (0 turns it off).
+    /// `--reconcile-sync`: period of the ListVolumes sync (0 turns it off).
     pub reconcile_sync: Duration,
     /// `--resync`: every VA of ours is queued again this often (0 turns it off).
     pub resync: Duration,

@@ -1,4 +1,4 @@
-//! The ListVolumes reconciler (`--reconcile-sync`): when the driver reports LIST_VOLUMES and
+//! The periodic ListVolumes sync (`--reconcile-sync`): when the driver reports LIST_VOLUMES and
 //! LIST_VOLUMES_PUBLISHED_NODES, compare the driver's publications with `status.attached` and
 //! force one sync of every VolumeAttachment where they disagree.
 //!
@@ -92,7 +92,7 @@ async fn pass(s: &Shared) -> Result<usize, CsiError> {
     Ok(forced)
 }
 
-/// Runs the reconciler until `token` is cancelled; returns at once if the driver cannot list
+/// Runs the sync until `token` is cancelled; returns at once if the driver cannot list
 /// publications or `reconcile_sync` is zero.
 pub(crate) async fn run(s: Arc<Shared>, token: CancellationToken) {
     if !s.driver.publish_unpublish
@@ -121,7 +121,7 @@ pub(crate) async fn run(s: Arc<Shared>, token: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::names::NODE_ID_ANNOTATION;
+    use crate::constants::NODE_ID_ANNOTATION;
     use k8s_openapi::api::core::v1::{CSIPersistentVolumeSource, PersistentVolumeSpec};
     use k8s_openapi::api::storage::v1::{VolumeAttachmentSource, VolumeAttachmentStatus};
     use std::collections::BTreeMap;

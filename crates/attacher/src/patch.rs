@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::storage::v1::{VolumeAttachment, VolumeAttachmentStatus};
 use serde_json::{Map, Value, json};
 
-use crate::names::NODE_ID_ANNOTATION;
+use crate::constants::NODE_ID_ANNOTATION;
 
 /// JSON patch adding `finalizer` to a PV whose cached finalizers are `existing`
 /// (`addFinalizerPatch`): three variants for absent, empty and non-empty lists.

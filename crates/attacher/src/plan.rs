@@ -76,7 +76,7 @@ pub struct Observed<'a> {
     pub node_exists: bool,
     /// The publish Secret.
     pub secrets: &'a Secrets,
-    /// A one-shot flag set by the ListVolumes reconciler: bypass the skip rules once.
+    /// A one-shot flag set by the ListVolumes sync: bypass the skip rules once.
     pub force_sync: bool,
 }
 

@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::storage::v1::{CSINode, VolumeAttachment};
 
-use crate::names::NODE_ID_ANNOTATION;
+use crate::constants::NODE_ID_ANNOTATION;
 
 /// What the attacher knows of the driver and its flags.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,7 +28,7 @@ pub struct DriverInfo {
     pub publish_readonly: bool,
     /// SINGLE_NODE_MULTI_WRITER: changes the access-mode mapping.
     pub single_node_multi_writer: bool,
-    /// LIST_VOLUMES and LIST_VOLUMES_PUBLISHED_NODES: the ListVolumes reconciler runs.
+    /// LIST_VOLUMES and LIST_VOLUMES_PUBLISHED_NODES: the ListVolumes sync runs.
     pub list_published_nodes: bool,
     /// `--default-fstype`.
     pub default_fstype: String,

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{CSIPersistentVolumeSource, PersistentVolumeSpec
 use prometheus_client::registry::Registry;
 
 use super::*;
-use crate::reconciler::list_published;
+use crate::list_sync::list_published;
 use crate::request::{self, DriverInfo};
 
 fn client(path: &Path, timeout: Duration) -> CsiClient {

@@ -14,7 +14,7 @@ use kube::api::ObjectMeta;
 use rstest::rstest;
 
 use super::*;
-use crate::names::NODE_ID_ANNOTATION;
+use crate::constants::NODE_ID_ANNOTATION;
 
 const DRIVER: &str = "hostpath.csi.k8s.io";
 const FIN: &str = "external-attacher/hostpath-csi-k8s-io";
