@@ -36,12 +36,13 @@ use crate::constants::{
     ATTACH_QUEUE, CONTROLLER_NAME, DELETED_NODE_DETACHES_METRIC, DETACH_QUEUE, PV_QUEUE,
 };
 use crate::csi_call::{self, Unpublished};
-use crate::error::{ApiError, Error};
+use crate::error::Error;
 use crate::filter::ChangeFilter;
 use crate::patch;
 use crate::plan::{self, Lane, Observed, PvStep, Secrets, Step};
 use crate::request::{self, DriverInfo, SecretRef};
 use crate::{AttacherConfig, list_sync};
+use runtime::api::ApiError;
 
 /// How soon a pass that found its key claimed by the other lane tries again.
 const CLAIM_RETRY: Duration = Duration::from_millis(500);
@@ -49,6 +50,8 @@ const CLAIM_RETRY: Duration = Duration::from_millis(500);
 /// Everything the handlers, workers and the ListVolumes sync share.
 pub(crate) struct Shared {
     pub(crate) ctx: ControllerContext,
+    /// The driver's client.
+    pub(crate) csi: csi::CsiClient,
     pub(crate) config: AttacherConfig,
     pub(crate) driver: DriverInfo,
     pub(crate) vas: Store<VolumeAttachment>,
@@ -118,11 +121,12 @@ fn name_of<K: kube::Resource>(o: &K) -> String {
 /// Builds the shared state and registers the informers and their handlers.
 pub(crate) fn build(
     ctx: ControllerContext,
+    csi: &csi::Driver,
     config: AttacherConfig,
     informers: &mut Informers,
 ) -> Arc<Shared> {
     use csi::v1::controller_service_capability::rpc::Type as Cap;
-    let d = &ctx.driver;
+    let d = &csi.discovery;
     let driver = DriverInfo {
         name: d.driver_name.clone(),
         finalizer: crate::constants::finalizer_name(&d.driver_name),
@@ -184,6 +188,7 @@ pub(crate) fn build(
         detach: WorkQueue::new(DETACH_QUEUE, ctx.backoff, queues.clone()),
         pv_queue: WorkQueue::new(PV_QUEUE, ctx.backoff, queues),
         ctx,
+        csi: csi.client.clone(),
         config,
         driver,
         vas,
@@ -284,7 +289,7 @@ impl Shared {
         }
         let name = name_of(*pv);
         if pv.metadata.deletion_timestamp.is_some()
-            && request::has_finalizer(&pv.metadata, &self.driver.finalizer)
+            && runtime::meta::has_finalizer(&pv.metadata, &self.driver.finalizer)
         {
             self.pv_queue.add(name.clone());
         }
@@ -315,7 +320,7 @@ impl Shared {
         }
         for pv in self.pvs.state() {
             if pv.metadata.deletion_timestamp.is_some()
-                && request::has_finalizer(&pv.metadata, &self.driver.finalizer)
+                && runtime::meta::has_finalizer(&pv.metadata, &self.driver.finalizer)
             {
                 self.pv_queue.add(name_of(pv.as_ref()));
             }
@@ -342,10 +347,7 @@ impl Shared {
         &self,
         call: impl Future<Output = Result<T, kube::Error>>,
     ) -> Result<T, ApiError> {
-        match tokio::time::timeout(self.config.api_timeout, call).await {
-            Ok(r) => r.map_err(ApiError::Kube),
-            Err(_) => Err(ApiError::Timeout(self.config.api_timeout)),
-        }
+        runtime::api::call(self.config.api_timeout, call).await
     }
 
     fn va_api(&self) -> Api<VolumeAttachment> {
@@ -368,7 +370,7 @@ impl Shared {
         // The json-patch type is inferred from `Patch::Json`; kube does not re-export it.
         let patch = Patch::Json::<()>(
             serde_json::from_value(patch)
-                .map_err(|e| ApiError::Kube(kube::Error::SerdeError(e)))?,
+                .map_err(|e| ApiError::from(kube::Error::SerdeError(e)))?,
         );
         self.api(api.patch(name, &PatchParams::default(), &patch))
             .await
@@ -472,7 +474,7 @@ impl Shared {
                     Err(Error::Attach(message))
                 }
             },
-            Step::Publish(request) => match csi_call::publish(&self.ctx.csi, *request).await {
+            Step::Publish(request) => match csi_call::publish(&self.csi, *request).await {
                 Ok(metadata) => {
                     tracing::info!(va = %key, "attached");
                     self.patch_va(key, &patch::mark_attached(va, metadata), true)
@@ -486,7 +488,7 @@ impl Shared {
                 }
             },
             Step::Unpublish { request, node_gone } => {
-                match csi_call::unpublish(&self.ctx.csi, request, node_gone).await {
+                match csi_call::unpublish(&self.csi, request, node_gone).await {
                     Ok(how) => {
                         if how == Unpublished::NodeGone {
                             self.deleted_node_detaches.inc();

@@ -24,19 +24,10 @@ pub struct CallError {
 /// Maps a [`CsiError`] to what upstream saves.
 pub fn call_error(e: &CsiError) -> CallError {
     match e {
-        CsiError::Status { status, .. } => CallError {
-            message: format!(
-                "rpc error: code = {} desc = {}",
-                csi::error::code_name(status.code()),
-                status.message()
-            ),
-            code: Some(status.code() as i32),
-            not_found: e.code_label() == "NotFound",
-        },
-        CsiError::Timeout { .. } => CallError {
-            message: "rpc error: code = DeadlineExceeded desc = context deadline exceeded".into(),
-            code: Some(4),
-            not_found: false,
+        CsiError::Status { .. } | CsiError::Timeout { .. } => CallError {
+            message: e.go_message(),
+            code: e.code().map(|c| c as i32),
+            not_found: e.code() == Some(csi::Code::NotFound),
         },
         other => CallError {
             message: other.to_string(),

@@ -83,14 +83,15 @@ impl Default for AttacherConfig {
 /// Node metadata) and their handlers in `informers`, and returns the controller whose
 /// [`run`](runtime::Controller::run) starts the workers for one leader term.
 ///
-/// The handler (CSI or trivial) is chosen from `ctx.driver`, as upstream: without
+/// The handler (CSI or trivial) is chosen from the driver's capabilities, as upstream: without
 /// PUBLISH_UNPUBLISH_VOLUME, VolumeAttachments are marked attached without calling the driver.
 pub fn build(
     ctx: runtime::ControllerContext,
+    driver: &csi::Driver,
     config: AttacherConfig,
     informers: &mut runtime::Informers,
 ) -> Arc<dyn runtime::Controller> {
     Arc::new(Attacher {
-        shared: controller::build(ctx, config, informers),
+        shared: controller::build(ctx, driver, config, informers),
     })
 }

@@ -71,7 +71,7 @@ pub fn out_of_sync(
 }
 
 async fn pass(s: &Shared) -> Result<usize, CsiError> {
-    let published = list_published(&s.ctx.csi, s.config.max_entries).await?;
+    let published = list_published(&s.csi, s.config.max_entries).await?;
     let mut forced = 0;
     for va in s.vas.state() {
         let pv = request::pv_name(&va).and_then(|n| s.pvs.get(&ObjectRef::new(n)));
@@ -102,7 +102,7 @@ pub(crate) async fn run(s: Arc<Shared>, token: CancellationToken) {
         return;
     }
     loop {
-        let deadline = s.ctx.csi.timeout();
+        let deadline = s.csi.timeout();
         tokio::select! {
             () = token.cancelled() => return,
             r = tokio::time::timeout(deadline, pass(&s)) => match r {

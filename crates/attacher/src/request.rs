@@ -225,13 +225,6 @@ pub fn unpublish_request(
     }
 }
 
-/// Whether a PV carries our finalizer.
-pub fn has_finalizer(meta: &kube::api::ObjectMeta, finalizer: &str) -> bool {
-    meta.finalizers
-        .as_ref()
-        .is_some_and(|f| f.iter().any(|x| x == finalizer))
-}
-
 /// The PV name of a VA's source, if it names one.
 pub fn pv_name(va: &VolumeAttachment) -> Option<&str> {
     va.spec.source.persistent_volume_name.as_deref()

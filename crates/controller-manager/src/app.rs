@@ -131,20 +131,23 @@ pub async fn run(flags: Flags) -> Result<(), AppError> {
 
     let mut informers = Informers::new(clients.main.clone());
     let capacity_client = if flags.enable_capacity {
-        kubeclient::client_with_budget(
-            flags.kubeconfig.as_deref(),
-            flags.kube_api_capacity_qps,
-            flags.kube_api_capacity_burst,
+        Some(
+            kubeclient::client_with_budget(
+                flags.kubeconfig.as_deref(),
+                flags.kube_api_capacity_qps,
+                flags.kube_api_capacity_burst,
+            )
+            .await?,
         )
-        .await?
     } else {
-        clients.main.clone()
+        None
+    };
+    let csi_driver = csi::Driver {
+        client: csi.clone(),
+        discovery: discovery.clone(),
     };
     let context = ControllerContext {
         client: clients.main.clone(),
-        capacity_client,
-        csi: csi.clone(),
-        driver: discovery.clone(),
         metrics: metrics.clone(),
         backoff: Backoff {
             start: flags.retry_interval_start,
@@ -157,7 +160,17 @@ pub async fn run(flags: Flags) -> Result<(), AppError> {
     let node = node_deployment(&flags, &csi, &kinds)
         .await
         .map_err(AppError::NodeInfo)?;
-    let built = build_controllers(&kinds, &flags, &context, node, &mut informers);
+    let built = build_controllers(
+        &kinds,
+        &flags,
+        Wiring {
+            context: &context,
+            driver: &csi_driver,
+            capacity_client,
+            node,
+        },
+        &mut informers,
+    );
     let running_informers = Arc::new(informers.start(shutdown.clone()));
     {
         let informers = running_informers.clone();
@@ -257,13 +270,28 @@ async fn node_deployment(
     }))
 }
 
+/// What every controller is built from, beside the flags.
+struct Wiring<'a> {
+    context: &'a ControllerContext,
+    driver: &'a csi::Driver,
+    /// Capacity tracking's own API client, with `--enable-capacity`.
+    capacity_client: Option<kube::Client>,
+    /// Node deployment's node and segment, with `--node-deployment`.
+    node: Option<provisioner::node::NodeDeployment>,
+}
+
 fn build_controllers(
     kinds: &BTreeSet<ControllerKind>,
     flags: &Flags,
-    context: &ControllerContext,
-    node: Option<provisioner::node::NodeDeployment>,
+    wiring: Wiring<'_>,
     informers: &mut Informers,
 ) -> Vec<Arc<dyn Controller>> {
+    let Wiring {
+        context,
+        driver,
+        capacity_client,
+        node,
+    } = wiring;
     let mut built: Vec<Arc<dyn Controller>> = Vec::new();
     for kind in kinds {
         match kind {
@@ -274,7 +302,7 @@ fn build_controllers(
                     resync: flags.resync,
                     ..attacher::AttacherConfig::default()
                 };
-                built.push(attacher::build(context.clone(), config, informers));
+                built.push(attacher::build(context.clone(), driver, config, informers));
             }
             ControllerKind::Provisioner => {
                 let config = provisioner::ProvisionerConfig {
@@ -288,10 +316,12 @@ fn build_controllers(
                     prevent_volume_mode_conversion: flags.prevent_volume_mode_conversion,
                     snapshot_orphan_sweep_interval: flags.snapshot_orphan_sweep_interval,
                     capacity: flags.enable_capacity.then(|| {
-                        provisioner::capacity_controller::CapacityConfig {
+                        provisioner::capacity::CapacityConfig {
                             for_immediate_binding: flags.capacity_for_immediate_binding,
                             poll_interval: flags.capacity_poll_interval,
                             ownerref_level: flags.capacity_ownerref_level,
+                            // Follows the provisioner's gate, set below.
+                            topology_gate: true,
                             workers: flags.capacity_threads,
                             namespace: std::env::var("NAMESPACE").unwrap_or_default(),
                             pod_name: std::env::var("POD_NAME").unwrap_or_default(),
@@ -301,7 +331,32 @@ fn build_controllers(
                     node_deployment: node.clone(),
                     ..provisioner::ProvisionerConfig::default()
                 };
-                built.push(provisioner::build(context.clone(), config, informers));
+                // Capacity tracking runs beside the provisioner, under its Lease, on its own
+                // API budget.
+                let capacity = match (&config.capacity, &capacity_client) {
+                    (Some(c), Some(client)) => {
+                        let ctx = ControllerContext {
+                            client: client.clone(),
+                            ..context.clone()
+                        };
+                        let c = provisioner::capacity::CapacityConfig {
+                            topology_gate: config.topology_gate,
+                            ..c.clone()
+                        };
+                        let (tracking, handle) =
+                            provisioner::capacity::build(&ctx, driver, c, informers);
+                        built.push(tracking);
+                        Some(handle)
+                    }
+                    _ => None,
+                };
+                built.push(provisioner::build(
+                    context.clone(),
+                    driver,
+                    config,
+                    informers,
+                    capacity,
+                ));
             }
             ControllerKind::Resizer | ControllerKind::Snapshotter => {
                 tracing::warn!(

@@ -35,6 +35,15 @@ const WAIT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How often "waiting for CSI driver" is repeated in the log while the driver stays away.
 const WAIT_LOG_EVERY: Duration = Duration::from_secs(10);
 
+/// A connected driver as the controllers see it: the client and what discovery learnt of it.
+#[derive(Clone, Debug)]
+pub struct Driver {
+    /// The client of the driver's socket.
+    pub client: CsiClient,
+    /// The driver's name and capabilities.
+    pub discovery: std::sync::Arc<Discovery>,
+}
+
 /// What discovery learnt of the driver.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Discovery {

@@ -81,6 +81,23 @@ impl CsiError {
         !self.is_final()
     }
 
+    /// The text Go's gRPC client gives for this failure (`rpc error: code = X desc = Y`), without
+    /// our method prefix; our own timeout reads as grpc-go's context deadline. This is what the Go
+    /// sidecars put in Events and saved statuses, so ours read the same.
+    pub fn go_message(&self) -> String {
+        match self {
+            Self::Status { status, .. } => format!(
+                "rpc error: code = {} desc = {}",
+                code_name(status.code()),
+                status.message()
+            ),
+            Self::Timeout { .. } => {
+                "rpc error: code = DeadlineExceeded desc = context deadline exceeded".to_string()
+            }
+            other => other.to_string(),
+        }
+    }
+
     /// The label value used for `grpc_status_code` in metrics and for Event messages.
     pub fn code_label(&self) -> &'static str {
         match self.code() {

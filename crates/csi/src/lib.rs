@@ -16,7 +16,9 @@ pub mod error;
 pub mod metrics;
 pub mod v1;
 
-pub use client::{CsiClient, Discovery, DriverWatch, ProbeState};
+pub use client::{CsiClient, Discovery, Driver, DriverWatch, ProbeState};
 pub use endpoint::CsiEndpoint;
 pub use error::CsiError;
 pub use metrics::CsiMetrics;
+/// The gRPC status code of a CSI failure, as [`CsiError::code`] returns it.
+pub use tonic::Code;

@@ -7,7 +7,8 @@
 //! DEADLINE_EXCEEDED / UNAVAILABLE / ABORTED and non-gRPC failures are "in background" (the volume
 //! may still be being created), every other code is "finished".
 
-use csi::CsiError;
+use csi::{Code, CsiError};
+use runtime::api::ApiError;
 
 /// What a failed provisioning attempt means for the next one (upstream `ProvisioningState`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,8 +61,8 @@ impl ProvisionError {
     pub fn from_csi(error: &CsiError, may_reschedule: bool) -> Self {
         Self {
             state: check_error(error, may_reschedule),
-            message: grpc_message(error),
-            infeasible: error.code_label() == "InvalidArgument",
+            message: error.go_message(),
+            infeasible: error.code() == Some(Code::InvalidArgument),
         }
     }
 
@@ -80,30 +81,15 @@ impl ProvisionError {
 
 /// Upstream's `checkError`: the provisioning state after a failed CreateVolume.
 pub fn check_error(error: &CsiError, may_reschedule: bool) -> ProvisioningState {
-    match error.code_label() {
-        "ResourceExhausted" if may_reschedule => ProvisioningState::Reschedule,
-        "ResourceExhausted" => ProvisioningState::Finished,
-        "Canceled" | "DeadlineExceeded" | "Unavailable" | "Aborted" => {
+    match error.code() {
+        Some(Code::ResourceExhausted) if may_reschedule => ProvisioningState::Reschedule,
+        Some(Code::ResourceExhausted) => ProvisioningState::Finished,
+        Some(Code::Cancelled | Code::DeadlineExceeded | Code::Unavailable | Code::Aborted) => {
             ProvisioningState::InBackground
         }
         // Not a gRPC status: the call may have reached the driver; be safe.
-        "unknown-non-grpc" => ProvisioningState::InBackground,
-        _ => ProvisioningState::Finished,
-    }
-}
-
-/// The text Go's gRPC client gives for an error: `rpc error: code = X desc = Y`.
-pub fn grpc_message(error: &CsiError) -> String {
-    match error {
-        CsiError::Status { status, .. } => format!(
-            "rpc error: code = {} desc = {}",
-            csi::error::code_name(status.code()),
-            status.message()
-        ),
-        CsiError::Timeout { .. } => {
-            "rpc error: code = DeadlineExceeded desc = context deadline exceeded".to_string()
-        }
-        other => other.to_string(),
+        None => ProvisioningState::InBackground,
+        Some(_) => ProvisioningState::Finished,
     }
 }
 
@@ -117,18 +103,15 @@ pub enum Error {
     /// A deletion attempt failed (already reported as an Event).
     #[error("deletion failed: {0}")]
     Delete(String),
-    /// An API call failed.
+    /// An API call failed or timed out.
     #[error("{action}: {source}")]
-    Kube {
+    Api {
         /// What we were doing.
         action: String,
-        /// The API error.
+        /// The API server's answer.
         #[source]
-        source: Box<kube::Error>,
+        source: ApiError,
     },
-    /// An API call did not answer in time.
-    #[error("{0}: the API server did not answer in time")]
-    KubeTimeout(String),
     /// The intent journal could not store a record.
     #[error("recording the volume intent: {0}")]
     Journal(String),
@@ -146,12 +129,28 @@ pub enum Error {
     Held(String),
 }
 
+impl Error {
+    /// The API server answered 404.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::Api { source, .. } if source.is_not_found())
+    }
+
+    /// The API server answered 409.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::Api { source, .. } if source.is_conflict())
+    }
+
+    /// The API server answered 403.
+    pub fn is_forbidden(&self) -> bool {
+        matches!(self, Error::Api { source, .. } if source.is_forbidden())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use rstest::rstest;
     use std::time::Duration;
-    use tonic::Code;
 
     fn status(code: Code) -> CsiError {
         CsiError::Status {
@@ -216,7 +215,7 @@ mod tests {
             timeout: Duration::from_secs(10),
         };
         assert_eq!(
-            grpc_message(&timeout),
+            timeout.go_message(),
             "rpc error: code = DeadlineExceeded desc = context deadline exceeded"
         );
     }

@@ -190,6 +190,32 @@ pub fn proves_nothing_created(code: Option<tonic::Code>) -> bool {
     )
 }
 
+/// What becomes of the journal's intent after a failed CreateVolume.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterCreateError {
+    /// Keep it: the next pass replays the recorded request, or rolls it back if the claim goes.
+    Keep,
+    /// Drop it: the error proves nothing was created.
+    Release,
+    /// Drop it and give the claim back to the scheduler (remove `selected-node`).
+    Reschedule,
+}
+
+/// Upstream forgets a claim after a final error; we drop the intent only when the error proves
+/// that no earlier call (perhaps of a killed process) created the volume
+/// ([`proves_nothing_created`]), and on upstream's rescheduling path.
+pub fn after_create_error(
+    state: crate::error::ProvisioningState,
+    code: Option<tonic::Code>,
+) -> AfterCreateError {
+    use crate::error::ProvisioningState;
+    match state {
+        ProvisioningState::Finished if proves_nothing_created(code) => AfterCreateError::Release,
+        ProvisioningState::Reschedule => AfterCreateError::Reschedule,
+        _ => AfterCreateError::Keep,
+    }
+}
+
 /// How a rollback reads an error from its CreateVolume replay: the intent is dropped only when
 /// [`proves_nothing_created`]; every other error keeps it and retries with backoff (a claim held
 /// a little longer, never a leak).
@@ -227,5 +253,4 @@ pub fn rollback_step(result: &ReplayResult) -> RollBackStep {
 }
 
 #[cfg(test)]
-#[path = "intent_tests.rs"]
 mod tests;

@@ -243,10 +243,10 @@ impl Book {
     }
 
     /// Every claim key (`namespace/name`) with a recorded intent.
-    pub fn claim_keys(&self) -> Vec<String> {
+    pub fn claim_keys(&self) -> Vec<runtime::NamespacedName> {
         self.entries
             .values()
-            .map(|(i, _)| format!("{}/{}", i.claim_namespace, i.claim_name))
+            .map(|(i, _)| runtime::NamespacedName::new(&i.claim_namespace, &i.claim_name))
             .collect()
     }
 
@@ -312,8 +312,7 @@ impl Journal {
     /// that reads it; returns how many intents it holds.
     pub async fn load(&self) -> Result<usize, Error> {
         let stored =
-            crate::controller::call_api("read the intent journal", self.api.get_opt(&self.name))
-                .await?;
+            crate::api::call_api("read the intent journal", self.api.get_opt(&self.name)).await?;
         let data = stored.and_then(|c| c.data).unwrap_or_default();
         let mut book = self.book();
         for (key, why) in book.load(&data, &self.driver) {
@@ -358,7 +357,7 @@ impl Journal {
     }
 
     /// Every claim key with a recorded intent.
-    pub fn claim_keys(&self) -> Vec<String> {
+    pub fn claim_keys(&self) -> Vec<runtime::NamespacedName> {
         self.book().claim_keys()
     }
 
@@ -416,7 +415,7 @@ impl Journal {
 
     /// One write: a merge patch, or the whole object when it does not exist.
     async fn store(&self, batch: &Batch) -> Result<(), Error> {
-        use crate::controller::{call_api, is_status};
+        use crate::api::call_api;
         let patch = batch.patch();
         let patched = call_api(
             "write the intent journal",
@@ -425,7 +424,7 @@ impl Journal {
         )
         .await;
         match patched {
-            Err(e) if is_status(&e, 404) => {}
+            Err(e) if e.is_not_found() => {}
             r => return r.map(|_| ()),
         }
         let data = self.book().full_data(batch);
@@ -446,7 +445,7 @@ impl Journal {
         .await
         {
             // Created meanwhile: patch it.
-            Err(e) if is_status(&e, 409) => call_api(
+            Err(e) if e.is_conflict() => call_api(
                 "write the intent journal",
                 self.api
                     .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch)),

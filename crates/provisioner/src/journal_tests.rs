@@ -67,7 +67,10 @@ fn a_record_is_seen_only_once_stored() {
     assert_eq!(rx.try_recv().unwrap(), Ok(()));
     assert_eq!(book.for_claim("1"), Some(intent("pvc-1", "1")));
     assert_eq!(book.for_key("ns", "claim-1").len(), 1);
-    assert_eq!(book.claim_keys(), vec!["ns/claim-1".to_string()]);
+    assert_eq!(
+        book.claim_keys(),
+        vec![runtime::NamespacedName::new("ns", "claim-1")]
+    );
     assert_eq!(book.waiting(), (false, false));
 }
 

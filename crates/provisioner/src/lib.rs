@@ -12,8 +12,8 @@
 //!   machine), [`source`] (data sources), [`error`] (states and messages);
 //! - [`controller`]: informers, queues, and the thin act layer over the API and the driver.
 
+pub mod api;
 pub mod capacity;
-pub mod capacity_controller;
 pub mod claim;
 pub mod constants;
 pub mod controller;
@@ -24,12 +24,14 @@ pub mod meta;
 pub mod metrics;
 pub mod node;
 pub mod params;
+pub mod patch;
 pub mod pv;
 pub mod quantity;
 pub mod request;
 pub mod source;
 pub mod topology;
 
+pub use capacity::CapacityHandle;
 pub use controller::build;
 pub use error::{Error, ProvisionError, ProvisioningState};
 pub use request::{DriverCaps, Intent, ProvisionerConfig};

@@ -144,5 +144,4 @@ fn requirement_matches(e: &NodeSelectorRequirement, labels: &BTreeMap<String, St
 }
 
 #[cfg(test)]
-#[path = "node_tests.rs"]
 mod tests;

@@ -160,10 +160,6 @@ pub enum VolumeAction {
     Delete,
 }
 
-fn has_finalizer(pv: &PersistentVolume, f: &str) -> bool {
-    crate::meta::has_finalizer(&pv.metadata, f)
-}
-
 /// LIB `handleProtectionFinalizer` then `shouldDelete`, for a PV that [`is_ours`].
 pub fn plan_volume(pv: &PersistentVolume) -> VolumeAction {
     let policy = pv
@@ -177,7 +173,7 @@ pub fn plan_volume(pv: &PersistentVolume) -> VolumeAction {
         .and_then(|s| s.phase.as_deref())
         .unwrap_or_default();
     let deleting = pv.metadata.deletion_timestamp.is_some();
-    let finalizer = has_finalizer(pv, FINALIZER_PV);
+    let finalizer = crate::meta::has_finalizer(&pv.metadata, FINALIZER_PV);
     if policy == "Delete" && !deleting && phase == "Bound" && !finalizer {
         return VolumeAction::AddFinalizer;
     }
@@ -255,5 +251,4 @@ pub fn pv_class(pv: &PersistentVolume) -> Option<String> {
 }
 
 #[cfg(test)]
-#[path = "pv_tests.rs"]
 mod tests;

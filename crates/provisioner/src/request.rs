@@ -50,7 +50,7 @@ pub struct ProvisionerConfig {
     /// `--snapshot-orphan-sweep-interval` (default 5 min; zero disables the sweep).
     pub snapshot_orphan_sweep_interval: std::time::Duration,
     /// `--enable-capacity` and its settings (`None`: off).
-    pub capacity: Option<crate::capacity_controller::CapacityConfig>,
+    pub capacity: Option<crate::capacity::CapacityConfig>,
     /// `--node-deployment` and its settings (`None`: central).
     pub node_deployment: Option<crate::node::NodeDeployment>,
 }
@@ -663,5 +663,4 @@ fn check_data_source(
 }
 
 #[cfg(test)]
-#[path = "request_tests.rs"]
 mod tests;

@@ -344,5 +344,4 @@ pub fn clone_in_progress<'a>(
 }
 
 #[cfg(test)]
-#[path = "source_tests.rs"]
 mod tests;

@@ -13,17 +13,13 @@ pub trait Controller: Send + Sync + 'static {
     fn run(&self, token: CancellationToken) -> BoxFuture<'static, ()>;
 }
 
-/// What the manager hands every controller when it builds it.
+/// What the manager hands every controller when it builds it. The driver is not in it: the
+/// runtime knows nothing of CSI; controllers that call a driver take a `csi::Driver` beside it.
 #[derive(Clone)]
 pub struct ControllerContext {
-    /// API client for the controller (rate-limited by `--kube-api-qps`/`--kube-api-burst`).
+    /// API client for the controller (rate-limited by `--kube-api-qps`/`--kube-api-burst`; capacity
+    /// tracking gets one of its own, `--kube-api-capacity-qps`/`-burst`).
     pub client: kube::Client,
-    /// API client for CSIStorageCapacity objects (`--kube-api-capacity-qps`/`-burst`).
-    pub capacity_client: kube::Client,
-    /// The CSI driver.
-    pub csi: csi::CsiClient,
-    /// What discovery learnt of the driver (its name, capabilities).
-    pub driver: std::sync::Arc<csi::Discovery>,
     /// The process's metrics registry.
     pub metrics: crate::Metrics,
     /// Per-key retry backoff (`--retry-interval-start`, `--retry-interval-max`).
@@ -33,14 +29,13 @@ pub struct ControllerContext {
     /// This replica's identity (pod name), for Events' reporting instance.
     pub identity: String,
     /// The manager's own namespace (`--leader-election-namespace`, else the pod's): its Leases
-    /// and the provisioner's intent journal live there.
+    /// and any record a controller keeps of its own live there.
     pub namespace: String,
 }
 
 impl std::fmt::Debug for ControllerContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ControllerContext")
-            .field("driver", &self.driver.driver_name)
             .field("workers", &self.workers)
             .field("identity", &self.identity)
             .field("namespace", &self.namespace)

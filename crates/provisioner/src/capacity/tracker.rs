@@ -1,5 +1,5 @@
-//! Storage capacity tracking, the act part: CSIStorageCapacity objects from GetCapacity for every
-//! (StorageClass, topology segment) item, as upstream's `pkg/capacity`.
+//! The tracker, the act part of capacity tracking: CSIStorageCapacity objects from GetCapacity for
+//! every (StorageClass, topology segment) item, as upstream's `pkg/capacity`.
 //!
 //! - The items follow the driver's CSINodes, the Nodes' labels and its StorageClasses (informer
 //!   events wake [`Tracker::items_loop`]); every `--capacity-poll-interval` all items are queued
@@ -32,87 +32,35 @@ use runtime::{Outcome, WorkQueue};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::capacity::{self, Item, Reported};
-use crate::controller::{call_api, is_status};
+use super::plan::{self as capacity, Item, Reported};
+use super::{CapacityConfig, CapacityMetrics};
+use crate::api::call_api;
 use crate::error::Error;
 
-/// Queue name (upstream's).
-pub const QUEUE_CAPACITY: &str = "csistoragecapacity";
 /// Pause between failed owner look-ups.
 const OWNER_RETRY: Duration = Duration::from_secs(5);
 
-/// Upstream's capacity metrics.
-#[derive(Clone, Debug, Default)]
-pub struct CapacityMetrics {
-    goal: prometheus_client::metrics::gauge::Gauge,
-    current: prometheus_client::metrics::gauge::Gauge,
-    obsolete: prometheus_client::metrics::gauge::Gauge,
-}
-
-impl CapacityMetrics {
-    /// Registers them.
-    pub fn register(registry: &mut prometheus_client::registry::Registry) -> Self {
-        let m = Self::default();
-        registry.register(
-            "csistoragecapacities_desired_goal",
-            "Number of CSIStorageCapacity objects that are supposed to be managed automatically.",
-            m.goal.clone(),
-        );
-        registry.register(
-            "csistoragecapacities_desired_current",
-            "Number of CSIStorageCapacity objects that exist and are supposed to be managed automatically.",
-            m.current.clone(),
-        );
-        registry.register(
-            "csistoragecapacities_obsolete",
-            "Number of CSIStorageCapacity objects that exist and will be deleted automatically. Objects that exist and may need an update are not considered obsolete and therefore not included in this value.",
-            m.obsolete.clone(),
-        );
-        m
-    }
-}
-
-/// `--enable-capacity` and its settings.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CapacityConfig {
-    /// `--capacity-for-immediate-binding`.
-    pub for_immediate_binding: bool,
-    /// `--capacity-poll-interval` (default 1 min).
-    pub poll_interval: Duration,
-    /// `--capacity-ownerref-level` (default 1; -1: no owner).
-    pub ownerref_level: i64,
-    /// `--capacity-threads` (default 1).
-    pub workers: usize,
-    /// Namespace of the objects (`$NAMESPACE`, else the manager's).
-    pub namespace: String,
-    /// This pod's name (`$POD_NAME`), where the owner look-up starts.
-    pub pod_name: String,
-    /// In node deployment, the node and its segment: the managed-by value is the node's, and
-    /// its segment is the only one.
-    pub node: Option<(String, capacity::Segment)>,
-}
-
-/// The capacity tracker of one driver.
+/// The capacity tracker of one driver (built by [`super::build`]).
 pub struct Tracker {
-    client: kube::Client,
-    csi: csi::CsiClient,
-    driver: String,
-    config: CapacityConfig,
-    managed_by: String,
-    classes: Store<StorageClass>,
-    csinodes: Option<Store<CSINode>>,
-    nodes: Option<Store<PartialObjectMeta<Node>>>,
+    pub(super) client: kube::Client,
+    pub(super) csi: csi::CsiClient,
+    pub(super) driver: String,
+    pub(super) config: CapacityConfig,
+    pub(super) managed_by: String,
+    pub(super) classes: Store<StorageClass>,
+    pub(super) csinodes: Option<Store<CSINode>>,
+    pub(super) nodes: Option<Store<PartialObjectMeta<Node>>>,
     /// The watched objects; a new cache each leadership term (see [`Tracker::run`]).
-    objects: Mutex<Store<CSIStorageCapacity>>,
-    queue: WorkQueue<Item>,
+    pub(super) objects: Mutex<Store<CSIStorageCapacity>>,
+    pub(super) queue: WorkQueue<Item>,
     /// The current items.
-    items: Mutex<BTreeSet<Item>>,
+    pub(super) items: Mutex<BTreeSet<Item>>,
     /// Wakes the items loop.
-    changed: Arc<Notify>,
+    pub(super) changed: Arc<Notify>,
     /// Objects this process created, by item, until the watch shows them (no second create).
-    created: Mutex<HashMap<Item, CSIStorageCapacity>>,
-    owner: Mutex<Option<OwnerReference>>,
-    metrics: CapacityMetrics,
+    pub(super) created: Mutex<HashMap<Item, CSIStorageCapacity>>,
+    pub(super) owner: Mutex<Option<OwnerReference>>,
+    pub(super) metrics: CapacityMetrics,
 }
 
 impl std::fmt::Debug for Tracker {
@@ -125,46 +73,8 @@ impl std::fmt::Debug for Tracker {
 }
 
 impl Tracker {
-    /// A tracker; `changed` is notified by the class, CSINode and Node informers.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        client: kube::Client,
-        csi: csi::CsiClient,
-        driver: &str,
-        config: CapacityConfig,
-        classes: Store<StorageClass>,
-        csinodes: Option<Store<CSINode>>,
-        nodes: Option<Store<PartialObjectMeta<Node>>>,
-        queue: WorkQueue<Item>,
-        changed: Arc<Notify>,
-        metrics: CapacityMetrics,
-    ) -> Self {
-        Tracker {
-            client,
-            csi,
-            driver: driver.to_string(),
-            managed_by: capacity::managed_by(config.node.as_ref().map(|(n, _)| n.as_str())),
-            config,
-            classes,
-            csinodes,
-            nodes,
-            objects: Mutex::new(reflector::store().0),
-            queue,
-            items: Mutex::default(),
-            changed,
-            created: Mutex::default(),
-            owner: Mutex::default(),
-            metrics,
-        }
-    }
-
     fn api(&self) -> Api<CSIStorageCapacity> {
         Api::namespaced(self.client.clone(), &self.config.namespace)
-    }
-
-    /// `--capacity-threads`.
-    pub fn config_workers(&self) -> usize {
-        self.config.workers
     }
 
     /// Queues the items of `class` (after a provisioning or a deletion in it).
@@ -419,7 +329,7 @@ impl Tracker {
         .await
         {
             Ok(_) => tracing::info!(object = %name, "deleted obsolete CSIStorageCapacity"),
-            Err(e) if is_status(&e, 404) || is_status(&e, 409) => {}
+            Err(e) if e.is_not_found() || e.is_conflict() => {}
             Err(e) => {
                 tracing::warn!(object = %name, error = %e, "cannot delete CSIStorageCapacity")
             }
@@ -507,7 +417,7 @@ impl Tracker {
                             created.insert(item.clone(), p);
                         }
                     }
-                    Err(e) if is_status(&e, 404) => {
+                    Err(e) if e.is_not_found() => {
                         // Deleted meanwhile: forget it and create it again.
                         self.created
                             .lock()

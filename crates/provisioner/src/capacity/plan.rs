@@ -246,5 +246,4 @@ pub fn update(
 }
 
 #[cfg(test)]
-#[path = "capacity_tests.rs"]
 mod tests;

@@ -1,6 +1,7 @@
 //! The no-leak state machine at every crash point, with and without the claim deleted.
 
 use super::*;
+use crate::error::ProvisioningState;
 use crate::request::{PvTemplate, RecordedRequest};
 use k8s_openapi::api::core::v1::PersistentVolumeClaimSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -279,4 +280,47 @@ fn another_drivers_intent_is_left_alone() {
         });
         assert_eq!(kind(&plan), "nothing");
     }
+}
+
+// What follows a failed CreateVolume: only an error about the request itself, or upstream's
+// rescheduling, drops the intent.
+#[rstest]
+#[case(
+    ProvisioningState::Finished,
+    Some(tonic::Code::InvalidArgument),
+    AfterCreateError::Release
+)]
+#[case(
+    ProvisioningState::Finished,
+    Some(tonic::Code::Unimplemented),
+    AfterCreateError::Release
+)]
+#[case(
+    ProvisioningState::Finished,
+    Some(tonic::Code::Internal),
+    AfterCreateError::Keep
+)]
+#[case(
+    ProvisioningState::Finished,
+    Some(tonic::Code::NotFound),
+    AfterCreateError::Keep
+)]
+#[case(ProvisioningState::Finished, None, AfterCreateError::Keep)]
+#[case(
+    ProvisioningState::InBackground,
+    Some(tonic::Code::DeadlineExceeded),
+    AfterCreateError::Keep
+)]
+#[case(ProvisioningState::InBackground, None, AfterCreateError::Keep)]
+#[case(
+    ProvisioningState::Reschedule,
+    Some(tonic::Code::ResourceExhausted),
+    AfterCreateError::Reschedule
+)]
+fn after_a_create_error(
+    #[case] state: ProvisioningState,
+    #[case] code: Option<tonic::Code>,
+    #[case] want: AfterCreateError,
+) {
+    assert_eq!(after_create_error(state, code), want);
 }

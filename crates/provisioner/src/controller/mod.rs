@@ -1,0 +1,377 @@
+//! The act layer: informers, the `claims` and `volumes` queues, and one thin step per pass.
+//!
+//! Each pass reads the shared caches, asks a pure planner (`intent::plan`, `pv::plan_volume`)
+//! what to do, and does it. Patches come from [`crate::patch`]; API calls go through
+//! [`crate::api::call_api`] (a timeout on each); every CSI call has the client's `--timeout`.
+//! One file per concern:
+//! - [`claims`]: the claim pass: provisioning, the journal's intents, rollbacks;
+//! - [`deletion`]: the volume pass: the PV finalizer and deleting Released volumes;
+//! - [`sources`]: data sources and their protection finalizers, with the orphan sweep;
+//! - [`competition`]: node deployment's competition for Immediate claims.
+//!
+//! # Invariants
+//! - Provisioning and deletion of one volume name never overlap: both passes hold the volume
+//!   name's lock (`Shared::locks`) for their whole duration.
+//! - Intent is recorded in the journal before CreateVolume and released only when a PV records
+//!   the volume, when the driver's error proves that nothing was created
+//!   (`intent::after_create_error`), or after a rollback's DeleteVolume succeeded.
+//! - Secrets are read into CSI requests only; they are never logged (the request's `Debug` redacts).
+
+mod claims;
+mod competition;
+mod deletion;
+mod sources;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Secret};
+use k8s_openapi::api::storage::v1::{CSINode, StorageClass, VolumeAttachment};
+use kube::api::Api;
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{ObjectRef, Store};
+use runtime::events::EventRecorder;
+use runtime::expiring::Expiring;
+use runtime::keylock::KeyLocks;
+use runtime::{Change, Controller, ControllerContext, Informers, NamespacedName, WorkQueue};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::call_api;
+use crate::capacity::CapacityHandle;
+use crate::claim;
+use crate::constants::*;
+use crate::intent::{self, Recorded};
+use crate::journal::Journal;
+use crate::params::SecretRef;
+use crate::pv;
+use crate::request::{DriverCaps, ProvisionerConfig};
+use crate::source;
+use crate::topology::ClusterTopology;
+
+use deletion::DeletionStage;
+
+/// How long a deletion or a PV creation is remembered (`Shared::deletions`, `created_pvs`).
+const DELETION_MEMORY: Duration = Duration::from_secs(600);
+/// How long a node deployment's competition for a claim is remembered after its last try.
+const COMPETITION_MEMORY: Duration = Duration::from_secs(3600);
+/// How long a failed journal read waits before the next try.
+const LOAD_RETRY: Duration = Duration::from_secs(2);
+
+struct Shared {
+    ctx: ControllerContext,
+    csi: csi::CsiClient,
+    config: ProvisionerConfig,
+    driver: String,
+    caps: DriverCaps,
+    pvcs: Store<PersistentVolumeClaim>,
+    pvs: Store<PersistentVolume>,
+    classes: Store<StorageClass>,
+    csinodes: Option<Store<CSINode>>,
+    nodes: Option<Store<PartialObjectMeta<Node>>>,
+    attachments: Option<Store<VolumeAttachment>>,
+    claims: WorkQueue<NamespacedName>,
+    volumes: WorkQueue<String>,
+    /// Volume names being provisioned or deleted.
+    locks: KeyLocks<String>,
+    journal: Arc<Journal>,
+    /// Capacity tracking, with `--enable-capacity`.
+    capacity: Option<CapacityHandle>,
+    /// The provisioner identity on PVs (with `-<node>` in node deployment).
+    identity: String,
+    /// Upstream's provisioning and deletion metrics.
+    metrics: crate::metrics::ProvisionerMetrics,
+    /// Node deployment: claims this node competes for, by UID: when it may try, and how many
+    /// tries lost.
+    competing: Expiring<String, (Instant, u32)>,
+    events: EventRecorder,
+    /// Claims held back after INVALID_ARGUMENT, by UID, for `--retry-interval-max`: the UID of
+    /// the StorageClass they failed with.
+    infeasible: Expiring<String, String>,
+    /// PVs (by UID) this process deleted, and how far: a pass that finds such a PV again
+    /// (its own deletion and finalizer removal raise events) neither repeats DeleteVolume nor
+    /// the API calls already done. After a restart they are repeated, which is idempotent.
+    deletions: Expiring<String, DeletionStage>,
+    /// PVs this process created: a claim pass that runs before the PV reaches the cache
+    /// releases the intent instead of replaying CreateVolume and the PV create.
+    created_pvs: Expiring<String, ()>,
+}
+
+/// The provisioner controller (see the crate docs).
+pub struct Provisioner {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Provisioner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provisioner")
+            .field("driver", &self.shared.driver)
+            .finish_non_exhaustive()
+    }
+}
+
+fn has_intent_finalizer(pvc: &PersistentVolumeClaim) -> bool {
+    crate::meta::has_finalizer(&pvc.metadata, FINALIZER_VOLUME_INTENT)
+}
+
+/// Builds the provisioner: registers its informers and handlers. Call before the informers start.
+/// `capacity` is capacity tracking's handle, with `--enable-capacity`.
+pub fn build(
+    ctx: ControllerContext,
+    driver: &csi::Driver,
+    config: ProvisionerConfig,
+    informers: &mut Informers,
+    capacity: Option<CapacityHandle>,
+) -> Arc<dyn Controller> {
+    let name = driver.discovery.driver_name.clone();
+    let caps = DriverCaps::from_discovery(&driver.discovery, config.topology_gate);
+    let claims = WorkQueue::new(QUEUE_CLAIMS, ctx.backoff, ctx.metrics.queues());
+    let volumes = WorkQueue::new(QUEUE_VOLUMES, ctx.backoff, ctx.metrics.queues());
+    let node_mode = config.node_deployment.clone();
+    let journal = Arc::new(Journal::new(
+        ctx.client.clone(),
+        &ctx.namespace,
+        &name,
+        node_mode.as_ref().map(|n| n.node.as_str()),
+    ));
+
+    let pvcs = {
+        let d = name.clone();
+        let q = claims.clone();
+        let j = journal.clone();
+        informers
+            .for_type::<PersistentVolumeClaim>()
+            // A claim with our intent stays in memory even if its annotations change.
+            .keep(move |pvc| {
+                claim::is_for_driver(pvc, &d)
+                    || pvc.metadata.uid.as_deref().is_some_and(|u| j.has_claim(u))
+                    || (has_intent_finalizer(pvc)
+                        && matches!(intent::recorded(pvc, &d), Recorded::Intent(_)))
+            })
+            .on_change(move |change: &Change<'_, PersistentVolumeClaim>| {
+                let pvc = change.object();
+                if let Some(key) = NamespacedName::of(&pvc.metadata) {
+                    // A clone that changes may free its source's cloning-protection finalizer.
+                    if let Some(src) = source::clone_source_name(pvc) {
+                        q.add(NamespacedName::new(key.namespace.clone(), src));
+                    }
+                    q.add(key);
+                }
+            })
+            .store()
+    };
+    let pvs = {
+        let d = name.clone();
+        let (cq, vq) = (claims.clone(), volumes.clone());
+        informers
+            .for_type::<PersistentVolume>()
+            .keep(move |p| pv::is_ours(p, &d))
+            .on_change(move |change: &Change<'_, PersistentVolume>| {
+                let p = change.object();
+                if let Some(n) = &p.metadata.name {
+                    vq.add(n.clone());
+                }
+                // A new PV releases its claim's intent.
+                if let Some(r) = p.spec.as_ref().and_then(|s| s.claim_ref.as_ref())
+                    && let (Some(ns), Some(n)) = (&r.namespace, &r.name)
+                {
+                    cq.add(NamespacedName::new(ns, n));
+                }
+            })
+            .store()
+    };
+    let classes = {
+        let d = name.clone();
+        informers
+            .for_type::<StorageClass>()
+            .keep(move |sc| sc.provisioner == d)
+            .store()
+    };
+    // Node deployment: the node's own topology is static (upstream replaces these informers).
+    let (csinodes, nodes) = if caps.topology && node_mode.is_none() {
+        let csinodes = informers.for_type::<CSINode>().store();
+        let nodes = informers.for_type::<PartialObjectMeta<Node>>().store();
+        (Some(csinodes), Some(nodes))
+    } else {
+        (None, None)
+    };
+    let metrics = ctx
+        .metrics
+        .register(crate::metrics::ProvisionerMetrics::register);
+    let identity = match &node_mode {
+        Some(n) => format!("{}-{}", ctx.identity, n.node),
+        None => ctx.identity.clone(),
+    };
+    let attachments = caps.publish_unpublish.then(|| {
+        let d = name.clone();
+        informers
+            .for_type::<VolumeAttachment>()
+            .keep(move |va| va.spec.attacher == d)
+            .store()
+    });
+    let events = EventRecorder::new(
+        ctx.client.clone(),
+        EVENT_CONTROLLER,
+        Some(ctx.identity.clone()),
+    );
+    let infeasible_memory = ctx.backoff.max;
+    Arc::new(Provisioner {
+        shared: Arc::new(Shared {
+            ctx,
+            csi: driver.client.clone(),
+            config,
+            driver: name,
+            caps,
+            pvcs,
+            pvs,
+            classes,
+            csinodes,
+            nodes,
+            attachments,
+            claims,
+            volumes,
+            locks: KeyLocks::default(),
+            journal,
+            capacity,
+            identity,
+            metrics,
+            competing: Expiring::new(COMPETITION_MEMORY),
+            events,
+            infeasible: Expiring::new(infeasible_memory),
+            deletions: Expiring::new(DELETION_MEMORY),
+            created_pvs: Expiring::new(DELETION_MEMORY),
+        }),
+    })
+}
+
+impl Controller for Provisioner {
+    fn name(&self) -> &'static str {
+        "provisioner"
+    }
+
+    fn run(&self, token: CancellationToken) -> BoxFuture<'static, ()> {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            // No claim pass before the journal is read: it would record a claim's intent anew.
+            loop {
+                match shared.journal.load().await {
+                    Ok(n) => {
+                        tracing::info!(journal = %shared.journal.object_name(), intents = n, "read the intent journal");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(journal = %shared.journal.object_name(), error = %e, "cannot read the intent journal; retrying");
+                        tokio::select! {
+                            () = token.cancelled() => return,
+                            () = tokio::time::sleep(LOAD_RETRY) => {}
+                        }
+                    }
+                }
+            }
+            // Claims deleted while no one led are in no cache: their keys come from the journal.
+            for key in shared.journal.claim_keys() {
+                shared.claims.add(key);
+            }
+            let writer = shared.journal.write(token.clone());
+            let metrics = shared.ctx.metrics.controllers();
+            let workers = shared.ctx.workers;
+            let s1 = shared.clone();
+            let claims = runtime::run_workers(
+                "provisioner",
+                shared.claims.clone(),
+                workers,
+                metrics.clone(),
+                token.clone(),
+                move |key| {
+                    let s = s1.clone();
+                    async move { s.sync_claim(&key).await }
+                },
+            );
+            let s2 = shared.clone();
+            let volumes = runtime::run_workers(
+                "provisioner",
+                shared.volumes.clone(),
+                workers,
+                metrics,
+                token.clone(),
+                move |key| {
+                    let s = s2.clone();
+                    async move { s.sync_volume(&key).await }
+                },
+            );
+            let sweep = shared.clone().sweep_snapshot_finalizers(token.clone());
+            futures::join!(claims, volumes, sweep, writer);
+        })
+    }
+}
+
+impl Shared {
+    fn pvc_api(&self, ns: &str) -> Api<PersistentVolumeClaim> {
+        Api::namespaced(self.ctx.client.clone(), ns)
+    }
+
+    fn pv_api(&self) -> Api<PersistentVolume> {
+        Api::all(self.ctx.client.clone())
+    }
+
+    /// Tells capacity tracking that volumes of `class` came or went.
+    fn capacity_changed(&self, class: Option<&str>) {
+        if let (Some(capacity), Some(class)) = (&self.capacity, class) {
+            capacity.class_changed(class);
+        }
+    }
+
+    fn cluster_topology(&self) -> ClusterTopology {
+        if let Some(nd) = &self.config.node_deployment {
+            return nd.cluster();
+        }
+        let mut t = ClusterTopology::default();
+        if let Some(s) = &self.csinodes {
+            for n in s.state() {
+                let keys = n
+                    .spec
+                    .drivers
+                    .iter()
+                    .find(|d| d.name == self.driver)
+                    .and_then(|d| d.topology_keys.clone())
+                    .unwrap_or_default();
+                t.csinode_keys
+                    .insert(n.metadata.name.clone().unwrap_or_default(), keys);
+            }
+        }
+        if let Some(s) = &self.nodes {
+            for n in s.state() {
+                t.node_labels.insert(
+                    n.metadata.name.clone().unwrap_or_default(),
+                    n.metadata.labels.clone().unwrap_or_default(),
+                );
+            }
+        }
+        t
+    }
+
+    async fn secret_data(&self, r: &SecretRef) -> Result<BTreeMap<String, String>, String> {
+        let api: Api<Secret> = Api::namespaced(self.ctx.client.clone(), &r.namespace);
+        let secret = call_api("get secret", api.get(&r.name))
+            .await
+            .map_err(|e| {
+                format!(
+                    "error getting secret {} in namespace {}: {e}",
+                    r.name, r.namespace
+                )
+            })?;
+        Ok(secret
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+            .collect())
+    }
+
+    /// Whether a PV of this name exists (cache), or this process created it lately.
+    fn pv_exists(&self, name: &str) -> bool {
+        self.pvs.get(&ObjectRef::new(name)).is_some() || self.created_pvs.get(name).is_some()
+    }
+}
