@@ -582,50 +582,32 @@ impl runtime::Controller for Attacher {
     fn run(&self, token: CancellationToken) -> BoxFuture<'static, ()> {
         let s = self.shared.clone();
         Box::pin(async move {
-            let workers = |lane: Option<usize>| lane.unwrap_or(s.ctx.workers).max(1);
-            let metrics = s.ctx.metrics.controllers();
-            let attach = {
-                let s2 = s.clone();
-                runtime::run_workers(
-                    CONTROLLER_NAME,
-                    s.attach.clone(),
-                    workers(s.config.attach_workers),
-                    metrics.clone(),
-                    token.clone(),
-                    move |key| {
-                        let s = s2.clone();
-                        async move { s.reconcile_va(Lane::Attach, key).await }
-                    },
-                )
+            let workers = |count: Option<usize>| runtime::Workers {
+                controller: CONTROLLER_NAME,
+                count: count.unwrap_or(s.ctx.workers),
+                metrics: s.ctx.metrics.controllers(),
             };
-            let detach = {
-                let s2 = s.clone();
-                runtime::run_workers(
-                    CONTROLLER_NAME,
-                    s.detach.clone(),
-                    workers(s.config.detach_workers),
-                    metrics.clone(),
-                    token.clone(),
-                    move |key| {
-                        let s = s2.clone();
-                        async move { s.reconcile_va(Lane::Detach, key).await }
-                    },
-                )
-            };
-            let pv = {
-                let s2 = s.clone();
-                runtime::run_workers(
-                    CONTROLLER_NAME,
-                    s.pv_queue.clone(),
-                    s.ctx.workers.max(1),
-                    metrics,
-                    token.clone(),
-                    move |key| {
-                        let s = s2.clone();
-                        async move { s.reconcile_pv(key).await }
-                    },
-                )
-            };
+            let attach = runtime::run_workers(
+                workers(s.config.attach_workers),
+                s.attach.clone(),
+                s.clone(),
+                |s, key| async move { s.reconcile_va(Lane::Attach, key).await },
+                token.clone(),
+            );
+            let detach = runtime::run_workers(
+                workers(s.config.detach_workers),
+                s.detach.clone(),
+                s.clone(),
+                |s, key| async move { s.reconcile_va(Lane::Detach, key).await },
+                token.clone(),
+            );
+            let pv = runtime::run_workers(
+                workers(None),
+                s.pv_queue.clone(),
+                s.clone(),
+                |s, key| async move { s.reconcile_pv(key).await },
+                token.clone(),
+            );
             let resync = {
                 let (s, token) = (s.clone(), token.clone());
                 async move {

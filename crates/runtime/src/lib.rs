@@ -36,4 +36,4 @@ pub use informer::{Change, Informers};
 pub use key::NamespacedName;
 pub use metrics::Metrics;
 pub use queue::{Backoff, WorkQueue};
-pub use worker::{Outcome, run_workers};
+pub use worker::{Outcome, Workers, run_workers};

@@ -34,29 +34,43 @@ pub enum Outcome {
     RequeueAfter(Duration),
 }
 
-/// Runs `workers` concurrent workers over `queue` until `token` is cancelled, then waits for them.
-///
-/// `controller` names the controller in logs and metrics.
-pub async fn run_workers<K, F, Fut, E>(
-    controller: &'static str,
+/// How many workers run over a queue, and the name they log and count under.
+#[derive(Clone, Debug)]
+pub struct Workers {
+    /// The controller's name in logs and metrics.
+    pub controller: &'static str,
+    /// How many keys are reconciled at once (at least one).
+    pub count: usize,
+    /// Where passes and panics are counted.
+    pub metrics: ControllerMetrics,
+}
+
+/// Runs `workers.count` concurrent workers over `queue` until `token` is cancelled, then waits
+/// for them. Each pass is `reconcile(context, key)`: a plain function (no captures), so every
+/// pass sees the controller's shared state the same way.
+pub async fn run_workers<C, K, Fut, E>(
+    workers: Workers,
     queue: WorkQueue<K>,
-    workers: usize,
-    metrics: ControllerMetrics,
+    context: Arc<C>,
+    reconcile: fn(Arc<C>, K) -> Fut,
     token: CancellationToken,
-    reconcile: F,
 ) where
+    C: Send + Sync + 'static,
     K: QueueKey + Display,
-    F: Fn(K) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Outcome, E>> + Send + 'static,
     E: Display + Send + 'static,
 {
-    let reconcile = Arc::new(reconcile);
+    let Workers {
+        controller,
+        count,
+        metrics,
+    } = workers;
     let mut set = JoinSet::new();
-    for _ in 0..workers.max(1) {
+    for _ in 0..count.max(1) {
         let queue = queue.clone();
         let metrics = metrics.clone();
         let token = token.clone();
-        let reconcile = reconcile.clone();
+        let context = context.clone();
         set.spawn(async move {
             loop {
                 let key = tokio::select! {
@@ -64,7 +78,7 @@ pub async fn run_workers<K, F, Fut, E>(
                     () = token.cancelled() => return,
                     key = queue.get() => key,
                 };
-                let pass = AssertUnwindSafe(reconcile(key.clone())).catch_unwind();
+                let pass = AssertUnwindSafe(reconcile(context.clone(), key.clone())).catch_unwind();
                 let result = tokio::select! {
                     biased;
                     () = token.cancelled() => {
@@ -134,65 +148,66 @@ mod tests {
         )
     }
 
+    fn workers(metrics: &Metrics, controller: &'static str, count: usize) -> Workers {
+        Workers {
+            controller,
+            count,
+            metrics: metrics.controllers(),
+        }
+    }
+
+    #[derive(Default)]
+    struct Exclusive {
+        running: AtomicUsize,
+        peak: AtomicUsize,
+        per_key: Mutex<HashMap<String, usize>>,
+        done: AtomicUsize,
+        queue: Mutex<Option<WorkQueue<String>>>,
+    }
+
     #[tokio::test]
     async fn concurrency_is_bounded_and_keys_are_exclusive() {
         let metrics = Metrics::default();
         let q = queue(&metrics);
-        let running = Arc::new(AtomicUsize::new(0));
-        let peak = Arc::new(AtomicUsize::new(0));
-        let per_key: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
-        let done = Arc::new(AtomicUsize::new(0));
+        let state = Arc::new(Exclusive::default());
+        *state.queue.lock().unwrap() = Some(q.clone());
         let token = CancellationToken::new();
         for i in 0..40 {
             q.add(format!("k{}", i % 10));
         }
-        let task = {
-            let (running, peak, per_key, done) =
-                (running.clone(), peak.clone(), per_key.clone(), done.clone());
-            let q2 = q.clone();
-            tokio::spawn(run_workers(
-                "test",
-                q.clone(),
-                3,
-                metrics.controllers(),
-                token.clone(),
-                move |key: String| {
-                    let (running, peak, per_key, done, q2) = (
-                        running.clone(),
-                        peak.clone(),
-                        per_key.clone(),
-                        done.clone(),
-                        q2.clone(),
-                    );
-                    async move {
-                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
-                        peak.fetch_max(now, Ordering::SeqCst);
-                        {
-                            let mut m = per_key.lock().unwrap();
-                            let c = m.entry(key.clone()).or_default();
-                            *c += 1;
-                            assert_eq!(*c, 1, "two workers on {key}");
-                        }
-                        // Re-adding a key while it runs must not let a second worker take it.
-                        q2.add(key.clone());
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                        *per_key.lock().unwrap().get_mut(&key).unwrap() -= 1;
-                        running.fetch_sub(1, Ordering::SeqCst);
-                        done.fetch_add(1, Ordering::SeqCst);
-                        Ok::<_, String>(Outcome::Done)
-                    }
-                },
-            ))
-        };
+        let task = tokio::spawn(run_workers(
+            workers(&metrics, "test", 3),
+            q.clone(),
+            state.clone(),
+            |s: Arc<Exclusive>, key: String| async move {
+                let now = s.running.fetch_add(1, Ordering::SeqCst) + 1;
+                s.peak.fetch_max(now, Ordering::SeqCst);
+                {
+                    let mut m = s.per_key.lock().unwrap();
+                    let c = m.entry(key.clone()).or_default();
+                    *c += 1;
+                    assert_eq!(*c, 1, "two workers on {key}");
+                }
+                // Re-adding a key while it runs must not let a second worker take it.
+                let q = s.queue.lock().unwrap().clone().unwrap();
+                q.add(key.clone());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                *s.per_key.lock().unwrap().get_mut(&key).unwrap() -= 1;
+                s.running.fetch_sub(1, Ordering::SeqCst);
+                s.done.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, String>(Outcome::Done)
+            },
+            token.clone(),
+        ));
         tokio::time::sleep(Duration::from_millis(300)).await;
         token.cancel();
         task.await.unwrap();
         assert_eq!(
-            peak.load(Ordering::SeqCst),
+            state.peak.load(Ordering::SeqCst),
             3,
             "exactly the worker bound runs at once"
         );
-        assert!(done.load(Ordering::SeqCst) >= 20);
+        assert!(state.done.load(Ordering::SeqCst) >= 20);
     }
 
     #[tokio::test]
@@ -202,28 +217,21 @@ mod tests {
         let calls: Arc<Mutex<Vec<std::time::Instant>>> = Arc::default();
         let token = CancellationToken::new();
         q.add("a".to_string());
-        let task = {
-            let calls = calls.clone();
-            tokio::spawn(run_workers(
-                "test",
-                q.clone(),
-                2,
-                metrics.controllers(),
-                token.clone(),
-                move |_key: String| {
-                    let calls = calls.clone();
-                    async move {
-                        let mut c = calls.lock().unwrap();
-                        c.push(std::time::Instant::now());
-                        if c.len() < 4 {
-                            Err("driver says no".to_string())
-                        } else {
-                            Ok(Outcome::Done)
-                        }
-                    }
-                },
-            ))
-        };
+        let task = tokio::spawn(run_workers(
+            workers(&metrics, "test", 2),
+            q.clone(),
+            calls.clone(),
+            |calls: Arc<Mutex<Vec<std::time::Instant>>>, _key: String| async move {
+                let mut c = calls.lock().unwrap();
+                c.push(std::time::Instant::now());
+                if c.len() < 4 {
+                    Err("driver says no".to_string())
+                } else {
+                    Ok(Outcome::Done)
+                }
+            },
+            token.clone(),
+        ));
         tokio::time::sleep(Duration::from_millis(400)).await;
         token.cancel();
         task.await.unwrap();
@@ -242,50 +250,51 @@ mod tests {
         );
     }
 
+    #[derive(Default)]
+    struct Panicky {
+        ok: AtomicUsize,
+        bad_calls: AtomicUsize,
+    }
+
     #[tokio::test]
     async fn a_panic_is_caught_counted_and_retried_while_other_keys_proceed() {
         let metrics = Metrics::default();
         let q = queue(&metrics);
-        let ok = Arc::new(AtomicUsize::new(0));
-        let bad_calls = Arc::new(AtomicUsize::new(0));
+        let state = Arc::new(Panicky::default());
         let token = CancellationToken::new();
         q.add("bad".to_string());
         for i in 0..5 {
             q.add(format!("good{i}"));
         }
-        let task = {
-            let (ok, bad_calls) = (ok.clone(), bad_calls.clone());
-            tokio::spawn(run_workers(
-                "panicky",
-                q.clone(),
-                1,
-                metrics.controllers(),
-                token.clone(),
-                move |key: String| {
-                    let (ok, bad_calls) = (ok.clone(), bad_calls.clone());
-                    async move {
-                        if key == "bad" && bad_calls.fetch_add(1, Ordering::SeqCst) < 2 {
-                            panic!("malformed object");
-                        }
-                        ok.fetch_add(1, Ordering::SeqCst);
-                        Ok::<_, String>(Outcome::Done)
-                    }
-                },
-            ))
-        };
+        let task = tokio::spawn(run_workers(
+            workers(&metrics, "panicky", 1),
+            q.clone(),
+            state.clone(),
+            |s: Arc<Panicky>, key: String| async move {
+                if key == "bad" && s.bad_calls.fetch_add(1, Ordering::SeqCst) < 2 {
+                    panic!("malformed object");
+                }
+                s.ok.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, String>(Outcome::Done)
+            },
+            token.clone(),
+        ));
         // Capturing a panic's backtrace can be slow, so wait for the outcome, not a fixed time.
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while ok.load(Ordering::SeqCst) < 6 && std::time::Instant::now() < deadline {
+        while state.ok.load(Ordering::SeqCst) < 6 && std::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         token.cancel();
         task.await.unwrap();
         assert_eq!(
-            (ok.load(Ordering::SeqCst), bad_calls.load(Ordering::SeqCst)),
+            (
+                state.ok.load(Ordering::SeqCst),
+                state.bad_calls.load(Ordering::SeqCst)
+            ),
             (6, 3),
             "five good keys and the third try of bad"
         );
-        assert_eq!(bad_calls.load(Ordering::SeqCst), 3);
+        assert_eq!(state.bad_calls.load(Ordering::SeqCst), 3);
         assert_eq!(metrics.controllers().panics("panicky"), 2);
         assert!(
             metrics
@@ -301,15 +310,14 @@ mod tests {
         let token = CancellationToken::new();
         q.add("slow".to_string());
         let task = tokio::spawn(run_workers(
-            "test",
+            workers(&metrics, "test", 1),
             q.clone(),
-            1,
-            metrics.controllers(),
-            token.clone(),
-            |_key: String| async {
+            Arc::new(()),
+            |_: Arc<()>, _key: String| async {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
                 Ok::<_, String>(Outcome::Done)
             },
+            token.clone(),
         ));
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(q.stats().in_flight, 1);

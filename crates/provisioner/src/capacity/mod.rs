@@ -181,17 +181,16 @@ impl Controller for CapacityTracking {
 
     fn run(&self, token: CancellationToken) -> BoxFuture<'static, ()> {
         let tracker = self.tracker.clone();
-        let t = tracker.clone();
         let workers = runtime::run_workers(
-            "provisioner-capacity",
-            tracker.queue.clone(),
-            self.workers,
-            self.metrics.clone(),
-            token.clone(),
-            move |item| {
-                let t = t.clone();
-                async move { t.sync_item(&item).await }
+            runtime::Workers {
+                controller: "provisioner-capacity",
+                count: self.workers,
+                metrics: self.metrics.clone(),
             },
+            tracker.queue.clone(),
+            tracker.clone(),
+            |t, item| async move { t.sync_item(&item).await },
+            token.clone(),
         );
         Box::pin(async move {
             futures::join!(tracker.run(token), workers);

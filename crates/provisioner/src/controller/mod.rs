@@ -275,31 +275,24 @@ impl Controller for Provisioner {
                 shared.claims.add(key);
             }
             let writer = shared.journal.write(token.clone());
-            let metrics = shared.ctx.metrics.controllers();
-            let workers = shared.ctx.workers;
-            let s1 = shared.clone();
+            let workers = runtime::Workers {
+                controller: "provisioner",
+                count: shared.ctx.workers,
+                metrics: shared.ctx.metrics.controllers(),
+            };
             let claims = runtime::run_workers(
-                "provisioner",
+                workers.clone(),
                 shared.claims.clone(),
-                workers,
-                metrics.clone(),
+                shared.clone(),
+                |s, key| async move { s.sync_claim(&key).await },
                 token.clone(),
-                move |key| {
-                    let s = s1.clone();
-                    async move { s.sync_claim(&key).await }
-                },
             );
-            let s2 = shared.clone();
             let volumes = runtime::run_workers(
-                "provisioner",
-                shared.volumes.clone(),
                 workers,
-                metrics,
+                shared.volumes.clone(),
+                shared.clone(),
+                |s, key| async move { s.sync_volume(&key).await },
                 token.clone(),
-                move |key| {
-                    let s = s2.clone();
-                    async move { s.sync_volume(&key).await }
-                },
             );
             let sweep = shared.clone().sweep_snapshot_finalizers(token.clone());
             futures::join!(claims, volumes, sweep, writer);
