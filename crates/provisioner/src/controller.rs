@@ -179,6 +179,7 @@ pub fn build(
         &ctx.namespace,
         &driver,
         node_mode.as_ref().map(|n| n.node.as_str()),
+        ctx.workers,
     ));
 
     let pvcs = {
