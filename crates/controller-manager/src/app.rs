@@ -150,7 +150,8 @@ pub async fn run(flags: Flags) -> Result<(), AppError> {
             start: flags.retry_interval_start,
             max: flags.retry_interval_max,
         },
-        workers: flags.worker_threads,
+        // Each controller sets its own count (`Flags::workers`) in `build_controllers`.
+        workers: flags.worker_threads.unwrap_or(crate::flags::WORKERS),
         identity: identity(&flags.leader_election_identity),
         namespace: lease_namespace(&flags.leader_election_namespace),
     };
@@ -274,7 +275,11 @@ fn build_controllers(
                     resync: flags.resync,
                     ..attacher::AttacherConfig::default()
                 };
-                built.push(attacher::build(context.clone(), config, informers));
+                let context = ControllerContext {
+                    workers: flags.workers(*kind),
+                    ..context.clone()
+                };
+                built.push(attacher::build(context, config, informers));
             }
             ControllerKind::Provisioner => {
                 let config = provisioner::ProvisionerConfig {
@@ -301,7 +306,11 @@ fn build_controllers(
                     node_deployment: node.clone(),
                     ..provisioner::ProvisionerConfig::default()
                 };
-                built.push(provisioner::build(context.clone(), config, informers));
+                let context = ControllerContext {
+                    workers: flags.workers(*kind),
+                    ..context.clone()
+                };
+                built.push(provisioner::build(context, config, informers));
             }
             ControllerKind::Resizer | ControllerKind::Snapshotter => {
                 tracing::warn!(
