@@ -23,39 +23,18 @@
 # Prints one line per run and writes the JSON report (machine, settings, runs).
 set -euo pipefail
 
-# shellcheck source=../lib/common.sh
-source "$(dirname "${BASH_SOURCE[0]}")/../lib/common.sh"
-# shellcheck source=../lib/versions.sh
-source "$E2E_SRC/lib/versions.sh"
-# shellcheck source=../lib/build.sh
-source "$E2E_SRC/lib/build.sh"
+# shellcheck source=../lib/bench.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/bench.sh"
 
 N=${1:-200}
-export E2E_DIR=${BENCH_DIR:-$E2E_CACHE/bench-throughput}
+bench_env bench-throughput
 OUT=${2:-$E2E_DIR/provision-throughput.json}
 RUNS=${RUNS:-upstream ours upstream:10 ours:10}
 CLIENT_QPS=${CLIENT_QPS:-200} CLIENT_BURST=${CLIENT_BURST:-400}
 KCM_QPS=${KCM_QPS:-200} KCM_BURST=${KCM_BURST:-400}
-# Ports of its own, so that a test cluster may run beside it.
-export ETCD_PORT=${BENCH_ETCD_PORT:-25790} ETCD_PEER_PORT=${BENCH_ETCD_PEER_PORT:-25800}
-export APISERVER_PORT=${BENCH_APISERVER_PORT:-38443} KCM_PORT=${BENCH_KCM_PORT:-32257}
-export SCHEDULER_PORT=${BENCH_SCHEDULER_PORT:-32259} KWOK_PORT=${BENCH_KWOK_PORT:-32247}
-export SIDECAR_PORT_BASE=${BENCH_SIDECAR_PORT_BASE:-32280} CSI_MOCK_CONTROL_PORT=${BENCH_CSI_MOCK_CONTROL_PORT:-32290}
+# kube-controller-manager starts with the raised QPS (bench_cluster starts it afresh).
 export KCM_EXTRA_ARGS="--kube-api-qps=$KCM_QPS --kube-api-burst=$KCM_BURST"
-CLUSTER=$E2E_SRC/cluster
-OURS_BIN=${OURS_BIN:-$REPO_ROOT/target/debug/csi-controller-manager}
-[[ -x $OURS_BIN ]] || die "$OURS_BIN not found: build it with 'cargo build -p controller-manager'"
-
-trap '"$CLUSTER" down >/dev/null 2>&1 || true' EXIT
-# kube-controller-manager must start with the raised QPS: begin from a stopped cluster.
-"$CLUSTER" down >/dev/null 2>&1 || true
-"$CLUSTER" up
-"$CLUSTER" driver mock
-# shellcheck disable=SC1091
-source "$E2E_DIR/driver.env"
-ensure_built provisioner
-KUBECONFIG_FILE=$E2E_DIR/kubeconfig
-kubectl_() { "$(bin_path kubernetes kubectl)" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
+bench_cluster
 RESULTS=$E2E_DIR/provision-throughput.runs
 : >"$RESULTS"
 
