@@ -43,16 +43,8 @@ run() {
 	is_running "bench-$mode" || fail_component "bench-$mode" "the $mode provisioner did not start"
 	local from
 	from=$(wc -l <"$APISERVER_AUDIT_LOG")
-	kubectl_ create namespace "$ns" >/dev/null
+	bench_namespace "$ns"
 	{
-		cat <<YAML
-apiVersion: storage.k8s.io/v1
-kind: StorageClass
-metadata: {name: $ns}
-provisioner: $DRIVER_NAME
-reclaimPolicy: Delete
-volumeBindingMode: Immediate
-YAML
 		for ((i = 0; i < N; i++)); do
 			cat <<YAML
 ---

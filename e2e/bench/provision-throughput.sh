@@ -180,15 +180,7 @@ run() {
 	esac
 	sleep 5 # start-up: caches synced
 	is_running "$name" || fail_component "$name" "the $side provisioner did not start"
-	kubectl_ create namespace "$ns" >/dev/null
-	kubectl_ apply -f - >/dev/null <<YAML
-apiVersion: storage.k8s.io/v1
-kind: StorageClass
-metadata: {name: $ns}
-provisioner: $DRIVER_NAME
-reclaimPolicy: Delete
-volumeBindingMode: Immediate
-YAML
+	bench_namespace "$ns"
 	local line
 	line=$(measure "$KUBECONFIG_FILE" "$ns" "$ns" "$DRIVER_NAME" "$N") ||
 		fail_component "$name" "$side: the run did not complete"

@@ -5,6 +5,8 @@
 #   bench_cluster     stops the cluster, starts it again (so that flags set by the caller, such
 #                     as KCM_EXTRA_ARGS or APISERVER_AUDIT_LOG, apply), starts csi-mock and
 #                     builds the upstream provisioner; stops the cluster on exit
+#   bench_namespace NAME  a namespace NAME and a StorageClass NAME of the driver (Immediate
+#                     binding, Delete policy)
 # shellcheck shell=bash
 
 # shellcheck source=common.sh
@@ -38,3 +40,15 @@ bench_cluster() {
 }
 
 kubectl_() { "$(bin_path kubernetes kubectl)" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
+
+bench_namespace() {
+	kubectl_ create namespace "$1" >/dev/null
+	kubectl_ apply -f - >/dev/null <<YAML
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {name: $1}
+provisioner: $DRIVER_NAME
+reclaimPolicy: Delete
+volumeBindingMode: Immediate
+YAML
+}
