@@ -10,36 +10,15 @@
 # Prints a table per controller: requests by verb and resource, total, per volume.
 set -euo pipefail
 
-# shellcheck source=../lib/common.sh
-source "$(dirname "${BASH_SOURCE[0]}")/../lib/common.sh"
-# shellcheck source=../lib/versions.sh
-source "$E2E_SRC/lib/versions.sh"
-# shellcheck source=../lib/build.sh
-source "$E2E_SRC/lib/build.sh"
+# shellcheck source=../lib/bench.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/bench.sh"
 
 N=${1:-50}
-export E2E_DIR=${BENCH_DIR:-$E2E_CACHE/bench-api}
-# Ports of its own, so that a test cluster may run beside it.
-export ETCD_PORT=${BENCH_ETCD_PORT:-25790} ETCD_PEER_PORT=${BENCH_ETCD_PEER_PORT:-25800}
-export APISERVER_PORT=${BENCH_APISERVER_PORT:-38443} KCM_PORT=${BENCH_KCM_PORT:-32257}
-export SCHEDULER_PORT=${BENCH_SCHEDULER_PORT:-32259} KWOK_PORT=${BENCH_KWOK_PORT:-32247}
-export SIDECAR_PORT_BASE=${BENCH_SIDECAR_PORT_BASE:-32280} CSI_MOCK_CONTROL_PORT=${BENCH_CSI_MOCK_CONTROL_PORT:-32290}
+bench_env bench-api
 export APISERVER_AUDIT_LOG=$E2E_DIR/audit.log
-CLUSTER=$E2E_SRC/cluster
-OURS_BIN=${OURS_BIN:-$REPO_ROOT/target/debug/csi-controller-manager}
-[[ -x $OURS_BIN ]] || die "$OURS_BIN not found: build it with 'cargo build -p controller-manager'"
-
-trap '"$CLUSTER" down >/dev/null 2>&1 || true' EXIT
-# The API server must start with the audit flags: begin from a stopped cluster.
-"$CLUSTER" down >/dev/null 2>&1 || true
+# The API server must start with the audit flags (bench_cluster starts it afresh).
 rm -f "$APISERVER_AUDIT_LOG"
-"$CLUSTER" up
-"$CLUSTER" driver mock
-# shellcheck disable=SC1091
-source "$E2E_DIR/driver.env"
-ensure_built provisioner
-KUBECONFIG_FILE=$E2E_DIR/kubeconfig
-kubectl_() { "$(bin_path kubernetes kubectl)" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
+bench_cluster
 
 count_driver_pvs() {
 	kubectl_ get pv -o jsonpath='{range .items[*]}{.spec.csi.driver}{"\n"}{end}' | grep -cx "$DRIVER_NAME" || true
@@ -64,16 +43,8 @@ run() {
 	is_running "bench-$mode" || fail_component "bench-$mode" "the $mode provisioner did not start"
 	local from
 	from=$(wc -l <"$APISERVER_AUDIT_LOG")
-	kubectl_ create namespace "$ns" >/dev/null
+	bench_namespace "$ns"
 	{
-		cat <<YAML
-apiVersion: storage.k8s.io/v1
-kind: StorageClass
-metadata: {name: $ns}
-provisioner: $DRIVER_NAME
-reclaimPolicy: Delete
-volumeBindingMode: Immediate
-YAML
 		for ((i = 0; i < N; i++)); do
 			cat <<YAML
 ---

@@ -153,7 +153,8 @@ pub async fn run(flags: Flags) -> Result<(), AppError> {
             start: flags.retry_interval_start,
             max: flags.retry_interval_max,
         },
-        workers: flags.worker_threads,
+        // Each controller sets its own count (`Flags::workers`) in `build_controllers`.
+        workers: flags.worker_threads.unwrap_or(crate::flags::WORKERS),
         identity: identity(&flags.leader_election_identity),
         namespace: lease_namespace(&flags.leader_election_namespace),
     };
@@ -302,7 +303,11 @@ fn build_controllers(
                     resync: flags.resync,
                     ..attacher::AttacherConfig::default()
                 };
-                built.push(attacher::build(context.clone(), driver, config, informers));
+                let context = ControllerContext {
+                    workers: flags.workers(*kind),
+                    ..context.clone()
+                };
+                built.push(attacher::build(context, driver, config, informers));
             }
             ControllerKind::Provisioner => {
                 let config = provisioner::ProvisionerConfig {
@@ -330,6 +335,10 @@ fn build_controllers(
                     }),
                     node_deployment: node.clone(),
                     ..provisioner::ProvisionerConfig::default()
+                };
+                let context = &ControllerContext {
+                    workers: flags.workers(*kind),
+                    ..context.clone()
                 };
                 // Capacity tracking runs beside the provisioner, under its Lease, on its own
                 // API budget.

@@ -30,6 +30,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// The provisioner's workers per queue without `--worker-threads`, as external-provisioner's:
+/// a worker holds one claim through its journal write, CreateVolume (seconds with real storage)
+/// and PV create, so the worker count bounds the volumes provisioned at once. Workers are tasks
+/// (a few KiB each), and 100 records in flight are far below the journal's bound.
+pub const PROVISIONER_WORKERS: usize = 100;
+/// The other controllers' workers per queue without `--worker-threads`, as upstream's
+/// external-attacher, -resizer and csi-snapshotter.
+pub const WORKERS: usize = 10;
+
 fn go_duration(s: &str) -> Result<Duration, String> {
     duration::parse(s)
 }
@@ -63,9 +72,11 @@ pub struct Flags {
     #[arg(long, default_value_t = 100)]
     pub kube_api_burst: u32,
 
-    /// Workers per controller queue.
-    #[arg(long, default_value_t = 10)]
-    pub worker_threads: usize,
+    /// Workers per controller queue. Default: upstream's for each controller, 100 for the
+    /// provisioner (each worker waits out a whole CreateVolume or DeleteVolume, which takes
+    /// seconds with real storage, and its journal write) and 10 for the attacher.
+    #[arg(long)]
+    pub worker_threads: Option<usize>,
 
     /// First retry delay of a failed object; doubles per failure.
     #[arg(long, default_value = "1s", value_parser = go_duration)]
@@ -228,6 +239,16 @@ pub struct Flags {
 }
 
 impl Flags {
+    /// Workers per queue of `kind`: `--worker-threads`, else that controller's default.
+    pub fn workers(&self, kind: ControllerKind) -> usize {
+        self.worker_threads.unwrap_or(match kind {
+            ControllerKind::Provisioner => PROVISIONER_WORKERS,
+            ControllerKind::Attacher | ControllerKind::Resizer | ControllerKind::Snapshotter => {
+                WORKERS
+            }
+        })
+    }
+
     /// Checks what clap cannot: combinations and value ranges.
     pub fn validate(&self) -> Result<(), String> {
         if !self.http_endpoint.is_empty() && !self.metrics_address.is_empty() {
@@ -240,7 +261,7 @@ impl Flags {
                 "--retry-interval-start must be positive and at most --retry-interval-max".into(),
             );
         }
-        if self.worker_threads == 0 {
+        if self.worker_threads == Some(0) {
             return Err("--worker-threads must be at least 1".into());
         }
         if !self.metrics_path.starts_with('/') {
@@ -358,6 +379,11 @@ mod tests {
         );
         let d = parse(&[]);
         assert!(d.controllers.is_empty());
+        assert_eq!(d.workers(ControllerKind::Provisioner), 100);
+        assert_eq!(d.workers(ControllerKind::Attacher), 10);
+        let w = parse(&["--worker-threads=5"]);
+        assert_eq!(w.workers(ControllerKind::Provisioner), 5);
+        assert_eq!(w.workers(ControllerKind::Attacher), 5);
         assert!(!d.leader_election);
         assert!(d.leader_election_release_on_cancel);
         assert_eq!(d.leader_election_renew_deadline, Duration::from_secs(10));

@@ -40,16 +40,54 @@ fn object_names(#[case] driver: &str, #[case] want: &str) {
     assert_eq!(object_name(driver), want);
 }
 
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
 #[rstest]
-// A lone record is written at once.
-#[case::first_record(true, None, Duration::ZERO)]
-#[case::after_a_quiet_spell(true, Some(Duration::from_secs(5)), Duration::ZERO)]
-// During a burst, records wait for others.
-#[case::in_a_burst(true, Some(Duration::from_millis(300)), BURST_WINDOW)]
-// Releases wait for a record to ride along with.
-#[case::releases_only(false, None, RELEASE_WINDOW)]
-fn windows(#[case] records: bool, #[case] since: Option<Duration>, #[case] want: Duration) {
-    assert_eq!(window(records, since), want);
+// A lone record (no record write for LINGER, or ever) is written at once.
+#[case::first_record(1, true, None, 50, Next::Write)]
+#[case::after_a_quiet_spell(1, true, Some(LINGER), 50, Next::Write)]
+// While records stream in, they wait for others until LINGER after the last record write...
+#[case::in_a_stream(3, true, Some(ms(100)), 50, Next::Wait(LINGER - ms(100)))]
+// ... unless half the workers wait on the journal.
+#[case::full(50, true, Some(ms(10)), 50, Next::Write)]
+#[case::full_of_one(1, true, Some(ms(10)), 1, Next::Write)]
+// Releases alone wait for a record to ride along with.
+#[case::releases_only(0, true, Some(ms(10)), 50, Next::Wait(RELEASE_WINDOW))]
+#[case::nothing(0, false, None, 50, Next::Idle)]
+fn group_commit(
+    #[case] records: usize,
+    #[case] anything: bool,
+    #[case] since: Option<Duration>,
+    #[case] full: usize,
+    #[case] want: Next,
+) {
+    assert_eq!(next(records, anything, since, full), want);
+}
+
+#[test]
+fn what_arrives_during_a_write_goes_in_the_next_one() {
+    let mut book = book_with_pvc_1();
+    let (tx, mut rx2) = waiter();
+    book.record(&intent("pvc-2", "2"), tx).unwrap();
+    let (first, first_waiters) = book.take();
+    // While the first write is in flight: a record and a release.
+    let (tx, mut rx3) = waiter();
+    book.record(&intent("pvc-3", "3"), tx).unwrap();
+    book.release("pvc-1");
+    assert_eq!(first.data.keys().collect::<Vec<_>>(), vec!["pvc-2"]);
+    book.stored(first_waiters);
+    assert_eq!(rx2.try_recv().unwrap(), Ok(()));
+    assert!(rx3.try_recv().is_err(), "pvc-3 waits for its own write");
+    assert_eq!(book.for_claim("3"), None);
+    let (second, waiters) = book.take();
+    assert_eq!(
+        second.data.keys().collect::<Vec<_>>(),
+        vec!["pvc-1", "pvc-3"]
+    );
+    book.stored(waiters);
+    assert_eq!(rx3.try_recv().unwrap(), Ok(()));
 }
 
 #[test]
@@ -165,4 +203,159 @@ fn loading_keeps_this_drivers_readable_entries() {
     let (batch, _) = book.take();
     let full = book.full_data(&batch);
     assert_eq!(full.keys().collect::<Vec<_>>(), vec!["pvc-5"]);
+}
+
+/// The writer loop against a fake store whose writes finish when the test says so.
+mod writer {
+    use super::*;
+    use std::sync::Arc;
+    use tokio::sync::{Semaphore, mpsc};
+    use tokio::time::Instant;
+
+    /// Each write reports its keys (`None` for a release) and when it started, then waits for a
+    /// permit.
+    struct Fake {
+        writes: mpsc::UnboundedSender<(Vec<(String, bool)>, Instant)>,
+        done: Semaphore,
+    }
+
+    impl Store for Arc<Fake> {
+        async fn store(&self, batch: &Batch) -> Result<(), Error> {
+            let keys = batch
+                .data
+                .iter()
+                .map(|(k, v)| (k.clone(), v.is_some()))
+                .collect();
+            self.writes.send((keys, Instant::now())).unwrap();
+            self.done.acquire().await.unwrap().forget();
+            Ok(())
+        }
+    }
+
+    type Writes = mpsc::UnboundedReceiver<(Vec<(String, bool)>, Instant)>;
+
+    /// A journal with `workers` claim workers whose writer runs against a fake store; the
+    /// client is never called.
+    fn start(workers: usize) -> (Arc<Journal>, Arc<Fake>, Writes, CancellationToken) {
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let client = kube::Client::try_from(config).unwrap();
+        let journal = Arc::new(Journal::new(client, "ns", "d", None, workers));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let fake = Arc::new(Fake {
+            writes: tx,
+            done: Semaphore::new(0),
+        });
+        let token = CancellationToken::new();
+        let (j, f, t) = (journal.clone(), fake.clone(), token.clone());
+        tokio::spawn(async move { j.write_to(&f, t).await });
+        (journal, fake, rx, token)
+    }
+
+    fn record(journal: &Arc<Journal>, n: u32) -> tokio::task::JoinHandle<Result<(), Error>> {
+        let j = journal.clone();
+        tokio::spawn(async move { j.record(&intent(&format!("pvc-{n}"), &n.to_string())).await })
+    }
+
+    fn key(n: u32, record: bool) -> (String, bool) {
+        (format!("pvc-{n}"), record)
+    }
+
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_record_is_written_at_once_and_acknowledged_once_stored() {
+        let (journal, fake, mut writes, token) = start(100);
+        let t0 = Instant::now();
+        let pass = record(&journal, 1);
+        let (keys, at) = writes.recv().await.unwrap();
+        assert_eq!(keys, vec![key(1, true)]);
+        assert_eq!(at, t0, "no timer before the write");
+        settle().await;
+        assert!(!pass.is_finished(), "not acknowledged before it is stored");
+        assert!(!journal.has_claim("1"));
+        fake.done.add_permits(1);
+        pass.await.unwrap().unwrap();
+        assert!(journal.has_claim("1"));
+        token.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn records_arriving_during_a_write_share_the_next_one() {
+        let (journal, fake, mut writes, token) = start(100);
+        let t0 = Instant::now();
+        let first = record(&journal, 1);
+        assert_eq!(writes.recv().await.unwrap().0, vec![key(1, true)]);
+        // Three records and a release arrive while the first write is in flight.
+        let later: Vec<_> = (2..5).map(|n| record(&journal, n)).collect();
+        settle().await;
+        journal.release("pvc-0");
+        assert!(writes.try_recv().is_err(), "one write in flight at a time");
+        tokio::time::sleep(ms(50)).await;
+        fake.done.add_permits(1);
+        first.await.unwrap().unwrap();
+        // A stream: they share the next write, LINGER after the first one started.
+        let (keys, at) = writes.recv().await.unwrap();
+        assert_eq!(
+            keys,
+            vec![key(0, false), key(2, true), key(3, true), key(4, true)]
+        );
+        assert_eq!(at, t0 + LINGER);
+        settle().await;
+        for pass in &later {
+            assert!(!pass.is_finished(), "acknowledged only once stored");
+        }
+        fake.done.add_permits(1);
+        for pass in later {
+            pass.await.unwrap().unwrap();
+        }
+        token.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn when_half_the_workers_wait_the_next_write_goes_at_once() {
+        // 6 workers: 3 waiting records are a full write.
+        let (journal, fake, mut writes, token) = start(6);
+        let first = record(&journal, 1);
+        assert_eq!(writes.recv().await.unwrap().0, vec![key(1, true)]);
+        let later: Vec<_> = (2..5).map(|n| record(&journal, n)).collect();
+        settle().await;
+        tokio::time::sleep(ms(50)).await;
+        let done = Instant::now();
+        fake.done.add_permits(1);
+        first.await.unwrap().unwrap();
+        let (keys, at) = writes.recv().await.unwrap();
+        assert_eq!(keys, vec![key(2, true), key(3, true), key(4, true)]);
+        assert_eq!(at, done, "no linger once the write is full");
+        fake.done.add_permits(1);
+        for pass in later {
+            pass.await.unwrap().unwrap();
+        }
+        token.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn releases_ride_along_with_a_record_or_go_alone_after_their_window() {
+        let (journal, fake, mut writes, token) = start(100);
+        fake.done.add_permits(10);
+        // A record within the window takes the release along.
+        let t0 = Instant::now();
+        journal.release("pvc-0");
+        tokio::time::sleep(RELEASE_WINDOW / 2).await;
+        record(&journal, 1).await.unwrap().unwrap();
+        let (keys, at) = writes.recv().await.unwrap();
+        assert_eq!(keys, vec![key(0, false), key(1, true)]);
+        assert_eq!(at, t0 + RELEASE_WINDOW / 2);
+        // Without one, releases go alone, together, after the window.
+        let t1 = Instant::now();
+        journal.release("pvc-1");
+        journal.release("pvc-2");
+        let (keys, at) = writes.recv().await.unwrap();
+        assert_eq!(keys, vec![key(1, false), key(2, false)]);
+        assert_eq!(at, t1 + RELEASE_WINDOW);
+        token.cancel();
+    }
 }

@@ -135,6 +135,7 @@ pub fn build(
         &ctx.namespace,
         &name,
         node_mode.as_ref().map(|n| n.node.as_str()),
+        ctx.workers,
     ));
 
     let pvcs = {

@@ -1,0 +1,221 @@
+#!/usr/bin/env bash
+# Provisioning throughput, upstream external-provisioner vs csi-controller-manager: each runs
+# alone against the same local control plane and csi-mock (so the driver is not the bottleneck),
+# with the same client QPS/burst, and kube-controller-manager's client QPS raised (as operators
+# of large clusters do) so that its PV binder is not what is measured. Per run: N claims
+# (Immediate binding, Delete policy) are created at once; the time until every PV exists (the
+# provisioner's part) and until every claim is Bound (end to end, with kube-controller-manager's
+# binding), per-claim p50/p99 of both, then all claims deleted and the time until every PV is gone.
+#
+#   e2e/bench/provision-throughput.sh [N] [OUT.json]
+#       N       claims per run (default 200)
+#       OUT     the JSON report (default $BENCH_DIR/provision-throughput.json)
+#
+# Environment:
+#   RUNS          runs in order, each SIDE or SIDE:WORKERS, SIDE upstream|ours; without
+#                 WORKERS, the side's default --worker-threads (default: "upstream ours
+#                 upstream:10 ours:10": both at their defaults, then both at 10)
+#   CLIENT_QPS    --kube-api-qps of both provisioners (default 200); CLIENT_BURST (default 400)
+#   KCM_QPS       kube-controller-manager's --kube-api-qps (default 200); KCM_BURST (default 400)
+#   BENCH_DIR     run dir (default $E2E_CACHE/bench-throughput), BENCH_*_PORT as api-requests.sh
+#   OURS_BIN      csi-controller-manager binary (default target/debug/csi-controller-manager)
+#
+# Prints one line per run and writes the JSON report (machine, settings, runs).
+set -euo pipefail
+
+# shellcheck source=../lib/bench.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/bench.sh"
+
+N=${1:-200}
+bench_env bench-throughput
+OUT=${2:-$E2E_DIR/provision-throughput.json}
+RUNS=${RUNS:-upstream ours upstream:10 ours:10}
+CLIENT_QPS=${CLIENT_QPS:-200} CLIENT_BURST=${CLIENT_BURST:-400}
+KCM_QPS=${KCM_QPS:-200} KCM_BURST=${KCM_BURST:-400}
+# kube-controller-manager starts with the raised QPS (bench_cluster starts it afresh).
+export KCM_EXTRA_ARGS="--kube-api-qps=$KCM_QPS --kube-api-burst=$KCM_BURST"
+bench_cluster
+RESULTS=$E2E_DIR/provision-throughput.runs
+: >"$RESULTS"
+
+# The watcher: creates the claims, follows PVs and claims by watch, deletes the claims, and
+# prints one JSON line of timings. Arguments: kubeconfig namespace class driver N.
+measure() {
+	python3 - "$@" <<'PY'
+import json, re, ssl, sys, threading, time, http.client, urllib.parse
+
+kubeconfig, ns, cls, driver, n = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+cfg = open(kubeconfig).read()
+server = urllib.parse.urlparse(re.search(r"server:\s*(\S+)", cfg).group(1))
+token = re.search(r"token:\s*(\S+)", cfg).group(1)
+ctx = ssl._create_unverified_context()  # a local, throwaway control plane
+HDR = {"Authorization": "Bearer " + token, "Content-Type": "application/json"}
+
+def conn():
+    return http.client.HTTPSConnection(server.hostname, server.port, context=ctx, timeout=600)
+
+def call(c, method, path, body=None):
+    c.request(method, path, body=json.dumps(body) if body is not None else None, headers=HDR)
+    r = c.getresponse()
+    data = r.read()
+    if r.status >= 300:
+        raise SystemExit(f"{method} {path}: {r.status} {data[:300]!r}")
+    return json.loads(data)
+
+lock = threading.Lock()
+created, pv_at, bound_at, pv_gone = {}, {}, {}, {}
+pv_claim = {}
+events = {"pvs": threading.Event(), "bound": threading.Event(), "gone": threading.Event(), "deleting": threading.Event()}
+
+def watch(path, rv, on):
+    c = conn()
+    c.request("GET", f"{path}?watch=1&resourceVersion={rv}&allowWatchBookmarks=false", headers=HDR)
+    r = c.getresponse()
+    buf = b""
+    while True:
+        chunk = r.readline()
+        if not chunk:
+            return
+        buf += chunk
+        if not buf.endswith(b"\n"):
+            continue
+        ev, buf = json.loads(buf), b""
+        on(ev["type"], ev["object"], time.monotonic())
+
+def on_pv(kind, pv, t):
+    spec = pv.get("spec", {})
+    ref = spec.get("claimRef") or {}
+    if (spec.get("csi") or {}).get("driver") != driver or ref.get("namespace") != ns:
+        return
+    with lock:
+        name = pv["metadata"]["name"]
+        if kind == "ADDED" and ref["name"] not in pv_at:
+            pv_at[ref["name"]] = t
+            pv_claim[name] = ref["name"]
+            if len(pv_at) == n:
+                events["pvs"].set()
+        elif kind == "DELETED" and events["deleting"].is_set():
+            pv_gone[name] = t
+            if len(pv_gone) == n:
+                events["gone"].set()
+
+def on_pvc(kind, pvc, t):
+    if kind == "DELETED" or (pvc.get("status") or {}).get("phase") != "Bound":
+        return
+    with lock:
+        name = pvc["metadata"]["name"]
+        if name not in bound_at:
+            bound_at[name] = t
+            if len(bound_at) == n:
+                events["bound"].set()
+
+c = conn()
+rv_pv = call(c, "GET", "/api/v1/persistentvolumes?limit=1")["metadata"]["resourceVersion"]
+rv_pvc = call(c, "GET", f"/api/v1/namespaces/{ns}/persistentvolumeclaims?limit=1")["metadata"]["resourceVersion"]
+for path, rv, on in (("/api/v1/persistentvolumes", rv_pv, on_pv),
+                     (f"/api/v1/namespaces/{ns}/persistentvolumeclaims", rv_pvc, on_pvc)):
+    threading.Thread(target=watch, args=(path, rv, on), daemon=True).start()
+time.sleep(0.5)
+
+t0 = time.monotonic()
+for i in range(n):
+    name = f"claim-{i}"
+    call(c, "POST", f"/api/v1/namespaces/{ns}/persistentvolumeclaims", {
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": cls,
+                 "resources": {"requests": {"storage": "1Gi"}}}})
+    created[name] = time.monotonic()
+t_created = time.monotonic() - t0
+timeout = 600
+if not events["pvs"].wait(timeout) or not events["bound"].wait(timeout):
+    raise SystemExit(f"after {timeout} s: {len(pv_at)} PVs, {len(bound_at)} of {n} claims Bound")
+t_pvs = max(pv_at.values()) - t0
+t_bound = max(bound_at.values()) - t0
+
+events["deleting"].set()
+t1 = time.monotonic()
+call(c, "DELETE", f"/api/v1/namespaces/{ns}/persistentvolumeclaims")
+if not events["gone"].wait(timeout):
+    raise SystemExit(f"after {timeout} s: {len(pv_gone)} of {n} PVs deleted")
+t_gone = max(pv_gone.values()) - t1
+
+def pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+pv_lat = [pv_at[k] - created[k] for k in created]
+bound_lat = [bound_at[k] - created[k] for k in created]
+print(json.dumps({
+    "claims": n,
+    "create_s": round(t_created, 2),
+    "all_pvs_s": round(t_pvs, 2),
+    "all_bound_s": round(t_bound, 2),
+    "pvs_per_s": round(n / t_pvs, 1),
+    "pv_p50_s": round(pct(pv_lat, 50), 2), "pv_p99_s": round(pct(pv_lat, 99), 2),
+    "bound_p50_s": round(pct(bound_lat, 50), 2), "bound_p99_s": round(pct(bound_lat, 99), 2),
+    "all_deleted_s": round(t_gone, 2),
+}))
+PY
+}
+
+# run SIDE [WORKERS]: one provisioner alone; appends its JSON line to $RESULTS.
+run() {
+	local side=$1 workers=${2:-} ns name wflag=()
+	name="bench-$side-${workers:-default}"
+	ns=$name
+	case $side in
+	upstream)
+		[[ -n $workers ]] && wflag=(--worker-threads="$workers")
+		start_bg "$name" "$(bin_path provisioner csi-provisioner)" --csi-address="$CSI_SOCKET" \
+			--kubeconfig="$KUBECONFIG_FILE" --leader-election=false -v=1 \
+			--kube-api-qps="$CLIENT_QPS" --kube-api-burst="$CLIENT_BURST" "${wflag[@]}"
+		;;
+	ours)
+		[[ -n $workers ]] && wflag=(--worker-threads "$workers")
+		start_bg "$name" "$OURS_BIN" --csi-address "$CSI_SOCKET" --kubeconfig "$KUBECONFIG_FILE" \
+			--controllers=provisioner --kube-api-qps "$CLIENT_QPS" --kube-api-burst "$CLIENT_BURST" "${wflag[@]}"
+		;;
+	*) die "unknown side '$side' in RUNS (upstream or ours)" ;;
+	esac
+	sleep 5 # start-up: caches synced
+	is_running "$name" || fail_component "$name" "the $side provisioner did not start"
+	bench_namespace "$ns"
+	local line
+	line=$(measure "$KUBECONFIG_FILE" "$ns" "$ns" "$DRIVER_NAME" "$N") ||
+		fail_component "$name" "$side: the run did not complete"
+	stop_bg "$name"
+	kubectl_ delete storageclass "$ns" >/dev/null
+	kubectl_ delete namespace "$ns" --wait=false >/dev/null
+	python3 -c 'import json, sys; r = json.loads(sys.argv[1]); r.update(side=sys.argv[2], workers=sys.argv[3] or "default"); print(json.dumps(r))' \
+		"$line" "$side" "$workers" | tee -a "$RESULTS" >&2
+}
+
+for r in $RUNS; do
+	run "${r%%:*}" "$([[ $r == *:* ]] && echo "${r#*:}")"
+done
+
+mkdir -p "$(dirname "$OUT")"
+python3 - "$RESULTS" "$OUT" "$N" "$CLIENT_QPS" "$CLIENT_BURST" "$KCM_QPS" "$KCM_BURST" <<'PY'
+import json, os, platform, sys
+results, out, n, qps, burst, kqps, kburst = sys.argv[1:8]
+runs = [json.loads(l) for l in open(results) if l.strip()]
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+report = {
+    "scenario": "provision", "claims": int(n),
+    "settings": {"client_qps": float(qps), "client_burst": int(burst),
+                 "kcm_qps": float(kqps), "kcm_burst": int(kburst), "driver": "csi-mock",
+                 "binding": "Immediate", "reclaim_policy": "Delete"},
+    "machine": {"cpus": os.cpu_count(), "cpu": cpu, "kernel": platform.release(),
+                "loadavg_at_end": open("/proc/loadavg").read().split()[:3]},
+    "runs": runs,
+}
+json.dump(report, open(out, "w"), indent=2)
+print(f"{'side':9s} {'workers':>7s} {'all PVs':>8s} {'all Bound':>9s} {'PVs/s':>6s} "
+      f"{'PV p50/p99':>11s} {'Bound p50/p99':>13s} {'all deleted':>11s}")
+for r in runs:
+    print(f"{r['side']:9s} {r['workers']:>7s} {r['all_pvs_s']:7.1f}s {r['all_bound_s']:8.1f}s "
+          f"{r['pvs_per_s']:6.1f} {r['pv_p50_s']:5.1f}/{r['pv_p99_s']:<5.1f} "
+          f"{r['bound_p50_s']:6.1f}/{r['bound_p99_s']:<6.1f} {r['all_deleted_s']:10.1f}s")
+print(f"report: {out}")
+PY

@@ -1,0 +1,54 @@
+# Shared by the benchmarks in e2e/bench/: the e2e helpers, a run directory and ports of the
+# benchmark's own (so that a test cluster may run beside it), and a fresh control plane with
+# csi-mock.
+#   bench_env NAME    E2E_DIR=$BENCH_DIR, else $E2E_CACHE/NAME; ports from BENCH_*_PORT
+#   bench_cluster     stops the cluster, starts it again (so that flags set by the caller, such
+#                     as KCM_EXTRA_ARGS or APISERVER_AUDIT_LOG, apply), starts csi-mock and
+#                     builds the upstream provisioner; stops the cluster on exit
+#   bench_namespace NAME  a namespace NAME and a StorageClass NAME of the driver (Immediate
+#                     binding, Delete policy)
+# shellcheck shell=bash
+
+# shellcheck source=common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+# shellcheck source=versions.sh
+source "$E2E_SRC/lib/versions.sh"
+# shellcheck source=build.sh
+source "$E2E_SRC/lib/build.sh"
+
+CLUSTER=$E2E_SRC/cluster
+OURS_BIN=${OURS_BIN:-$REPO_ROOT/target/debug/csi-controller-manager}
+
+bench_env() {
+	export E2E_DIR=${BENCH_DIR:-$E2E_CACHE/$1}
+	export ETCD_PORT=${BENCH_ETCD_PORT:-25790} ETCD_PEER_PORT=${BENCH_ETCD_PEER_PORT:-25800}
+	export APISERVER_PORT=${BENCH_APISERVER_PORT:-38443} KCM_PORT=${BENCH_KCM_PORT:-32257}
+	export SCHEDULER_PORT=${BENCH_SCHEDULER_PORT:-32259} KWOK_PORT=${BENCH_KWOK_PORT:-32247}
+	export SIDECAR_PORT_BASE=${BENCH_SIDECAR_PORT_BASE:-32280} CSI_MOCK_CONTROL_PORT=${BENCH_CSI_MOCK_CONTROL_PORT:-32290}
+	KUBECONFIG_FILE=$E2E_DIR/kubeconfig
+	[[ -x $OURS_BIN ]] || die "$OURS_BIN not found: build it with 'cargo build -p controller-manager'"
+}
+
+bench_cluster() {
+	trap '"$CLUSTER" down >/dev/null 2>&1 || true' EXIT
+	"$CLUSTER" down >/dev/null 2>&1 || true
+	"$CLUSTER" up
+	"$CLUSTER" driver mock
+	# shellcheck disable=SC1091
+	source "$E2E_DIR/driver.env"
+	ensure_built provisioner
+}
+
+kubectl_() { "$(bin_path kubernetes kubectl)" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
+
+bench_namespace() {
+	kubectl_ create namespace "$1" >/dev/null
+	kubectl_ apply -f - >/dev/null <<YAML
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {name: $1}
+provisioner: $DRIVER_NAME
+reclaimPolicy: Delete
+volumeBindingMode: Immediate
+YAML
+}
