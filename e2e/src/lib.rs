@@ -190,6 +190,41 @@ impl ManagerProcess {
         self.start();
     }
 
+    /// SIGTERM, then waits up to `within` for the process to exit (SIGKILL after that); returns
+    /// whether it exited by itself in time.
+    pub async fn terminate(&mut self, within: Duration) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        if let Ok(Some(status)) = child.try_wait() {
+            self.unexpected_exits
+                .push(format!("start {} exited by itself: {status}", self.starts));
+            return true;
+        }
+        if let Some(pid) = child.id() {
+            let sent = tokio::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await
+                .is_ok_and(|s| s.success());
+            assert!(sent, "SIGTERM to {pid}");
+        }
+        match tokio::time::timeout(within, child.wait()).await {
+            Ok(_) => true,
+            Err(_) => {
+                let _ = child.kill().await;
+                false
+            }
+        }
+    }
+
+    /// Whether the process runs (started and not exited).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// SIGKILL, after noting whether the process had already exited on its own.
     pub async fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -172,6 +172,8 @@ pub async fn run(flags: Flags) -> Result<(), AppError> {
         },
         &mut informers,
     );
+    let running: BTreeSet<ControllerKind> = built.iter().map(|(kind, _)| *kind).collect();
+    let built: Vec<Arc<dyn Controller>> = built.into_iter().map(|(_, c)| c).collect();
     let running_informers = Arc::new(informers.start(shutdown.clone()));
     {
         let informers = running_informers.clone();
@@ -186,15 +188,21 @@ pub async fn run(flags: Flags) -> Result<(), AppError> {
     }
     tracing::info!(
         driver = %discovery.driver_name,
-        controllers = ?kinds.iter().map(|k| k.name()).collect::<Vec<_>>(),
+        controllers = ?running.iter().map(|k| k.name()).collect::<Vec<_>>(),
         leader_election = flags.leader_election,
         "started"
     );
 
     let term = |token: CancellationToken| run_term(built.clone(), running_informers.clone(), token);
-    if flags.leader_election && !kinds.is_empty() {
+    if flags.leader_election && !running.is_empty() {
+        let plan = controllers::LeasePlan::new(&running, &discovery.driver_name);
+        tracing::info!(
+            competes_for = ?plan.held,
+            leaves_to_others = ?plan.left,
+            "leader election: holding the Leases of the controllers this process runs"
+        );
         let group = LeaseGroup {
-            leases: lease_configs(&flags, &kinds, &discovery.driver_name),
+            leases: lease_configs(&flags, &plan),
             stores: leadership::kube_stores(clients.election.clone()),
             metrics: metrics.register(LeaderMetrics::register),
         };
@@ -243,10 +251,6 @@ async fn run_term(
     }
 }
 
-/// Builds the controllers of `kinds`, registering their informers.
-///
-/// A controller whose crate is not part of this build yet is reported and skipped; the process
-/// still holds its Lease, so that a migrated cluster never runs two actors.
 /// With `--node-deployment` and the provisioner: this node's name and topology, from NodeGetInfo
 /// (upstream's start-up call, fatal if it fails).
 async fn node_deployment(
@@ -281,19 +285,23 @@ struct Wiring<'a> {
     node: Option<provisioner::node::NodeDeployment>,
 }
 
+/// Builds the controllers of `kinds`, registering their informers; returns those built.
+///
+/// A controller whose crate is not part of this build yet is reported and skipped, and its Lease
+/// is not held: an upstream sidecar kept beside this process for it takes its Lease and runs.
 fn build_controllers(
     kinds: &BTreeSet<ControllerKind>,
     flags: &Flags,
     wiring: Wiring<'_>,
     informers: &mut Informers,
-) -> Vec<Arc<dyn Controller>> {
+) -> Vec<(ControllerKind, Arc<dyn Controller>)> {
     let Wiring {
         context,
         driver,
         capacity_client,
         node,
     } = wiring;
-    let mut built: Vec<Arc<dyn Controller>> = Vec::new();
+    let mut built: Vec<(ControllerKind, Arc<dyn Controller>)> = Vec::new();
     for kind in kinds {
         match kind {
             ControllerKind::Attacher => {
@@ -307,7 +315,7 @@ fn build_controllers(
                     workers: flags.workers(*kind),
                     ..context.clone()
                 };
-                built.push(attacher::build(context, driver, config, informers));
+                built.push((*kind, attacher::build(context, driver, config, informers)));
             }
             ControllerKind::Provisioner => {
                 let config = provisioner::ProvisionerConfig {
@@ -354,23 +362,21 @@ fn build_controllers(
                         };
                         let (tracking, handle) =
                             provisioner::capacity::build(&ctx, driver, c, informers);
-                        built.push(tracking);
+                        built.push((*kind, tracking));
                         Some(handle)
                     }
                     _ => None,
                 };
-                built.push(provisioner::build(
-                    context.clone(),
-                    driver,
-                    config,
-                    informers,
-                    capacity,
+                built.push((
+                    *kind,
+                    provisioner::build(context.clone(), driver, config, informers, capacity),
                 ));
             }
             ControllerKind::Resizer | ControllerKind::Snapshotter => {
                 tracing::warn!(
                     controller = kind.name(),
-                    "controller is not part of this build yet"
+                    lease = %kind.lease_name(&driver.discovery.driver_name),
+                    "controller is not part of this build yet; its Lease is left to others"
                 );
             }
         }
@@ -378,23 +384,20 @@ fn build_controllers(
     built
 }
 
-fn lease_configs(
-    flags: &Flags,
-    kinds: &BTreeSet<ControllerKind>,
-    driver: &str,
-) -> Vec<LeaderElectionConfig> {
+/// One election configuration per Lease of `plan.held`, in order (the first is the primary).
+fn lease_configs(flags: &Flags, plan: &controllers::LeasePlan) -> Vec<LeaderElectionConfig> {
     let namespace = lease_namespace(&flags.leader_election_namespace);
     let identity = sanitize_name(&identity(&flags.leader_election_identity));
     let labels = flags.lease_labels().unwrap_or_default();
-    kinds
+    plan.held
         .iter()
-        .map(|kind| LeaderElectionConfig {
+        .map(|lease| LeaderElectionConfig {
             lease_duration: flags.leader_election_lease_duration,
             renew_deadline: flags.leader_election_renew_deadline,
             retry_period: flags.leader_election_retry_period,
             release_on_cancel: flags.leader_election_release_on_cancel,
             labels: labels.clone(),
-            ..LeaderElectionConfig::new(kind.lease_name(driver), &namespace, &identity)
+            ..LeaderElectionConfig::new(lease.as_str(), &namespace, &identity)
         })
         .collect()
 }

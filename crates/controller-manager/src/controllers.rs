@@ -1,5 +1,7 @@
 //! Which controllers to run: the `--controllers` flag, narrowed by what the driver can do, and the
 //! upstream Lease name of each, so a migration from the Go sidecars never has two active actors.
+//! The process holds exactly the Leases of the controllers it runs; the others are left to
+//! whoever runs those controllers (an upstream sidecar kept beside it, say).
 
 use std::collections::BTreeSet;
 
@@ -60,6 +62,31 @@ impl ControllerKind {
             ControllerKind::Snapshotter => {
                 sanitize_name(&format!("external-snapshotter-leader-{driver}"))
             }
+        }
+    }
+}
+
+/// Which Leases a process running `running` competes for, and which it leaves to others.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeasePlan {
+    /// Lease names held, in the group's fixed order: the first is the primary.
+    pub held: Vec<String>,
+    /// Lease names of the controllers not run here.
+    pub left: Vec<String>,
+}
+
+impl LeasePlan {
+    /// The plan for the controllers in `running` on `driver`, in [`ControllerKind::ALL`] order,
+    /// so that every replica with the same controllers has the same primary.
+    pub fn new(running: &BTreeSet<ControllerKind>, driver: &str) -> Self {
+        let (held, left): (Vec<ControllerKind>, Vec<ControllerKind>) = ControllerKind::ALL
+            .into_iter()
+            .partition(|kind| running.contains(kind));
+        let names =
+            |kinds: Vec<ControllerKind>| kinds.iter().map(|k| k.lease_name(driver)).collect();
+        Self {
+            held: names(held),
+            left: names(left),
         }
     }
 }
@@ -132,6 +159,32 @@ mod tests {
             ControllerKind::Provisioner.lease_name("example.com/x-"),
             "example-com-x-X"
         );
+    }
+
+    #[test]
+    fn only_the_leases_of_running_controllers_are_held() {
+        let d = "hostpath.csi.k8s.io";
+        let running = BTreeSet::from([ControllerKind::Attacher, ControllerKind::Provisioner]);
+        assert_eq!(
+            LeasePlan::new(&running, d),
+            LeasePlan {
+                held: vec![
+                    "hostpath-csi-k8s-io".into(),
+                    "external-attacher-leader-hostpath-csi-k8s-io".into()
+                ],
+                left: vec![
+                    "external-resizer-hostpath-csi-k8s-io".into(),
+                    "external-snapshotter-leader-hostpath-csi-k8s-io".into()
+                ],
+            }
+        );
+        let attacher_only = LeasePlan::new(&BTreeSet::from([ControllerKind::Attacher]), d);
+        assert_eq!(
+            attacher_only.held,
+            ["external-attacher-leader-hostpath-csi-k8s-io"],
+            "the attacher's Lease is the primary when it runs alone"
+        );
+        assert_eq!(attacher_only.left.len(), 3);
     }
 
     #[test]

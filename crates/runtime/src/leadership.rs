@@ -2,13 +2,24 @@
 //!
 //! The process runs several controllers, and each upstream sidecar it replaces has its own Lease
 //! name. To exclude the Go sidecars during a rolling migration, the process must hold the Lease of
-//! every controller it runs. Several replicas of ours competing for several Leases could deadlock
-//! (each holding one, waiting for another), so the Leases are taken in a fixed order: the first is
-//! the *primary*, and a replica competes for the others only while it holds the primary. Only one
-//! replica can hold the primary, so only one ever waits for the others; a Go sidecar holding one of
-//! them never waits for us. The controllers run while every Lease is held; losing any stops them
-//! (cancels their token and waits for them) before the others are released, and the replica
-//! competes again. The process never exits on a lost Lease.
+//! every controller it runs (and only those: a Lease of a controller it does not run is left to
+//! whoever runs it). Several replicas of ours competing for several Leases could deadlock (each
+//! holding one, waiting for another), so the Leases are taken in a fixed order: the first is the
+//! *primary*, and a replica *acquires* the others only while it holds the primary. Only one replica
+//! can hold the primary, so only one ever waits for the others; a Go sidecar holding one of them
+//! never waits for us.
+//!
+//! Every Lease of the group is *observed* from the start, by every replica, standby included (a
+//! gated elector per secondary, see [`crate::leader::LeaderElector::spawn_gated`]): when a replica
+//! wins the primary, another holder's claim on a secondary is judged from its real last renewal as
+//! observed since start, so the secondaries follow the primary at once (released, or lapsed at the
+//! same time) instead of after a further lease duration each. Watched changes wake the electors,
+//! so a released Lease is taken without waiting for a retry period.
+//!
+//! The controllers run while every Lease is held; losing any stops them (cancels their token and
+//! waits for them). Only then is anything released: the secondaries when the primary was lost or
+//! on shutdown, the primary last on shutdown. The replica competes again; the process never exits
+//! on a lost Lease.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -91,11 +102,25 @@ where
 {
     group.validate()?;
     // Elections outlive the controllers' shutdown: they are cancelled only after the last term
-    // has stopped, so no Lease is released while our controllers still run.
-    let elections = CancellationToken::new();
+    // has stopped, so no Lease is released while our controllers still run. The secondaries go
+    // first, so a successor that wins the primary finds them free.
+    let primary_elections = CancellationToken::new();
+    let secondary_elections = CancellationToken::new();
     let primary = group.elector(&group.leases[0])?;
     on_health(primary.health());
-    let (mut primary_rx, primary_task) = primary.spawn(elections.clone());
+    // Open while we hold the primary: the secondaries' electors may acquire only then.
+    let (gate, gate_rx) = watch::channel(false);
+    let mut secondaries = Vec::new();
+    for config in &group.leases[1..] {
+        secondaries.push(
+            group
+                .elector(config)?
+                .spawn_gated(secondary_elections.clone(), gate_rx.clone()),
+        );
+    }
+    let (mut primary_rx, primary_task) = primary.spawn(primary_elections.clone());
+    let mut receivers: Vec<watch::Receiver<bool>> =
+        secondaries.iter().map(|(rx, _)| rx.clone()).collect();
     let set_leading = |v: bool| {
         if let Some(tx) = &leading {
             tx.send_replace(v);
@@ -107,14 +132,7 @@ where
             () = shutdown.cancelled() => break,
             held = primary_rx.wait_for(|l| *l) => if held.is_err() { break },
         }
-        let secondaries_token = elections.child_token();
-        let mut secondaries = Vec::new();
-        for config in &group.leases[1..] {
-            secondaries.push(group.elector(config)?.spawn(secondaries_token.clone()));
-        }
-        let mut receivers: Vec<watch::Receiver<bool>> =
-            secondaries.iter().map(|(rx, _)| rx.clone()).collect();
-
+        gate.send_replace(true);
         if wait_all_held(&mut receivers, &mut primary_rx, &shutdown).await {
             tracing::info!(leases = group.leases.len(), "leading: starting controllers");
             set_leading(true);
@@ -133,15 +151,20 @@ where
                 tracing::warn!("lost a lease: controllers stopped; competing again");
             }
         }
-        secondaries_token.cancel();
-        for (_, task) in secondaries {
-            let _ = task.await;
+        // No controller runs now. Without the primary, let the secondaries go (a lost secondary
+        // alone leaves the others held: the primary's holder is the only one that may take it).
+        if shutdown.is_cancelled() || !*primary_rx.borrow() {
+            gate.send_replace(false);
         }
         if shutdown.is_cancelled() {
             break;
         }
     }
-    elections.cancel();
+    secondary_elections.cancel();
+    for (_, task) in secondaries {
+        let _ = task.await;
+    }
+    primary_elections.cancel();
     let _ = primary_task.await;
     Ok(())
 }
@@ -184,24 +207,33 @@ async fn any_lost(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::leader::tests::{Backend, MemStore};
+    use crate::leader::tests::{Backend, MemStore, Reach, Write};
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
     use tokio::time::{Instant, sleep};
 
+    use crate::leader::DEFAULT_LEASE_DURATION;
+    use crate::leader::DEFAULT_RETRY_PERIOD;
     use crate::leader::decide::LeaseRecord;
 
     const PRIMARY: &str = "hostpath-csi-k8s-io";
     const SECONDARY: &str = "external-attacher-leader-hostpath-csi-k8s-io";
 
+    #[derive(Default)]
     struct Cluster {
         backends: [Arc<Mutex<Backend>>; 2],
+        /// Every store handed to a replica, by replica, to cut it off.
+        stores: Arc<Mutex<Vec<(String, MemStore)>>>,
+        /// Stores without a watch: electors poll only.
+        polling_only: bool,
     }
 
     impl Cluster {
         fn group(&self, me: &str) -> LeaseGroup {
             let backends = self.backends.clone();
+            let stores = self.stores.clone();
+            let polling_only = self.polling_only;
             let who = me.to_string();
             LeaseGroup {
                 leases: [PRIMARY, SECONDARY]
@@ -209,11 +241,54 @@ mod tests {
                     .to_vec(),
                 stores: Arc::new(move |config: &LeaderElectionConfig| {
                     let i = usize::from(config.lease_name == SECONDARY);
-                    Arc::new(MemStore::new(&backends[i], &who)) as Arc<dyn LeaseStore>
+                    let mut store = MemStore::new(&backends[i], &who);
+                    if polling_only {
+                        store = store.polling_only();
+                    }
+                    stores.lock().unwrap().push((who.clone(), store.clone()));
+                    Arc::new(store) as Arc<dyn LeaseStore>
                 }),
                 metrics: LeaderMetrics::register(
                     &mut prometheus_client::registry::Registry::default(),
                 ),
+            }
+        }
+
+        /// `who` loses the API server for good, as if SIGKILLed: it writes nothing more (its
+        /// controllers stop at its renew deadline by self-fencing).
+        fn crash(&self, who: &str) {
+            for (owner, store) in self.stores.lock().unwrap().iter() {
+                if owner == who {
+                    store.set_reach(Reach::Hang);
+                }
+            }
+        }
+
+        fn writes(&self, lease: usize) -> Vec<Write> {
+            self.backends[lease].lock().unwrap().writes.clone()
+        }
+
+        /// Deadlock-free order: every acquisition of the secondary (a write that makes one of ours
+        /// its holder) came from the primary's holder. Renewals are not acquisitions: a leader
+        /// renews until it learns that it lost the primary, and stops its term then.
+        fn assert_secondary_taken_only_under_the_primary(&self) {
+            let primary = self.writes(0);
+            let mut previous = String::new();
+            for w in self.writes(1) {
+                let holder = std::mem::replace(&mut previous, w.record.holder.clone());
+                if w.record.holder.is_empty() || w.by.starts_with("go-") || holder == w.by {
+                    continue; // a release, the Go sidecar, or a renewal
+                }
+                let primary_holder = primary
+                    .iter()
+                    .rfind(|p| p.at <= w.at)
+                    .map(|p| p.record.holder.clone());
+                assert_eq!(
+                    primary_holder.as_deref(),
+                    Some(w.by.as_str()),
+                    "{} acquired the secondary without holding the primary",
+                    w.by
+                );
             }
         }
     }
@@ -256,9 +331,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn runs_only_while_every_lease_is_held_and_hands_over_on_shutdown() {
-        let cluster = Cluster {
-            backends: [Arc::default(), Arc::default()],
-        };
+        let cluster = Cluster::default();
         // A Go attacher of the old deployment holds the attacher's Lease and renews it.
         let go_sidecar = CancellationToken::new();
         {
@@ -329,5 +402,182 @@ mod tests {
         other.0.cancel();
         other.1.await.unwrap();
         assert_eq!(active.load(Ordering::SeqCst), 0);
+    }
+
+    type Terms = Arc<Mutex<Vec<(&'static str, Instant)>>>;
+
+    /// Two replicas; returns them once one leads: (leader, its stop, its task), the other's.
+    async fn two_replicas(
+        cluster: &Cluster,
+        active: &Arc<AtomicUsize>,
+        terms: &Terms,
+    ) -> (
+        &'static str,
+        (CancellationToken, tokio::task::JoinHandle<()>),
+        (CancellationToken, tokio::task::JoinHandle<()>),
+    ) {
+        let a = replica(cluster, "a", active.clone(), terms.clone());
+        let b = replica(cluster, "b", active.clone(), terms.clone());
+        sleep(Duration::from_secs(30)).await;
+        let first = terms.lock().unwrap().clone();
+        assert_eq!(first.len(), 1, "one replica leads: {first:?}");
+        match first[0].0 {
+            "a" => ("a", a, b),
+            _ => ("b", b, a),
+        }
+    }
+
+    /// The leader crashes: the standby, which has observed both Leases all along, holds both
+    /// within `bound` of the crashed leader's last renewal, and never took one before it lapsed.
+    async fn crash_failover(polling_only: bool, bound: Duration) -> Duration {
+        let cluster = Cluster {
+            polling_only,
+            ..Cluster::default()
+        };
+        let active = Arc::new(AtomicUsize::new(0));
+        let terms: Terms = Arc::default();
+        let (leader, _leader_handles, other) = two_replicas(&cluster, &active, &terms).await;
+        sleep(Duration::from_millis(2_700)).await; // somewhere between renewals
+
+        let crash = Instant::now();
+        cluster.crash(leader);
+        tokio::time::timeout(Duration::from_secs(120), async {
+            while terms.lock().unwrap().len() < 2 {
+                sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the standby takes over");
+        let all = terms.lock().unwrap().clone();
+        assert_ne!(all[1].0, leader);
+        let failover = all[1].1 - crash;
+        let last_renewal = (0..2)
+            .filter_map(|lease| {
+                cluster
+                    .writes(lease)
+                    .iter()
+                    .rfind(|w| w.by == leader)
+                    .map(|w| w.at)
+            })
+            .max()
+            .unwrap();
+        assert!(
+            all[1].1 - last_renewal <= bound,
+            "the standby led {:?} after the crashed leader's last renewal, more than {bound:?}",
+            all[1].1 - last_renewal
+        );
+        for lease in 0..2 {
+            let writes = cluster.writes(lease);
+            let last = writes.iter().rfind(|w| w.by == leader).unwrap().at;
+            let taken = writes.iter().find(|w| w.by == all[1].0).unwrap().at;
+            assert!(
+                taken - last >= DEFAULT_LEASE_DURATION,
+                "lease {lease} taken {:?} after the crashed leader's last renewal",
+                taken - last
+            );
+        }
+        cluster.assert_secondary_taken_only_under_the_primary();
+        other.0.cancel();
+        other.1.await.unwrap();
+        failover
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_crash_the_standby_holds_every_lease_within_a_lease_duration() {
+        // Watching, the standby sees the last renewal of each Lease as it happens, and wakes when
+        // it lapses: the failover ends one lease duration after the last renewal, at the latest.
+        crash_failover(false, DEFAULT_LEASE_DURATION + Duration::from_millis(100)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_crash_a_polling_standby_takes_the_secondaries_with_the_primary() {
+        // Polling only, the last renewal is seen up to one jittered retry period late; the
+        // secondaries, observed all along, lapse with the primary rather than a lease duration
+        // after it was won.
+        let bound = DEFAULT_LEASE_DURATION
+            + DEFAULT_RETRY_PERIOD.mul_f64(1.0 + crate::leader::JITTER_FACTOR)
+            + Duration::from_millis(100);
+        crash_failover(true, bound).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn released_leases_are_taken_at_once() {
+        let cluster = Cluster::default();
+        let active = Arc::new(AtomicUsize::new(0));
+        let terms: Terms = Arc::default();
+        let (leader, (stop, task), other) = two_replicas(&cluster, &active, &terms).await;
+        sleep(Duration::from_millis(2_700)).await;
+        let handover = Instant::now();
+        stop.cancel();
+        task.await.unwrap();
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while terms.lock().unwrap().len() < 2 {
+                sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the standby takes over");
+        let all = terms.lock().unwrap().clone();
+        assert_ne!(all[1].0, leader);
+        assert!(
+            all[1].1 - handover < Duration::from_millis(100),
+            "a released Lease is seen through the watch and taken at once: {:?}",
+            all[1].1 - handover
+        );
+        cluster.assert_secondary_taken_only_under_the_primary();
+        other.0.cancel();
+        other.1.await.unwrap();
+        assert_eq!(active.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_standby_observes_the_secondaries_but_never_writes_them() {
+        let cluster = Cluster::default();
+        let active = Arc::new(AtomicUsize::new(0));
+        let terms: Terms = Arc::default();
+        let (leader, leader_handles, other) = two_replicas(&cluster, &active, &terms).await;
+        sleep(Duration::from_secs(60)).await;
+        let standby = if leader == "a" { "b" } else { "a" };
+        for lease in 0..2 {
+            assert!(
+                cluster.writes(lease).iter().all(|w| w.by != standby),
+                "the standby wrote lease {lease}"
+            );
+        }
+        assert_eq!(terms.lock().unwrap().len(), 1);
+        for (stop, task) in [leader_handles, other] {
+            stop.cancel();
+            task.await.unwrap();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn losing_the_primary_stops_the_term_then_releases_the_secondaries() {
+        let cluster = Cluster::default();
+        let active = Arc::new(AtomicUsize::new(0));
+        let terms: Terms = Arc::default();
+        let (leader, (stop, task), other) = two_replicas(&cluster, &active, &terms).await;
+        // Someone else takes the primary by force (a current claim the leader cannot renew over).
+        let theirs = LeaseRecord::acquired(
+            cluster.backends[0].lock().unwrap().record().as_ref(),
+            "go-provisioner",
+            Duration::from_secs(15),
+            jiff::Timestamp::now(),
+        );
+        cluster.backends[0]
+            .lock()
+            .unwrap()
+            .put("go-provisioner", &theirs);
+        sleep(Duration::from_secs(6)).await;
+        assert_eq!(active.load(Ordering::SeqCst), 0, "the term stopped");
+        let secondary = cluster.backends[1].lock().unwrap().record().unwrap();
+        assert_eq!(secondary.holder, "", "{leader} released the secondary");
+        // Nobody of ours leads while the Go provisioner holds the primary.
+        assert_eq!(terms.lock().unwrap().len(), 1);
+        cluster.assert_secondary_taken_only_under_the_primary();
+        for (stop, task) in [(stop, task), other] {
+            stop.cancel();
+            task.await.unwrap();
+        }
     }
 }

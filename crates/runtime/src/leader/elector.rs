@@ -12,6 +12,14 @@
 //!   that succeeds during shutdown is still known, and released.
 //! - After losing, the elector waits a jittered retry period before competing again, so `false`
 //!   is observable on the channel before any later `true`.
+//! - A *gated* elector (see [`LeaderElector::spawn_gated`]) writes the Lease only while its gate is
+//!   open; while it is closed it still reads (and follows) the Lease, so that when the gate opens
+//!   another holder's claim is judged from what was observed all along, not from that moment.
+//!   When the gate closes while it leads, it stands down and releases (with `release_on_cancel`).
+//! - Between attempts a candidate wakes at the earliest of: its jittered retry period, the instant
+//!   the observed claim lapses, its gate opening, or a watched change that leaves the Lease free.
+//!   Watched changes only bring an attempt forward: every attempt still re-reads the Lease and
+//!   writes conditioned on that read, so a late, lost or stale watch event cannot cause a takeover.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -120,13 +128,41 @@ impl LeaderElector {
     /// leadership guards has stopped; otherwise a released lease lets a successor start while our
     /// controllers still run.
     pub fn spawn(self, shutdown: CancellationToken) -> (watch::Receiver<bool>, JoinHandle<()>) {
+        self.start(shutdown, None)
+    }
+
+    /// Like [`LeaderElector::spawn`], but the elector may acquire (or renew) the Lease only while
+    /// `gate` is `true`. While it is `false` the elector keeps observing the Lease, so that once
+    /// the gate opens it takes a free Lease at once and another holder's lapsed claim as soon as
+    /// it has been seen unchanged for its duration. Closing the gate while leading makes the
+    /// elector stand down (publish `false`) and release the Lease if `release_on_cancel`.
+    ///
+    /// # Warning
+    /// Close the gate only once the work guarded by this Lease has stopped: the release lets a
+    /// successor start at once.
+    pub fn spawn_gated(
+        self,
+        shutdown: CancellationToken,
+        gate: watch::Receiver<bool>,
+    ) -> (watch::Receiver<bool>, JoinHandle<()>) {
+        self.start(shutdown, Some(gate))
+    }
+
+    fn start(
+        self,
+        shutdown: CancellationToken,
+        gate: Option<watch::Receiver<bool>>,
+    ) -> (watch::Receiver<bool>, JoinHandle<()>) {
         let (tx, rx) = watch::channel(false);
+        let changes = self.store.follow();
         let campaign = Campaign {
             store: self.store,
             config: self.config,
             metrics: self.metrics,
             status: self.status,
             tx,
+            gate,
+            changes,
             observed: None,
             lease: None,
             last_renew: None,
@@ -141,14 +177,21 @@ impl LeaderElector {
 enum Attempt {
     /// We hold the lease, just written.
     Held,
-    /// Someone else holds a current claim.
-    Following(String),
+    /// Someone else holds a current claim, which lapses in `expires_in` if it stays unchanged.
+    Following {
+        holder: String,
+        expires_in: Duration,
+    },
+    /// The Lease is free (or ours), but the gate is closed: observed, not written.
+    Gated,
 }
 
 /// How the leader phase ended.
 #[derive(Debug, PartialEq, Eq)]
 enum Reign {
     Lost,
+    /// The gate closed: stand down and let the Lease go.
+    Revoked,
     Shutdown,
 }
 
@@ -159,6 +202,10 @@ struct Campaign {
     metrics: LeaderMetrics,
     status: Arc<Mutex<Status>>,
     tx: watch::Sender<bool>,
+    /// Whether we may write the Lease (`None`: always).
+    gate: Option<watch::Receiver<bool>>,
+    /// The Lease as a watch sees it (`None` inside: deleted), if the store can follow it.
+    changes: Option<watch::Receiver<Option<Lease>>>,
     /// The record last read or written, and since when it has been seen unchanged.
     observed: Option<Observed>,
     /// The Lease object last read or written (its `resourceVersion` conditions our writes).
@@ -180,6 +227,13 @@ impl Campaign {
             info!(lease = %self.describe(), identity = %self.config.identity, "became leader");
             match self.reign(&shutdown).await {
                 Reign::Shutdown => break,
+                Reign::Revoked => {
+                    self.publish(false);
+                    info!(lease = %self.describe(), "stood down: no longer allowed to hold the lease");
+                    if self.config.release_on_cancel {
+                        self.release().await;
+                    }
+                }
                 Reign::Lost => {
                     self.publish(false);
                     // Compete again only after a jittered retry period, so consumers see `false`
@@ -199,27 +253,89 @@ impl Campaign {
         }
     }
 
-    /// Candidate phase: attempts every jittered `retry_period` until we hold the lease (`true`) or
-    /// shutdown (`false`).
+    /// Candidate phase: attempts until we hold the lease (`true`) or shutdown (`false`); between
+    /// attempts, waits as [`Campaign::wait_for_chance`] says.
     async fn acquire(&mut self, shutdown: &CancellationToken) -> bool {
         loop {
             if shutdown.is_cancelled() {
                 return false;
             }
-            match self.attempt(false, self.config.retry_period).await {
+            let result = self.attempt(false, self.config.retry_period).await;
+            // As client-go's sliding JitterUntil: the period starts when the attempt ends.
+            let poll_at = Instant::now() + jittered(self.config.retry_period);
+            match result {
                 // Shutdown during a successful attempt: do not start leading, release instead.
                 Ok(Attempt::Held) => return !shutdown.is_cancelled(),
-                Ok(Attempt::Following(_)) => {}
+                Ok(Attempt::Following { .. } | Attempt::Gated) => {}
                 Err(LeaderError::Conflict { .. }) => {
                     debug!(lease = %self.describe(), "lost a race for the lease");
                 }
                 Err(e) => warn!(lease = %self.describe(), error = %e, "failed to acquire lease"),
             }
-            tokio::select! {
-                () = shutdown.cancelled() => return false,
-                () = sleep(jittered(self.config.retry_period)) => {}
+            if !self.wait_for_chance(shutdown, poll_at).await {
+                return false;
             }
         }
+    }
+
+    /// Waits for the next attempt: until `poll_at`, or earlier when the observed claim lapses (if
+    /// we may acquire), the gate opens, or a watched change leaves the Lease free for us. Watched
+    /// changes are folded into the observation meanwhile. `false` on shutdown.
+    async fn wait_for_chance(&mut self, shutdown: &CancellationToken, poll_at: Instant) -> bool {
+        loop {
+            let allowed = self.may_acquire();
+            let now = Instant::now();
+            // Free (or ours) and allowed: only a failed attempt gets here; retry at `poll_at`.
+            let wake = match decide(self.observed.as_ref(), now, &self.config.identity) {
+                Decision::Follow { expires_in, .. } if allowed => poll_at.min(now + expires_in),
+                _ => poll_at,
+            };
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return false,
+                () = gate_opens(&mut self.gate), if !allowed => return true,
+                change = next_change(&mut self.changes) => match change {
+                    Some(lease) => {
+                        self.observe(lease);
+                        self.report_holder();
+                        let free = !matches!(
+                            decide(self.observed.as_ref(), Instant::now(), &self.config.identity),
+                            Decision::Follow { .. }
+                        );
+                        if free && self.may_acquire() {
+                            return true;
+                        }
+                    }
+                    // The watch is gone for good: poll only.
+                    None => self.changes = None,
+                },
+                () = sleep_until(wake) => return true,
+            }
+        }
+    }
+
+    /// Whether the gate lets us write the Lease now.
+    fn may_acquire(&self) -> bool {
+        self.gate.as_ref().is_none_or(|gate| *gate.borrow())
+    }
+
+    /// Folds a watched Lease (`None`: deleted) into the observation, like a read.
+    fn observe(&mut self, lease: Option<Lease>) {
+        let Some(lease) = lease else {
+            self.observed = None;
+            self.lease = None;
+            return;
+        };
+        let version = |l: &Lease| l.metadata.resource_version.clone();
+        if self.lease.as_ref().map(version) == Some(version(&lease)) {
+            return;
+        }
+        self.observed = Some(Observed::update(
+            self.observed.take(),
+            LeaseRecord::from_lease(&lease),
+            Instant::now(),
+        ));
+        self.lease = Some(lease);
     }
 
     /// Leader phase: renews every `retry_period` until the renew deadline passes without a
@@ -235,6 +351,7 @@ impl Campaign {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Reign::Shutdown,
+                () = gate_closes(&mut self.gate) => return Reign::Revoked,
                 () = sleep_until(next.min(deadline)) => {}
             }
             let now = Instant::now();
@@ -252,7 +369,7 @@ impl Campaign {
                     last_renew = self.last_renew.unwrap_or(now);
                     next = last_renew + retry;
                 }
-                Ok(Attempt::Following(holder)) => {
+                Ok(Attempt::Following { holder, .. }) => {
                     // client-go keeps trying until the deadline; a current claim by someone else
                     // cannot become ours again, so stand down now.
                     info!(
@@ -263,6 +380,8 @@ impl Campaign {
                     );
                     return Reign::Lost;
                 }
+                // The gate closed during the attempt; the next turn of the loop stands down.
+                Ok(Attempt::Gated) => {}
                 Err(e) => {
                     warn!(lease = %self.describe(), error = %e, "failed to renew lease");
                     // Our window starts at the last renewal, not retry_period later as in
@@ -294,7 +413,10 @@ impl Campaign {
         let me = self.config.identity.clone();
         let duration = self.config.lease_duration;
 
-        if leading && let Some((lease, record)) = self.own_current_lease(started) {
+        if leading
+            && self.may_acquire()
+            && let Some((lease, record)) = self.own_current_lease(started)
+        {
             // The resourceVersion of our last write makes this fail if anyone wrote since.
             let renewed = record.renewed(&me, duration, wall_now());
             match self.store.replace(&self.with_record(lease, &renewed)).await {
@@ -318,8 +440,10 @@ impl Campaign {
         let write = match (decide(self.observed.as_ref(), now, &me), current) {
             (Decision::Follow { holder, expires_in }, _) => {
                 debug!(lease = %self.describe(), %holder, ?expires_in, "lease held by another");
-                return Ok(Attempt::Following(holder));
+                return Ok(Attempt::Following { holder, expires_in });
             }
+            // Observed; written only once the gate opens.
+            _ if !self.may_acquire() => return Ok(Attempt::Gated),
             (Decision::Create, _) | (_, None) => {
                 let record = LeaseRecord::acquired(None, &me, duration, wall_now());
                 let created = self.store.create(&self.new_lease(&record)).await?;
@@ -474,6 +598,39 @@ impl Campaign {
 
     fn describe(&self) -> String {
         format!("{}/{}", self.config.namespace, self.config.lease_name)
+    }
+}
+
+/// Resolves when the gate is open (never without a gate, or once its sender is gone).
+async fn gate_opens(gate: &mut Option<watch::Receiver<bool>>) {
+    if let Some(gate) = gate
+        && gate.wait_for(|open| *open).await.is_ok()
+    {
+        return;
+    }
+    std::future::pending().await
+}
+
+/// Resolves when the gate is closed (never without a gate, or once its sender is gone).
+async fn gate_closes(gate: &mut Option<watch::Receiver<bool>>) {
+    if let Some(gate) = gate
+        && gate.wait_for(|open| !*open).await.is_ok()
+    {
+        return;
+    }
+    std::future::pending().await
+}
+
+/// The next watched state of the Lease; `None` once the watch has ended (never without one).
+async fn next_change(
+    changes: &mut Option<watch::Receiver<Option<Lease>>>,
+) -> Option<Option<Lease>> {
+    match changes {
+        Some(rx) => match rx.changed().await {
+            Ok(()) => Some(rx.borrow_and_update().clone()),
+            Err(_) => None,
+        },
+        None => std::future::pending().await,
     }
 }
 

@@ -7,12 +7,17 @@
 //!   fails with [`LeaderError::Conflict`] when anyone else wrote the Lease since it was read, so a
 //!   write never silently overwrites another candidate's claim.
 //! - [`LeaseStore::create`] fails with [`LeaderError::Conflict`] when the Lease already exists.
+//! - [`LeaseStore::follow`] is an accelerator only: the elector decides on reads and conditioned
+//!   writes, so a watch that lags, drops or never starts costs speed, never safety.
 
 use std::fmt;
 
+use futures::StreamExt;
 use futures::future::BoxFuture;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::watch;
 
 use super::LeaderError;
 
@@ -30,6 +35,14 @@ pub trait LeaseStore: fmt::Debug + Send + Sync {
     /// Replaces the Lease (PUT) on the condition that its `metadata.resourceVersion` is still the
     /// one in `lease`. Fails with [`LeaderError::Conflict`] otherwise, or if the Lease is gone.
     fn replace<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<Lease, LeaderError>>;
+
+    /// Follows the Lease as it changes, if the store can: the channel holds its latest state
+    /// (`None`: absent), and signals a change each time it does. The initial value means nothing.
+    /// Called once per elector, within the runtime; following stops when the receiver is dropped.
+    /// The default follows nothing (the elector then only polls).
+    fn follow(&self) -> Option<watch::Receiver<Option<Lease>>> {
+        None
+    }
 }
 
 /// A [`LeaseStore`] on `coordination.k8s.io/v1` Leases.
@@ -87,6 +100,57 @@ impl LeaseStore for KubeLeaseStore {
                 .await
                 .map_err(|e| classify(e, &self.name))
         })
+    }
+
+    fn follow(&self) -> Option<watch::Receiver<Option<Lease>>> {
+        let (tx, rx) = watch::channel(None);
+        self.spawn_follower(tx);
+        Some(rx)
+    }
+}
+
+impl KubeLeaseStore {
+    /// Watches the one Lease (a field selector on its name) and publishes each state; the watch
+    /// re-lists and retries with backoff on its own. Errors are logged once at `warn` (RBAC
+    /// missing `list`/`watch` on leases, say), then at `debug`: polling goes on regardless.
+    fn spawn_follower(&self, tx: watch::Sender<Option<Lease>>) {
+        let config = watcher::Config::default().fields(&format!("metadata.name={}", self.name));
+        let stream = watcher(self.api.clone(), config).default_backoff();
+        let name = self.name.clone();
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            let mut seen_in_list = false;
+            let mut warned = false;
+            loop {
+                let event = tokio::select! {
+                    () = tx.closed() => return,
+                    event = stream.next() => event,
+                };
+                match event {
+                    None => return,
+                    Some(Ok(watcher::Event::Apply(lease) | watcher::Event::InitApply(lease))) => {
+                        seen_in_list = true;
+                        tx.send_replace(Some(lease));
+                    }
+                    Some(Ok(watcher::Event::Delete(_))) => {
+                        tx.send_replace(None);
+                    }
+                    Some(Ok(watcher::Event::Init)) => seen_in_list = false,
+                    Some(Ok(watcher::Event::InitDone)) => {
+                        if !seen_in_list {
+                            tx.send_replace(None);
+                        }
+                    }
+                    Some(Err(error)) if !warned => {
+                        warned = true;
+                        tracing::warn!(lease = %name, %error, "cannot watch the lease; polling it only");
+                    }
+                    Some(Err(error)) => {
+                        tracing::debug!(lease = %name, %error, "lease watch failed")
+                    }
+                }
+            }
+        });
     }
 }
 

@@ -29,18 +29,30 @@ fn secs(s: u64) -> Duration {
 
 /// One write that reached the "server".
 #[derive(Clone, Debug)]
-struct Write {
-    by: String,
-    at: Instant,
-    record: LeaseRecord,
+pub(crate) struct Write {
+    pub(crate) by: String,
+    pub(crate) at: Instant,
+    pub(crate) record: LeaseRecord,
 }
 
-/// The "apiserver": one Lease and its resourceVersion.
-#[derive(Debug, Default)]
+/// The "apiserver": one Lease and its resourceVersion, and a watch of it.
+#[derive(Debug)]
 pub(crate) struct Backend {
     lease: Option<Lease>,
     version: u64,
-    writes: Vec<Write>,
+    pub(crate) writes: Vec<Write>,
+    watch: watch::Sender<Option<Lease>>,
+}
+
+impl Default for Backend {
+    fn default() -> Self {
+        Self {
+            lease: None,
+            version: 0,
+            writes: Vec::new(),
+            watch: watch::Sender::new(None),
+        }
+    }
 }
 
 impl Backend {
@@ -53,6 +65,7 @@ impl Backend {
             record: LeaseRecord::from_lease(&lease),
         });
         self.lease = Some(lease.clone());
+        self.watch.send_replace(Some(lease.clone()));
         lease
     }
 
@@ -74,13 +87,13 @@ impl Backend {
         self.lease.as_ref().map(LeaseRecord::from_lease)
     }
 
-    fn writes_by(&self, by: &str) -> Vec<Write> {
+    pub(crate) fn writes_by(&self, by: &str) -> Vec<Write> {
         self.writes.iter().filter(|w| w.by == by).cloned().collect()
     }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-enum Reach {
+pub(crate) enum Reach {
     #[default]
     Up,
     /// Every call fails at once (connection refused).
@@ -108,6 +121,8 @@ pub(crate) struct MemStore {
     who: String,
     backend: Arc<Mutex<Backend>>,
     faults: Arc<Mutex<Faults>>,
+    /// Whether [`LeaseStore::follow`] watches the backend (else the elector only polls).
+    follows: bool,
 }
 
 impl MemStore {
@@ -116,10 +131,17 @@ impl MemStore {
             who: who.to_owned(),
             backend: backend.clone(),
             faults: Arc::default(),
+            follows: true,
         }
     }
 
-    fn set_reach(&self, reach: Reach) {
+    /// A store without a watch: the elector polls only.
+    pub(crate) fn polling_only(mut self) -> Self {
+        self.follows = false;
+        self
+    }
+
+    pub(crate) fn set_reach(&self, reach: Reach) {
         self.faults.lock().unwrap().reach = reach;
     }
 
@@ -195,6 +217,12 @@ impl LeaseStore for MemStore {
             }
             Ok(backend.store(&self.who, lease.clone()))
         })
+    }
+
+    /// The backend's watch; it ignores the faults (a cut-off candidate's attempts fail anyway).
+    fn follow(&self) -> Option<watch::Receiver<Option<Lease>>> {
+        self.follows
+            .then(|| self.backend.lock().unwrap().watch.subscribe())
     }
 }
 
@@ -479,7 +507,9 @@ async fn shutdown_releases_the_lease_and_the_follower_acquires_at_once() {
     let backend = Arc::<Mutex<Backend>>::default();
     let mut a = Candidate::start(&backend, config("a"));
     a.wait_leading(true, secs(1)).await;
-    let mut b = Candidate::start(&backend, config("b"));
+    // Without a watch the follower sees the release on its next attempt (a watching one takes it
+    // at once: `a_watching_follower_takes_a_released_lease_at_once`).
+    let mut b = Candidate::start_on(MemStore::new(&backend, "b").polling_only(), config("b"));
     sleep(secs(12)).await;
 
     let rx = a.rx.clone();
@@ -510,6 +540,49 @@ async fn shutdown_releases_the_lease_and_the_follower_acquires_at_once() {
     // Within b's next jittered retry, well before a lease duration.
     assert!(b_up - released_at < DEFAULT_RETRY_PERIOD.mul_f64(1.0 + JITTER_FACTOR));
     assert_eq!(backend.lock().unwrap().record().unwrap().transitions, 1);
+    b.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_watching_follower_takes_a_released_lease_at_once() {
+    let backend = Arc::<Mutex<Backend>>::default();
+    let mut a = Candidate::start(&backend, config("a"));
+    a.wait_leading(true, secs(1)).await;
+    let mut b = Candidate::start(&backend, config("b"));
+    sleep(Duration::from_millis(12_300)).await;
+    let a_log = a.log.clone();
+    let released_at = Instant::now();
+    a.stop().await;
+    let b_up = b.wait_leading(true, secs(15)).await;
+    assert_eq!(
+        b_up, released_at,
+        "taken on the watched release, not a retry later"
+    );
+    let writes = backend.lock().unwrap().writes.clone();
+    let release = writes.iter().rfind(|w| w.by == "a").unwrap();
+    assert_eq!(release.record.holder, "", "a released before b took it");
+    assert_eq!(backend.lock().unwrap().record().unwrap().holder, "b");
+    assert_eq!(backend.lock().unwrap().record().unwrap().transitions, 1);
+    let (a_down, leading) = *a_log.lock().unwrap().last().unwrap();
+    assert!(!leading && a_down <= b_up, "a stood down before b led");
+    b.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_watching_follower_takes_a_lapsed_lease_when_it_lapses() {
+    // The holder's last renewal is seen as it happens, so the claim lapses exactly a lease
+    // duration after it, not up to a retry period later as when polling.
+    let backend = Arc::<Mutex<Backend>>::default();
+    let mut a = Candidate::start(&backend, config("a"));
+    a.wait_leading(true, secs(1)).await;
+    let mut b = Candidate::start(&backend, config("b"));
+    sleep(Duration::from_millis(7_300)).await;
+    a.store.set_reach(Reach::Hang);
+    let b_up = b.wait_leading(true, secs(60)).await;
+    let a_last = backend.lock().unwrap().writes_by("a").last().unwrap().at;
+    assert_eq!(b_up - a_last, DEFAULT_LEASE_DURATION);
+    assert_no_overlap(&a, &b);
+    a.stop().await;
     b.stop().await;
 }
 
