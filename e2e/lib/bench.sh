@@ -2,7 +2,7 @@
 # benchmark's own (so that a test cluster may run beside it), and a fresh control plane with
 # csi-mock.
 #   bench_env NAME    E2E_DIR=$BENCH_DIR, else $E2E_CACHE/NAME; ports from BENCH_*_PORT
-#   bench_cluster     stops the cluster, starts it again (so that flags set by the caller, such
+#   bench_cluster     stops the cluster and purges its run dir, starts it again (so that flags set by the caller, such
 #                     as KCM_EXTRA_ARGS or APISERVER_AUDIT_LOG, apply), starts csi-mock and
 #                     builds the upstream provisioner; stops the cluster on exit
 #   bench_namespace NAME  a namespace NAME and a StorageClass NAME of the driver (Immediate
@@ -30,13 +30,25 @@ bench_env() {
 }
 
 bench_cluster() {
-	trap '"$CLUSTER" down >/dev/null 2>&1 || true' EXIT
-	"$CLUSTER" down >/dev/null 2>&1 || true
+	# The benchmark's own processes (bench-*) first: `cluster down` knows only its components,
+	# and a run that fails half-way must not leave a provisioner behind.
+	trap 'bench_stop_own; "$CLUSTER" down >/dev/null 2>&1 || true' EXIT
+	# From an empty etcd: a run dir left by a failed run holds its namespaces and claims.
+	"$CLUSTER" down --purge >/dev/null 2>&1 || true
 	"$CLUSTER" up
 	"$CLUSTER" driver mock
 	# shellcheck disable=SC1091
 	source "$E2E_DIR/driver.env"
 	ensure_built provisioner
+}
+
+bench_stop_own() {
+	local f
+	for f in "$E2E_DIR"/pids/bench-*.pid; do
+		[[ -e $f ]] || continue
+		f=${f##*/}
+		stop_bg "${f%.pid}"
+	done
 }
 
 kubectl_() { "$(bin_path kubernetes kubectl)" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
