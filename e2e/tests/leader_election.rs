@@ -140,10 +140,6 @@ async fn the_standby_takes_over_on_sigterm_and_sigkill_and_provisions_once() {
     let mut own = OwnDriver::start("le", |_| {}, &a_refs).await;
     let c = clients().await;
     let leases = Arc::new(Leases::new(c.main.clone(), &own.driver_name));
-    let b_args = replica_args("b");
-    let b_refs: Vec<&str> = b_args.iter().map(String::as_str).collect();
-    let mut b = ManagerProcess::new(&format!("{}-b", own.name), &own.endpoint, &b_refs);
-    b.start();
 
     let classes: Api<StorageClass> = Api::all(c.main.clone());
     classes
@@ -155,11 +151,22 @@ async fn the_standby_takes_over_on_sigterm_and_sigkill_and_provisions_once() {
         .unwrap();
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(c.main.clone(), &own.name);
 
-    // "a" started first and leads; "b" stands by with warm caches.
+    // "a" leads; "b" is started only then (started together, either may win the primary on a
+    // loaded machine), and stands by with warm caches.
     let start = Instant::now();
     leases.wait_held_by("a", Duration::from_secs(90)).await;
     println!("a holds every Lease {:?} after start", start.elapsed());
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let b_args = replica_args("b");
+    let b_refs: Vec<&str> = b_args.iter().map(String::as_str).collect();
+    let mut b = ManagerProcess::new(&format!("{}-b", own.name), &own.endpoint, &b_refs);
+    b.start();
+    // "b" competes once it has seen "a" leading.
+    eventually("b to observe a leading", Duration::from_secs(90), || async {
+        let log = std::fs::read_to_string(&b.log).ok()?;
+        log.contains("new leader elected").then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(leases.common_holder().await.as_deref(), Some("a"));
     assert_eq!(own.driver.calls(Method::CreateVolume), 0);
 
