@@ -7,10 +7,10 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 /// API clients for the cluster under test (`KUBECONFIG`); panics with a clear message without one.
-pub async fn clients() -> runtime::kubeclient::Clients {
+pub async fn clients() -> controller_kit::kubeclient::Clients {
     let path = std::env::var_os("KUBECONFIG")
         .expect("KUBECONFIG must point at the cluster under test (e2e/cluster up writes one)");
-    runtime::kubeclient::clients(Some(std::path::Path::new(&path)), 100.0, 200)
+    controller_kit::kubeclient::clients(Some(std::path::Path::new(&path)), 100.0, 200)
         .await
         .expect("a client for the cluster under test")
 }

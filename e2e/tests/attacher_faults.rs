@@ -38,7 +38,7 @@ const NS: &str = "default";
 fn finalizer(driver: &str) -> String {
     format!(
         "external-attacher/{}",
-        runtime::leader::sanitize_name(driver)
+        controller_kit::leader::sanitize_name(driver)
     )
 }
 

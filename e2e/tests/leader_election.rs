@@ -19,7 +19,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, DeleteParams, PostParams};
-use runtime::leader::sanitize_name;
+use controller_kit::leader::sanitize_name;
 use tokio_util::sync::CancellationToken;
 
 const LEASE_DURATION: Duration = Duration::from_secs(4);

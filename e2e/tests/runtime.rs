@@ -15,8 +15,8 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 use kube::runtime::reflector::ObjectRef;
 use prometheus_client::registry::Registry;
-use runtime::informer::{Change, Informers};
-use runtime::leader::{LeaderElectionConfig, LeaderElector};
+use controller_kit::informer::{Change, Informers};
+use controller_kit::leader::{LeaderElectionConfig, LeaderElector};
 use tokio_util::sync::CancellationToken;
 
 fn fast(name: &str, identity: &str) -> LeaderElectionConfig {
@@ -196,7 +196,7 @@ async fn repeated_events_fold_into_a_series_and_new_messages_show() {
     use k8s_openapi::api::core::v1::ObjectReference;
     use k8s_openapi::api::events::v1::Event;
     use kube::api::ListParams;
-    use runtime::events::EventRecorder;
+    use controller_kit::events::EventRecorder;
 
     let c = clients().await;
     let name = unique("e2e-events");

@@ -28,9 +28,9 @@ pub const DELETED_NODE_DETACHES_METRIC: &str = "csi_attacher_deleted_node_detach
 
 /// The driver name as upstream's `SanitizeDriverName`: every character outside `[a-zA-Z0-9-]`
 /// becomes `-`, and an `X` is appended if the result ends in `-` — the same rule as the Lease
-/// names', so it is the runtime's.
+/// names', so it is the kit's.
 pub fn sanitize_driver_name(driver: &str) -> String {
-    runtime::leader::sanitize_name(driver)
+    controller_kit::leader::sanitize_name(driver)
 }
 
 /// The finalizer this driver puts on VolumeAttachments and PersistentVolumes.

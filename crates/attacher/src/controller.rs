@@ -28,7 +28,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use prometheus_client::metrics::counter::Counter;
-use runtime::{Change, ControllerContext, Informers, Outcome, WorkQueue};
+use controller_kit::{Change, ControllerContext, Informers, Outcome, WorkQueue};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -42,7 +42,7 @@ use crate::patch;
 use crate::plan::{self, Lane, Observed, PvStep, Secrets, Step};
 use crate::request::{self, DriverInfo, SecretRef};
 use crate::{AttacherConfig, list_sync};
-use runtime::api::ApiError;
+use controller_kit::api::ApiError;
 
 /// How soon a pass that found its key claimed by the other lane tries again.
 const CLAIM_RETRY: Duration = Duration::from_millis(500);
@@ -289,7 +289,7 @@ impl Shared {
         }
         let name = name_of(*pv);
         if pv.metadata.deletion_timestamp.is_some()
-            && runtime::meta::has_finalizer(&pv.metadata, &self.driver.finalizer)
+            && controller_kit::meta::has_finalizer(&pv.metadata, &self.driver.finalizer)
         {
             self.pv_queue.add(name.clone());
         }
@@ -320,7 +320,7 @@ impl Shared {
         }
         for pv in self.pvs.state() {
             if pv.metadata.deletion_timestamp.is_some()
-                && runtime::meta::has_finalizer(&pv.metadata, &self.driver.finalizer)
+                && controller_kit::meta::has_finalizer(&pv.metadata, &self.driver.finalizer)
             {
                 self.pv_queue.add(name_of(pv.as_ref()));
             }
@@ -347,7 +347,7 @@ impl Shared {
         &self,
         call: impl Future<Output = Result<T, kube::Error>>,
     ) -> Result<T, ApiError> {
-        runtime::api::call(self.config.api_timeout, call).await
+        controller_kit::api::call(self.config.api_timeout, call).await
     }
 
     fn va_api(&self) -> Api<VolumeAttachment> {
@@ -574,7 +574,7 @@ pub struct Attacher {
     pub(crate) shared: Arc<Shared>,
 }
 
-impl runtime::Controller for Attacher {
+impl controller_kit::Controller for Attacher {
     fn name(&self) -> &'static str {
         CONTROLLER_NAME
     }
@@ -582,26 +582,26 @@ impl runtime::Controller for Attacher {
     fn run(&self, token: CancellationToken) -> BoxFuture<'static, ()> {
         let s = self.shared.clone();
         Box::pin(async move {
-            let workers = |count: Option<usize>| runtime::Workers {
+            let workers = |count: Option<usize>| controller_kit::Workers {
                 controller: CONTROLLER_NAME,
                 count: count.unwrap_or(s.ctx.workers),
                 metrics: s.ctx.metrics.controllers(),
             };
-            let attach = runtime::run_workers(
+            let attach = controller_kit::run_workers(
                 workers(s.config.attach_workers),
                 s.attach.clone(),
                 s.clone(),
                 |s, key| async move { s.reconcile_va(Lane::Attach, key).await },
                 token.clone(),
             );
-            let detach = runtime::run_workers(
+            let detach = controller_kit::run_workers(
                 workers(s.config.detach_workers),
                 s.detach.clone(),
                 s.clone(),
                 |s, key| async move { s.reconcile_va(Lane::Detach, key).await },
                 token.clone(),
             );
-            let pv = runtime::run_workers(
+            let pv = controller_kit::run_workers(
                 workers(None),
                 s.pv_queue.clone(),
                 s.clone(),

@@ -1,7 +1,7 @@
 //! The attacher's errors. Every reconcile error is retried with the key's exponential backoff;
 //! there is no "give up" (upstream retries final CSI errors too, reference detail 7).
 
-use runtime::api::ApiError;
+use controller_kit::api::ApiError;
 
 /// Why one reconcile pass failed. The message of `Attach` / `Detach` was saved in the VA status.
 #[derive(Debug, thiserror::Error)]

@@ -46,7 +46,7 @@ use std::time::Duration;
 pub use controller::Attacher;
 pub use error::Error;
 
-/// The attacher's settings beyond those in [`runtime::ControllerContext`].
+/// The attacher's settings beyond those in [`controller_kit::ControllerContext`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AttacherConfig {
     /// `--default-fstype`: fsType for Filesystem volumes whose PV has none.
@@ -81,16 +81,16 @@ impl Default for AttacherConfig {
 
 /// Builds the attacher: registers its informers (VolumeAttachment, PersistentVolume, CSINode,
 /// Node metadata) and their handlers in `informers`, and returns the controller whose
-/// [`run`](runtime::Controller::run) starts the workers for one leader term.
+/// [`run`](controller_kit::Controller::run) starts the workers for one leader term.
 ///
 /// The handler (CSI or trivial) is chosen from the driver's capabilities, as upstream: without
 /// PUBLISH_UNPUBLISH_VOLUME, VolumeAttachments are marked attached without calling the driver.
 pub fn build(
-    ctx: runtime::ControllerContext,
+    ctx: controller_kit::ControllerContext,
     driver: &csi::Driver,
     config: AttacherConfig,
-    informers: &mut runtime::Informers,
-) -> Arc<dyn runtime::Controller> {
+    informers: &mut controller_kit::Informers,
+) -> Arc<dyn controller_kit::Controller> {
     Arc::new(Attacher {
         shared: controller::build(ctx, driver, config, informers),
     })

@@ -156,7 +156,7 @@ fn resolve<'a>(
                             "PersistentVolume {name:?} is marked for deletion"
                         )));
                     }
-                    if !runtime::meta::has_finalizer(&pv.metadata, &driver.finalizer) {
+                    if !controller_kit::meta::has_finalizer(&pv.metadata, &driver.finalizer) {
                         return Resolved::Step(Step::AddPvFinalizer {
                             pv: name.clone(),
                             patch: patch::add_pv_finalizer(
@@ -255,7 +255,7 @@ fn plan_attach(driver: &DriverInfo, obs: &Observed<'_>, attached: bool) -> Step 
 }
 
 fn plan_detach(driver: &DriverInfo, obs: &Observed<'_>) -> Step {
-    if !obs.force_sync && !runtime::meta::has_finalizer(&obs.va.metadata, &driver.finalizer) {
+    if !obs.force_sync && !controller_kit::meta::has_finalizer(&obs.va.metadata, &driver.finalizer) {
         return Step::Skip(Skip::AlreadyDetached);
     }
     let source = match resolve(obs, driver, false, Step::DetachError) {

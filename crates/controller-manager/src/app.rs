@@ -10,12 +10,12 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use csi::{CsiClient, CsiEndpoint, CsiMetrics, DriverWatch};
-use runtime::http::{self, Health};
-use runtime::informer::{Informers, RunningInformers};
-use runtime::leader::{LeaderElectionConfig, LeaderMetrics, sanitize_name};
-use runtime::leadership::{self, LeaseGroup};
-use runtime::{Backoff, Controller, ControllerContext};
-use runtime::{Metrics, kubeclient};
+use controller_kit::http::{self, Health};
+use controller_kit::informer::{Informers, RunningInformers};
+use controller_kit::leader::{LeaderElectionConfig, LeaderMetrics, sanitize_name};
+use controller_kit::leader::group::{self, LeaseGroup};
+use controller_kit::{Backoff, Controller, ControllerContext};
+use controller_kit::{Metrics, kubeclient};
 use tokio_util::sync::CancellationToken;
 
 use crate::controllers;
@@ -46,7 +46,7 @@ pub enum AppError {
     Kube(#[from] kubeclient::ClientError),
     /// Leader election is misconfigured.
     #[error(transparent)]
-    Leader(#[from] runtime::leader::LeaderError),
+    Leader(#[from] controller_kit::leader::LeaderError),
     /// Node deployment cannot learn the node's topology.
     #[error("node deployment: NodeGetInfo failed: {0}")]
     NodeInfo(csi::CsiError),
@@ -55,7 +55,7 @@ pub enum AppError {
 /// Runs the process until SIGTERM/SIGINT.
 pub async fn run(flags: Flags) -> Result<(), AppError> {
     flags.validate().map_err(AppError::Flags)?;
-    let shutdown = runtime::shutdown::on_signals();
+    let shutdown = controller_kit::shutdown::on_signals();
     let metrics = Metrics::default();
     let health = Health::default();
     health.add_live("ping", || Ok(()));
@@ -203,11 +203,11 @@ pub async fn run(flags: Flags) -> Result<(), AppError> {
         );
         let group = LeaseGroup {
             leases: lease_configs(&flags, &plan),
-            stores: leadership::kube_stores(clients.election.clone()),
+            stores: group::kube_stores(clients.election.clone()),
             metrics: metrics.register(LeaderMetrics::register),
         };
         let live = health.clone();
-        leadership::run_leading(
+        group::run_leading(
             group,
             shutdown.clone(),
             None,

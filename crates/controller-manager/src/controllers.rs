@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use csi::Discovery;
 use csi::v1::controller_service_capability::rpc::Type as Cap;
-use runtime::leader::sanitize_name;
+use controller_kit::leader::sanitize_name;
 
 use crate::flags::ControllerKind;
 

@@ -1,4 +1,4 @@
-//! The provisioner's door to the API server: every call through [`call_api`] (the runtime's
+//! The provisioner's door to the API server: every call through [`call_api`] (the kit's
 //! timeout, an error naming what we were doing), and the typed and dynamic APIs it writes to.
 //! The act layer (`controller`), the journal and capacity tracking all call the API from here,
 //! so none of them imports from another.
@@ -16,7 +16,7 @@ pub async fn call_api<T>(
     action: impl Into<String>,
     call: impl Future<Output = Result<T, kube::Error>>,
 ) -> Result<T, Error> {
-    runtime::api::call(runtime::api::DEFAULT_API_TIMEOUT, call)
+    controller_kit::api::call(controller_kit::api::DEFAULT_API_TIMEOUT, call)
         .await
         .map_err(|source| Error::Api {
             action: action.into(),

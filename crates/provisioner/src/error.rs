@@ -8,7 +8,7 @@
 //! may still be being created), every other code is "finished".
 
 use csi::{Code, CsiError};
-use runtime::api::ApiError;
+use controller_kit::api::ApiError;
 
 /// What a failed provisioning attempt means for the next one (upstream `ProvisioningState`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

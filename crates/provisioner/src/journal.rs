@@ -293,10 +293,10 @@ impl Book {
     }
 
     /// Every claim key (`namespace/name`) with a recorded intent.
-    pub fn claim_keys(&self) -> Vec<runtime::NamespacedName> {
+    pub fn claim_keys(&self) -> Vec<controller_kit::NamespacedName> {
         self.entries
             .values()
-            .map(|(i, _)| runtime::NamespacedName::new(&i.claim_namespace, &i.claim_name))
+            .map(|(i, _)| controller_kit::NamespacedName::new(&i.claim_namespace, &i.claim_name))
             .collect()
     }
 
@@ -417,7 +417,7 @@ impl Journal {
     }
 
     /// Every claim key with a recorded intent.
-    pub fn claim_keys(&self) -> Vec<runtime::NamespacedName> {
+    pub fn claim_keys(&self) -> Vec<controller_kit::NamespacedName> {
         self.book().claim_keys()
     }
 

@@ -107,7 +107,7 @@ fn a_record_is_seen_only_once_stored() {
     assert_eq!(book.for_key("ns", "claim-1").len(), 1);
     assert_eq!(
         book.claim_keys(),
-        vec![runtime::NamespacedName::new("ns", "claim-1")]
+        vec![controller_kit::NamespacedName::new("ns", "claim-1")]
     );
     assert_eq!(book.waiting(), (false, false));
 }

@@ -1,3 +1,3 @@
 //! Reading object metadata: annotations and finalizers, the same way for every kind.
 
-pub use runtime::meta::{annotation, has_finalizer};
+pub use controller_kit::meta::{annotation, has_finalizer};

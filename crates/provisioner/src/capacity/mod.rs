@@ -20,7 +20,7 @@ use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::storage::v1::{CSINode, StorageClass};
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector;
-use runtime::{Change, Controller, ControllerContext, Informers, WorkQueue};
+use controller_kit::{Change, Controller, ControllerContext, Informers, WorkQueue};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -99,7 +99,7 @@ impl CapacityHandle {
 pub struct CapacityTracking {
     tracker: Arc<Tracker>,
     workers: usize,
-    metrics: runtime::metrics::ControllerMetrics,
+    metrics: controller_kit::metrics::ControllerMetrics,
 }
 
 /// An informer handler that wakes `n`.
@@ -181,8 +181,8 @@ impl Controller for CapacityTracking {
 
     fn run(&self, token: CancellationToken) -> BoxFuture<'static, ()> {
         let tracker = self.tracker.clone();
-        let workers = runtime::run_workers(
-            runtime::Workers {
+        let workers = controller_kit::run_workers(
+            controller_kit::Workers {
                 controller: "provisioner-capacity",
                 count: self.workers,
                 metrics: self.metrics.clone(),

@@ -28,7 +28,7 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
-use runtime::{Outcome, WorkQueue};
+use controller_kit::{Outcome, WorkQueue};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::api::storage::v1::{StorageClass, VolumeAttributesClass};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::ObjectRef;
-use runtime::{NamespacedName, Outcome};
+use controller_kit::{NamespacedName, Outcome};
 use tokio::time::Instant;
 
 use super::Shared;

@@ -6,7 +6,7 @@ use csi::v1;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Patch, PatchParams};
-use runtime::{NamespacedName, Outcome};
+use controller_kit::{NamespacedName, Outcome};
 use tokio::time::Instant;
 
 use super::Shared;

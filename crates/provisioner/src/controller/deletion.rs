@@ -8,7 +8,7 @@ use csi::v1;
 use k8s_openapi::api::core::v1::PersistentVolume;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
-use runtime::Outcome;
+use controller_kit::Outcome;
 use tokio::time::Instant;
 
 use super::Shared;

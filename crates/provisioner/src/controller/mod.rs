@@ -32,10 +32,10 @@ use k8s_openapi::api::storage::v1::{CSINode, StorageClass, VolumeAttachment};
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
-use runtime::events::EventRecorder;
-use runtime::expiring::Expiring;
-use runtime::keylock::KeyLocks;
-use runtime::{Change, Controller, ControllerContext, Informers, NamespacedName, WorkQueue};
+use controller_kit::events::EventRecorder;
+use controller_kit::expiring::Expiring;
+use controller_kit::keylock::KeyLocks;
+use controller_kit::{Change, Controller, ControllerContext, Informers, NamespacedName, WorkQueue};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -276,19 +276,19 @@ impl Controller for Provisioner {
                 shared.claims.add(key);
             }
             let writer = shared.journal.write(token.clone());
-            let workers = runtime::Workers {
+            let workers = controller_kit::Workers {
                 controller: "provisioner",
                 count: shared.ctx.workers,
                 metrics: shared.ctx.metrics.controllers(),
             };
-            let claims = runtime::run_workers(
+            let claims = controller_kit::run_workers(
                 workers.clone(),
                 shared.claims.clone(),
                 shared.clone(),
                 |s, key| async move { s.sync_claim(&key).await },
                 token.clone(),
             );
-            let volumes = runtime::run_workers(
+            let volumes = controller_kit::run_workers(
                 workers,
                 shared.volumes.clone(),
                 shared.clone(),

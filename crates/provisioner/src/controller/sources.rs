@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
-use runtime::NamespacedName;
+use controller_kit::NamespacedName;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;

@@ -24,7 +24,6 @@ pub mod key;
 pub mod keylock;
 pub mod kubeclient;
 pub mod leader;
-pub mod leadership;
 pub mod meta;
 pub mod metrics;
 pub mod queue;

@@ -14,7 +14,7 @@ pub trait Controller: Send + Sync + 'static {
 }
 
 /// What the manager hands every controller when it builds it. The driver is not in it: the
-/// runtime knows nothing of CSI; controllers that call a driver take a `csi::Driver` beside it.
+/// the kit knows nothing of CSI; controllers that call a driver take a `csi::Driver` beside it.
 #[derive(Clone)]
 pub struct ControllerContext {
     /// API client for the controller (rate-limited by `--kube-api-qps`/`--kube-api-burst`; capacity

@@ -18,10 +18,11 @@
 //! - `leader_election_master_status{name}` and the watch channel change together.
 //!
 //! Module layout: [`decide`] is the pure decision logic, [`store`] the Lease I/O, [`elector`] the
-//! loop that joins them.
+//! loop that joins them, and [`group`] runs the controllers while every Lease of a group is held.
 
 pub(crate) mod decide;
 mod elector;
+pub mod group;
 mod store;
 #[cfg(test)]
 pub(crate) mod tests;

@@ -46,13 +46,13 @@ const RELEASE_ATTEMPTS: usize = 5;
 /// Competes for one Lease and publishes whether we hold it.
 ///
 /// ```no_run
-/// # async fn f(le_client: kube::Client, mut registry: prometheus_client::registry::Registry) -> Result<(), runtime::leader::LeaderError> {
-/// use runtime::leader::{LeaderElectionConfig, LeaderElector};
+/// # async fn f(le_client: kube::Client, mut registry: prometheus_client::registry::Registry) -> Result<(), controller_kit::leader::LeaderError> {
+/// use controller_kit::leader::{LeaderElectionConfig, LeaderElector};
 /// use tokio_util::sync::CancellationToken;
 ///
 /// let config = LeaderElectionConfig::new("external-attacher-leader-x", "kube-system", "pod-0");
 /// let elector = LeaderElector::new(le_client, config, &mut registry)?;
-/// let health = elector.health(); // serve at runtime::leader::HEALTH_PATH
+/// let health = elector.health(); // serve at controller_kit::leader::HEALTH_PATH
 /// let election_shutdown = CancellationToken::new();
 /// let (mut leading, task) = elector.spawn(election_shutdown.clone());
 /// loop {
