@@ -150,7 +150,7 @@ fn a_failed_write_fails_its_records_and_keeps_its_releases() {
     // The release is written with the next batch.
     let (batch, _) = book.take();
     assert_eq!(batch.data, BTreeMap::from([("pvc-1".to_string(), None)]));
-    assert_eq!(book.bytes, 0, "no bytes left counted");
+    assert_eq!(book.bytes(), 0, "no bytes left counted");
 }
 
 #[test]

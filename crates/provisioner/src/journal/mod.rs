@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
-use serde_json::{Value, json};
+
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -53,57 +53,9 @@ pub const COMPONENT: &str = "provisioner-intent-journal";
 /// Annotation naming the journal's driver (the object's name is derived from it).
 pub const ANN_DRIVER: &str = "provisioner.csi-controller-manager.io/driver";
 
-/// While records stream in, how long after the start of a record write the next one waits for
-/// others to share it (unless half the claim workers already wait, see [`next`]). It bounds
-/// record patches to two a second in a stream: kube-controller-manager at its default client QPS
-/// (20) hands over 50 claims in about 3 s, which then cost about 7 patches, and API requests
-/// per volume stay below upstream's (`e2e/bench/api-requests.sh`).
-pub const LINGER: Duration = Duration::from_millis(500);
+mod book;
 
-/// What the writer does next, decided whenever no write is in flight.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Next {
-    /// Nothing waits: sleep until something is queued.
-    Idle,
-    /// Write everything pending now, in one patch.
-    Write,
-    /// Write when this long has passed, or earlier if [`next`] says so on a later look.
-    Wait(Duration),
-}
-
-/// Group commit, decided when no write is in flight: `records` how many records wait,
-/// `anything` whether a record or a release waits, `since_record_write` how long ago the last
-/// write with records started, `full` how many waiting records are worth a write at once.
-///
-/// - A record after a quiet spell (no record write for [`LINGER`]) is written at once: a lone
-///   claim pays one round trip.
-/// - While records stream in, they share one patch per [`LINGER`], unless `full` of them wait
-///   (half the claim workers): then at once, so the journal never holds most workers idle; a
-///   burst is written as fast as the API server stores it, each patch carrying what arrived
-///   during the previous one.
-/// - Releases never start a write while records flow: they ride along with the next record, or
-///   go alone after [`RELEASE_WINDOW`] without one (the last releases of a burst share one).
-pub fn next(
-    records: usize,
-    anything: bool,
-    since_record_write: Option<Duration>,
-    full: usize,
-) -> Next {
-    if records >= full.max(1) {
-        return Next::Write;
-    }
-    if records > 0 {
-        return match since_record_write {
-            Some(d) if d < LINGER => Next::Wait(LINGER - d),
-            _ => Next::Write,
-        };
-    }
-    if anything {
-        Next::Wait(RELEASE_WINDOW)
-    } else {
-        Next::Idle
-    }
-}
+pub use book::{Answer, Batch, Book, LINGER, Next, Waiter, next};
 
 /// The journal ConfigMap's name for `driver`: `csi-volume-intents.` and the driver's name
 /// lowercased, with anything a DNS subdomain does not allow replaced by `-`. In node deployment
@@ -122,205 +74,6 @@ fn object_name_part(s: &str) -> String {
         })
         .collect();
     tail.trim_matches(|c| c == '.' || c == '-').to_string()
-}
-
-/// Where a record's outcome is sent.
-pub type Answer = oneshot::Sender<Result<(), String>>;
-/// A record waiting for its write.
-#[derive(Debug)]
-pub struct Waiter {
-    intent: Intent,
-    /// Its share of the journal's bytes (key and JSON), counted once at `record`.
-    size: usize,
-    answer: Answer,
-}
-
-/// The pure part of the journal: committed entries, the writes not yet made, their waiters.
-#[derive(Debug, Default)]
-pub struct Book {
-    /// Entries the API server stored (or will store, for releases not yet written):
-    /// volume name -> intent and its JSON length.
-    entries: BTreeMap<String, (Intent, usize)>,
-    /// Writes not yet made: volume name -> the JSON to store, or `None` to remove.
-    pending: BTreeMap<String, Option<String>>,
-    /// Records waiting for their write.
-    waiters: Vec<Waiter>,
-    /// Bytes of the entries plus the records pending.
-    bytes: usize,
-}
-
-/// One batched write.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Batch {
-    /// The merge patch's `data`: volume name -> JSON or null.
-    pub data: BTreeMap<String, Option<String>>,
-}
-
-impl Book {
-    /// Loads the entries of a stored ConfigMap's `data`; returns the keys that were not
-    /// readable or not this driver's (left alone) with why.
-    pub fn load(&mut self, data: &BTreeMap<String, String>, driver: &str) -> Vec<(String, String)> {
-        *self = Book::default();
-        let mut skipped = Vec::new();
-        for (key, json) in data {
-            match serde_json::from_str::<Intent>(json) {
-                Ok(i) if i.driver == driver && i.volume_name == *key => {
-                    self.bytes += key.len() + json.len();
-                    self.entries
-                        .insert(key.clone(), (i, key.len() + json.len()));
-                }
-                Ok(i) if i.driver != driver => {
-                    skipped.push((key.clone(), format!("recorded by driver {}", i.driver)));
-                }
-                Ok(_) => skipped.push((key.clone(), "recorded under another name".into())),
-                Err(e) => skipped.push((key.clone(), format!("unreadable: {e}"))),
-            }
-        }
-        skipped
-    }
-
-    /// Queues a record; fails at once if the journal is full.
-    pub fn record(&mut self, intent: &Intent, done: Answer) -> Result<(), String> {
-        let json = serde_json::to_string(intent).map_err(|e| e.to_string())?;
-        let size = intent.volume_name.len() + json.len();
-        if self.bytes + size > MAX_BYTES {
-            return Err(format!(
-                "the intent journal is full ({} volumes in flight); waiting for some to finish",
-                self.entries.len()
-            ));
-        }
-        self.bytes += size;
-        self.pending.insert(intent.volume_name.clone(), Some(json));
-        self.waiters.push(Waiter {
-            intent: intent.clone(),
-            size,
-            answer: done,
-        });
-        Ok(())
-    }
-
-    /// Queues a release; the entry is gone from lookups at once.
-    pub fn release(&mut self, volume: &str) {
-        if let Some((_, size)) = self.entries.remove(volume) {
-            self.bytes = self.bytes.saturating_sub(size);
-        }
-        self.pending.insert(volume.to_string(), None);
-    }
-
-    /// Whether any record waits, whether anything (a record or a release) waits.
-    pub fn waiting(&self) -> (bool, bool) {
-        (!self.waiters.is_empty(), !self.pending.is_empty())
-    }
-
-    /// How many records wait.
-    pub fn records_waiting(&self) -> usize {
-        self.waiters.len()
-    }
-
-    /// Takes everything pending as one batch, with the waiters it answers.
-    pub fn take(&mut self) -> (Batch, Vec<Waiter>) {
-        let data = std::mem::take(&mut self.pending);
-        (Batch { data }, std::mem::take(&mut self.waiters))
-    }
-
-    /// The batch was stored: recorded entries become visible.
-    pub fn stored(&mut self, waiters: Vec<Waiter>) {
-        for w in waiters {
-            // The pending bytes become the entry's.
-            let volume = w.intent.volume_name.clone();
-            if let Some((_, old)) = self.entries.insert(volume, (w.intent, w.size)) {
-                self.bytes = self.bytes.saturating_sub(old);
-            }
-            let _ = w.answer.send(Ok(()));
-        }
-    }
-
-    /// The batch failed: records are answered with the error (their passes retry); releases are
-    /// queued again unless something newer replaced them.
-    pub fn failed(&mut self, batch: Batch, waiters: Vec<Waiter>, error: &str) {
-        for w in waiters {
-            self.bytes = self.bytes.saturating_sub(w.size);
-            let _ = w.answer.send(Err(error.to_string()));
-        }
-        for (volume, value) in batch.data {
-            if value.is_none() {
-                self.pending.entry(volume).or_insert(None);
-            }
-        }
-    }
-
-    /// The whole content to store when the object has to be created.
-    pub fn full_data(&self, batch: &Batch) -> BTreeMap<String, String> {
-        let mut data: BTreeMap<String, String> = self
-            .entries
-            .iter()
-            .filter_map(|(k, (i, _))| Some((k.clone(), serde_json::to_string(i).ok()?)))
-            .collect();
-        for (k, v) in &batch.data {
-            match v {
-                Some(json) => data.insert(k.clone(), json.clone()),
-                None => data.remove(k),
-            };
-        }
-        data
-    }
-
-    /// The intent recorded for the claim with this UID.
-    pub fn for_claim(&self, uid: &str) -> Option<Intent> {
-        self.claim_entry(uid).cloned()
-    }
-
-    /// Whether an intent is recorded for the claim with this UID (no copy: the informer's
-    /// filter asks this for every claim event).
-    pub fn has_claim(&self, uid: &str) -> bool {
-        self.claim_entry(uid).is_some()
-    }
-
-    fn claim_entry(&self, uid: &str) -> Option<&Intent> {
-        self.entries
-            .values()
-            .map(|(i, _)| i)
-            .find(|i| i.claim_uid == uid)
-    }
-
-    /// The intents recorded for claims of this namespace and name (any UID).
-    pub fn for_key(&self, namespace: &str, name: &str) -> Vec<Intent> {
-        self.entries
-            .values()
-            .filter(|(i, _)| i.claim_namespace == namespace && i.claim_name == name)
-            .map(|(i, _)| i.clone())
-            .collect()
-    }
-
-    /// Every claim key (`namespace/name`) with a recorded intent.
-    pub fn claim_keys(&self) -> Vec<controller_kit::NamespacedName> {
-        self.entries
-            .values()
-            .map(|(i, _)| controller_kit::NamespacedName::new(&i.claim_namespace, &i.claim_name))
-            .collect()
-    }
-
-    /// How many entries there are.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-}
-
-impl Batch {
-    /// The JSON merge patch of this batch.
-    pub fn patch(&self) -> Value {
-        let data: serde_json::Map<String, Value> = self
-            .data
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone().map_or(Value::Null, Value::String)))
-            .collect();
-        json!({ "data": data })
-    }
 }
 
 /// The journal of one driver (see the module docs).
@@ -543,5 +296,4 @@ impl Store for Journal {
 }
 
 #[cfg(test)]
-#[path = "journal_tests.rs"]
 mod tests;
