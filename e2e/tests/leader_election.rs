@@ -13,13 +13,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use controller_kit::leader::sanitize_name;
 use csi_mock::Method;
 use e2e::{ManagerProcess, OwnDriver, claim, clients, eventually, storage_class};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, DeleteParams, PostParams};
-use controller_kit::leader::sanitize_name;
 use tokio_util::sync::CancellationToken;
 
 const LEASE_DURATION: Duration = Duration::from_secs(4);
@@ -161,10 +161,14 @@ async fn the_standby_takes_over_on_sigterm_and_sigkill_and_provisions_once() {
     let mut b = ManagerProcess::new(&format!("{}-b", own.name), &own.endpoint, &b_refs);
     b.start();
     // "b" competes once it has seen "a" leading.
-    eventually("b to observe a leading", Duration::from_secs(90), || async {
-        let log = std::fs::read_to_string(&b.log).ok()?;
-        log.contains("new leader elected").then_some(())
-    })
+    eventually(
+        "b to observe a leading",
+        Duration::from_secs(90),
+        || async {
+            let log = std::fs::read_to_string(&b.log).ok()?;
+            log.contains("new leader elected").then_some(())
+        },
+    )
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(leases.common_holder().await.as_deref(), Some("a"));

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use controller_kit::informer::{Change, Informers};
+use controller_kit::leader::{LeaderElectionConfig, LeaderElector};
 use e2e::{clients, eventually, unique};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
@@ -15,8 +17,6 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 use kube::runtime::reflector::ObjectRef;
 use prometheus_client::registry::Registry;
-use controller_kit::informer::{Change, Informers};
-use controller_kit::leader::{LeaderElectionConfig, LeaderElector};
 use tokio_util::sync::CancellationToken;
 
 fn fast(name: &str, identity: &str) -> LeaderElectionConfig {
@@ -141,7 +141,7 @@ async fn the_shared_informer_keeps_only_our_objects_and_sees_deletes() {
             .keep(|_| false)
             .on_change(move |change| {
                 let (what, obj) = match change {
-                    Change::Applied(o) => ("applied", o),
+                    Change::Applied { object: o, .. } => ("applied", o),
                     Change::Deleted(o) => ("deleted", o),
                 };
                 log.lock().unwrap().push(format!(
@@ -193,10 +193,10 @@ async fn the_shared_informer_keeps_only_our_objects_and_sees_deletes() {
 
 #[tokio::test]
 async fn repeated_events_fold_into_a_series_and_new_messages_show() {
+    use controller_kit::events::EventRecorder;
     use k8s_openapi::api::core::v1::ObjectReference;
     use k8s_openapi::api::events::v1::Event;
     use kube::api::ListParams;
-    use controller_kit::events::EventRecorder;
 
     let c = clients().await;
     let name = unique("e2e-events");

@@ -21,6 +21,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use controller_kit::{Change, ControllerContext, Informers, Outcome, WorkQueue};
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, Secret};
 use k8s_openapi::api::storage::v1::{CSINode, VolumeAttachment};
@@ -28,7 +29,6 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use prometheus_client::metrics::counter::Counter;
-use controller_kit::{Change, ControllerContext, Informers, Outcome, WorkQueue};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -37,12 +37,12 @@ use crate::constants::{
 };
 use crate::csi_call::{self, Unpublished};
 use crate::error::Error;
-use crate::filter::ChangeFilter;
 use crate::patch;
 use crate::plan::{self, Lane, Observed, PvStep, Secrets, Step};
 use crate::request::{self, DriverInfo, SecretRef};
-use crate::{AttacherConfig, list_sync};
+use crate::{AttacherConfig, filter, list_sync};
 use controller_kit::api::ApiError;
+use controller_kit::keylock::KeyLocks;
 
 /// How soon a pass that found its key claimed by the other lane tries again.
 const CLAIM_RETRY: Duration = Duration::from_millis(500);
@@ -61,11 +61,11 @@ pub(crate) struct Shared {
     pub(crate) attach: WorkQueue<String>,
     pub(crate) detach: WorkQueue<String>,
     pub(crate) pv_queue: WorkQueue<String>,
-    claims: Claims,
+    /// VA names being reconciled: a key is never in both lanes at once.
+    lanes: KeyLocks<String>,
     force_sync: Mutex<HashSet<String>>,
     /// PV name → names of the cached VAs (of any attacher) naming it.
     pv_index: Mutex<HashMap<String, BTreeSet<String>>>,
-    filter: ChangeFilter,
     deleted_node_detaches: Counter,
 }
 
@@ -74,43 +74,6 @@ impl std::fmt::Debug for Shared {
         f.debug_struct("Shared")
             .field("driver", &self.driver)
             .finish_non_exhaustive()
-    }
-}
-
-/// Which lane holds which key right now.
-#[derive(Debug, Default)]
-pub(crate) struct Claims(Arc<Mutex<HashMap<String, Lane>>>);
-
-/// Releases a claim when dropped (also when the pass is cancelled).
-#[derive(Debug)]
-pub(crate) struct Claim {
-    claims: Arc<Mutex<HashMap<String, Lane>>>,
-    key: String,
-}
-
-impl Claims {
-    /// Claims `key` for `lane`; `None` while the other lane holds it.
-    pub(crate) fn claim(&self, key: &str, lane: Lane) -> Option<Claim> {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        match map.get(key) {
-            Some(holder) if *holder != lane => None,
-            _ => {
-                map.insert(key.to_string(), lane);
-                Some(Claim {
-                    claims: self.0.clone(),
-                    key: key.to_string(),
-                })
-            }
-        }
-    }
-}
-
-impl Drop for Claim {
-    fn drop(&mut self) {
-        self.claims
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.key);
     }
 }
 
@@ -195,10 +158,9 @@ pub(crate) fn build(
         pvs,
         csinodes,
         nodes,
-        claims: Claims::default(),
+        lanes: KeyLocks::default(),
         force_sync: Mutex::default(),
         pv_index: Mutex::default(),
-        filter: ChangeFilter::default(),
         deleted_node_detaches,
     });
 
@@ -242,19 +204,18 @@ impl Shared {
         let va = change.object();
         let name = name_of(va);
         match change {
-            Change::Applied(_) => {
+            Change::Applied { previous, .. } => {
                 if let Some(pv) = request::pv_name(va) {
                     self.index()
                         .entry(pv.to_string())
                         .or_default()
                         .insert(name.clone());
                 }
-                if self.ours(va) && self.filter.should_enqueue(&name, va) {
+                if self.ours(va) && filter::should_enqueue(*previous, va) {
                     self.route(va);
                 }
             }
             Change::Deleted(_) => {
-                self.filter.forget(&name);
                 if let Some(pv) = request::pv_name(va) {
                     let mut index = self.index();
                     if let Some(set) = index.get_mut(pv) {
@@ -283,7 +244,9 @@ impl Shared {
     }
 
     fn on_pv(&self, change: &Change<'_, PersistentVolume>) {
-        let Change::Applied(pv) = change else { return };
+        let Change::Applied { object: pv, .. } = change else {
+            return;
+        };
         if !request::pv_is_ours(pv, &self.driver.name) {
             return;
         }
@@ -409,7 +372,7 @@ impl Shared {
 
     /// One pass over one VolumeAttachment in `lane`.
     pub(crate) async fn reconcile_va(&self, lane: Lane, key: String) -> Result<Outcome, Error> {
-        let Some(_claim) = self.claims.claim(&key, lane) else {
+        let Some(_held) = self.lanes.try_lock(&key) else {
             return Ok(Outcome::RequeueAfter(CLAIM_RETRY));
         };
         let Some(va) = self.vas.get(&ObjectRef::new(&key)) else {
@@ -625,28 +588,5 @@ impl controller_kit::Controller for Attacher {
             let list_sync = list_sync::run(s.clone(), token.clone());
             tokio::join!(attach, detach, pv, resync, list_sync);
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_key_is_never_held_by_both_lanes() {
-        let claims = Claims::default();
-        let a = claims.claim("va1", Lane::Attach).expect("free");
-        assert!(
-            claims.claim("va1", Lane::Detach).is_none(),
-            "attach holds it"
-        );
-        assert!(
-            claims.claim("va2", Lane::Detach).is_some(),
-            "other keys are free"
-        );
-        drop(a);
-        let d = claims.claim("va1", Lane::Detach).expect("released on drop");
-        assert!(claims.claim("va1", Lane::Attach).is_none());
-        drop(d);
     }
 }

@@ -3,34 +3,19 @@
 //! An update whose only change is `status.attachError` / `status.detachError` (plus
 //! resourceVersion and managedFields) was most likely written by this controller a moment ago;
 //! enqueueing it would retry at once and defeat the per-key exponential backoff. A repeated
-//! resourceVersion (a relist) is always enqueued.
-//!
-//! Our informer hands handlers only the new object, so the filter remembers, per VA name, the
-//! resourceVersion, whether an error was set, and a digest of everything else. Memory: one small
-//! entry per VA of this driver.
-
-use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::Mutex;
+//! resourceVersion (a relist) is always enqueued. The informer hands the handler the state its
+//! cache held before, so the decision is a pure function of the two.
 
 use k8s_openapi::api::storage::v1::VolumeAttachment;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Seen {
-    resource_version: Option<String>,
-    has_error: bool,
-    digest: u64,
+fn has_error(va: &VolumeAttachment) -> bool {
+    va.status
+        .as_ref()
+        .is_some_and(|s| s.attach_error.is_some() || s.detach_error.is_some())
 }
 
-/// Remembers the last version of each VolumeAttachment seen by the update handler.
-#[derive(Debug, Default)]
-pub struct ChangeFilter {
-    seen: Mutex<HashMap<String, Seen>>,
-}
-
-fn seen(va: &VolumeAttachment) -> Seen {
-    let status = va.status.as_ref();
-    let has_error = status.is_some_and(|s| s.attach_error.is_some() || s.detach_error.is_some());
+/// `va` without what an error write changes.
+fn without_errors(va: &VolumeAttachment) -> VolumeAttachment {
     let mut rest = va.clone();
     rest.metadata.resource_version = None;
     rest.metadata.managed_fields = None;
@@ -38,43 +23,19 @@ fn seen(va: &VolumeAttachment) -> Seen {
         s.attach_error = None;
         s.detach_error = None;
     }
-    let mut hasher = DefaultHasher::new();
-    serde_json::to_string(&rest)
-        .unwrap_or_default()
-        .hash(&mut hasher);
-    Seen {
-        resource_version: va.metadata.resource_version.clone(),
-        has_error,
-        digest: hasher.finish(),
-    }
+    rest
 }
 
-impl ChangeFilter {
-    /// Records `va` and says whether this change should be enqueued.
-    pub fn should_enqueue(&self, name: &str, va: &VolumeAttachment) -> bool {
-        let new = seen(va);
-        let old = self
-            .seen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name.to_string(), new.clone());
-        let Some(old) = old else { return true }; // an add
-        if old.resource_version == new.resource_version {
-            return true; // a relist or resync
-        }
-        if !old.has_error && !new.has_error {
-            return true;
-        }
-        old.digest != new.digest
+/// Whether the change from `previous` (`None`: an add) to `new` should be enqueued.
+pub fn should_enqueue(previous: Option<&VolumeAttachment>, new: &VolumeAttachment) -> bool {
+    let Some(old) = previous else { return true };
+    if old.metadata.resource_version == new.metadata.resource_version {
+        return true; // a relist or resync
     }
-
-    /// Forgets a deleted VolumeAttachment.
-    pub fn forget(&self, name: &str) {
-        self.seen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(name);
+    if !has_error(old) && !has_error(new) {
+        return true;
     }
+    without_errors(old) != without_errors(new)
 }
 
 #[cfg(test)]
@@ -154,27 +115,16 @@ mod tests {
             ),
         ];
         for (name, old, new, want) in cases {
-            let f = ChangeFilter::default();
-            assert!(
-                f.should_enqueue("va1", &old),
-                "{name}: first sight is an add"
-            );
-            assert_eq!(f.should_enqueue("va1", &new), want, "{name}");
+            assert!(should_enqueue(None, &old), "{name}: an add");
+            assert_eq!(should_enqueue(Some(&old), &new), want, "{name}");
         }
     }
 
     #[test]
     fn managed_fields_alone_do_not_count() {
-        let f = ChangeFilter::default();
         let old = va("1", false, Some("e"), None);
         let mut new = va("2", false, Some("e2"), None);
         new.metadata.managed_fields = Some(vec![Default::default()]);
-        f.should_enqueue("va1", &old);
-        assert!(!f.should_enqueue("va1", &new));
-        f.forget("va1");
-        assert!(
-            f.should_enqueue("va1", &new),
-            "after forget it is an add again"
-        );
+        assert!(!should_enqueue(Some(&old), &new));
     }
 }

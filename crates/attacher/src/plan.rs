@@ -255,7 +255,8 @@ fn plan_attach(driver: &DriverInfo, obs: &Observed<'_>, attached: bool) -> Step 
 }
 
 fn plan_detach(driver: &DriverInfo, obs: &Observed<'_>) -> Step {
-    if !obs.force_sync && !controller_kit::meta::has_finalizer(&obs.va.metadata, &driver.finalizer) {
+    if !obs.force_sync && !controller_kit::meta::has_finalizer(&obs.va.metadata, &driver.finalizer)
+    {
         return Step::Skip(Skip::AlreadyDetached);
     }
     let source = match resolve(obs, driver, false, Step::DetachError) {

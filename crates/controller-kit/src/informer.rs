@@ -45,7 +45,14 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug)]
 pub enum Change<'a, K> {
     /// The object was added or updated (or listed again after a relist).
-    Applied(&'a K),
+    Applied {
+        /// Its new state.
+        object: &'a K,
+        /// The state the cache held before, if any (`None` for an add). After a relist it is
+        /// the state before the relist, which may carry the same `resourceVersion`, as client-go's
+        /// resync updates do.
+        previous: Option<&'a K>,
+    },
     /// The object was deleted, or stopped concerning this process; this is its last known state.
     Deleted(&'a K),
 }
@@ -54,7 +61,8 @@ impl<K> Change<'_, K> {
     /// The object, whichever the change.
     pub fn object(&self) -> &K {
         match self {
-            Change::Applied(o) | Change::Deleted(o) => o,
+            Change::Applied { object, .. } => object,
+            Change::Deleted(o) => o,
         }
     }
 }
@@ -175,24 +183,37 @@ impl<K: Watchable> Running<K> {
                 }
             }
             Event::InitDone => {
-                let before = self.store.state();
+                let mut before: HashMap<ObjectRef<K>, Arc<K>> = self
+                    .store
+                    .state()
+                    .into_iter()
+                    .map(|o| (ObjectRef::from_obj(o.as_ref()), o))
+                    .collect();
                 self.writer.apply_watcher_event(&Event::InitDone);
                 let listed = self.listing.take().unwrap_or_default();
-                for gone in before
-                    .iter()
-                    .filter(|o| !listed.contains(&ObjectRef::from_obj(o.as_ref())))
-                {
-                    self.notify(Change::Deleted(gone));
+                let (kept, gone): (HashMap<_, _>, HashMap<_, _>) =
+                    before.drain().partition(|(r, _)| listed.contains(r));
+                for old in gone.values() {
+                    self.notify(Change::Deleted(old));
                 }
-                for obj in listed.iter().filter_map(|r| self.store.get(r)) {
-                    self.notify(Change::Applied(&obj));
+                for r in &listed {
+                    if let Some(obj) = self.store.get(r) {
+                        self.notify(Change::Applied {
+                            object: &obj,
+                            previous: kept.get(r).map(AsRef::as_ref),
+                        });
+                    }
                 }
                 self.synced.send_replace(true);
             }
             Event::Apply(obj) => {
                 if self.keeps(&obj) {
+                    let previous = self.store.get(&ObjectRef::from_obj(&obj));
                     self.writer.apply_watcher_event(&Event::Apply(obj.clone()));
-                    self.notify(Change::Applied(&obj));
+                    self.notify(Change::Applied {
+                        object: &obj,
+                        previous: previous.as_deref(),
+                    });
                 } else if self.store.get(&ObjectRef::from_obj(&obj)).is_some() {
                     self.writer.apply_watcher_event(&Event::Delete(obj.clone()));
                     self.notify(Change::Deleted(&obj));
@@ -377,7 +398,7 @@ mod tests {
             })
             .on_change(move |change| {
                 let (what, obj) = match change {
-                    Change::Applied(o) => ("applied", o),
+                    Change::Applied { object: o, .. } => ("applied", o),
                     Change::Deleted(o) => ("deleted", o),
                 };
                 seen.lock()
@@ -468,5 +489,37 @@ mod tests {
         got.sort();
         assert_eq!(got, ["applied a", "applied c", "deleted b"]);
         assert_eq!(names(&r.store), ["a", "c"]);
+    }
+
+    #[test]
+    fn updates_carry_the_state_the_cache_held_before() {
+        let (mut r, _, _) = running();
+        let previous: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+        let seen = previous.clone();
+        r.handlers
+            .push(Arc::new(move |change: &Change<'_, PersistentVolume>| {
+                if let Change::Applied { previous, .. } = change {
+                    seen.lock()
+                        .unwrap()
+                        .push(previous.and_then(|p| p.metadata.resource_version.clone()));
+                }
+            }));
+        let at = |rv: &str| {
+            let mut p = pv("a", "ours");
+            p.metadata.resource_version = Some(rv.into());
+            p
+        };
+        r.handle(Event::Init);
+        r.handle(Event::InitApply(at("1")));
+        r.handle(Event::InitDone);
+        r.handle(Event::Apply(at("2")));
+        // A relist: the update is reported against the state before it.
+        r.handle(Event::Init);
+        r.handle(Event::InitApply(at("3")));
+        r.handle(Event::InitDone);
+        assert_eq!(
+            *previous.lock().unwrap(),
+            [None, Some("1".to_string()), Some("2".to_string())]
+        );
     }
 }

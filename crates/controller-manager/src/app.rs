@@ -9,13 +9,13 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use csi::{CsiClient, CsiEndpoint, CsiMetrics, DriverWatch};
 use controller_kit::http::{self, Health};
 use controller_kit::informer::{Informers, RunningInformers};
-use controller_kit::leader::{LeaderElectionConfig, LeaderMetrics, sanitize_name};
 use controller_kit::leader::group::{self, LeaseGroup};
+use controller_kit::leader::{LeaderElectionConfig, LeaderMetrics, sanitize_name};
 use controller_kit::{Backoff, Controller, ControllerContext};
 use controller_kit::{Metrics, kubeclient};
+use csi::{CsiClient, CsiEndpoint, CsiMetrics, DriverWatch};
 use tokio_util::sync::CancellationToken;
 
 use crate::controllers;

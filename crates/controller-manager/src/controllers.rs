@@ -5,9 +5,9 @@
 
 use std::collections::BTreeSet;
 
+use controller_kit::leader::sanitize_name;
 use csi::Discovery;
 use csi::v1::controller_service_capability::rpc::Type as Cap;
-use controller_kit::leader::sanitize_name;
 
 use crate::flags::ControllerKind;
 

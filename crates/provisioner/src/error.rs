@@ -7,8 +7,8 @@
 //! DEADLINE_EXCEEDED / UNAVAILABLE / ABORTED and non-gRPC failures are "in background" (the volume
 //! may still be being created), every other code is "finished".
 
-use csi::{Code, CsiError};
 use controller_kit::api::ApiError;
+use csi::{Code, CsiError};
 
 /// What a failed provisioning attempt means for the next one (upstream `ProvisioningState`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -15,12 +15,12 @@ pub mod tracker;
 use std::sync::Arc;
 use std::time::Duration;
 
+use controller_kit::{Change, Controller, ControllerContext, Informers, WorkQueue};
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::storage::v1::{CSINode, StorageClass};
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector;
-use controller_kit::{Change, Controller, ControllerContext, Informers, WorkQueue};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 

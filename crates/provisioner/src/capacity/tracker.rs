@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use controller_kit::{Outcome, WorkQueue};
 use csi::v1;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -28,7 +29,6 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
-use controller_kit::{Outcome, WorkQueue};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 

@@ -2,11 +2,11 @@
 //! `becomeOwner`): a per-claim, jittered delay, a capacity check, then a resourceVersion-
 //! conditioned claim on `selected-node`; a lost race waits longer next time.
 
+use controller_kit::{NamespacedName, Outcome};
 use csi::v1;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Patch, PatchParams};
-use controller_kit::{NamespacedName, Outcome};
 use tokio::time::Instant;
 
 use super::Shared;

@@ -4,11 +4,11 @@
 
 use std::collections::BTreeMap;
 
+use controller_kit::Outcome;
 use csi::v1;
 use k8s_openapi::api::core::v1::PersistentVolume;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
-use controller_kit::Outcome;
 use tokio::time::Instant;
 
 use super::Shared;

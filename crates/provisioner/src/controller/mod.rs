@@ -26,16 +26,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use controller_kit::events::EventRecorder;
+use controller_kit::expiring::Expiring;
+use controller_kit::keylock::KeyLocks;
+use controller_kit::{Change, Controller, ControllerContext, Informers, NamespacedName, WorkQueue};
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Secret};
 use k8s_openapi::api::storage::v1::{CSINode, StorageClass, VolumeAttachment};
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
-use controller_kit::events::EventRecorder;
-use controller_kit::expiring::Expiring;
-use controller_kit::keylock::KeyLocks;
-use controller_kit::{Change, Controller, ControllerContext, Informers, NamespacedName, WorkQueue};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 

@@ -5,11 +5,11 @@
 
 use std::sync::Arc;
 
+use controller_kit::NamespacedName;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
-use controller_kit::NamespacedName;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;

@@ -23,7 +23,6 @@
 //! patch names only the keys it sets or removes, so nothing another writer stored is overwritten.
 //! If the ConfigMap is deleted, the next write creates it again from memory.
 
-use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 

@@ -1,5 +1,7 @@
 //! The journal's book-keeping: what each batch writes, what lookups see before and after.
 
+use std::collections::BTreeMap;
+
 use super::*;
 use crate::request::{PvTemplate, RecordedRequest};
 use rstest::rstest;
