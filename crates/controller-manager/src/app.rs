@@ -318,7 +318,7 @@ fn build_controllers(
                 built.push((*kind, attacher::build(context, driver, config, informers)));
             }
             ControllerKind::Provisioner => {
-                let config = provisioner::ProvisionerConfig {
+                let mut config = provisioner::ProvisionerConfig {
                     volume_name_prefix: flags.volume_name_prefix.clone(),
                     volume_name_uuid_length: flags.volume_name_uuid_length,
                     default_fs_type: flags.default_fstype.clone(),
@@ -328,22 +328,22 @@ fn build_controllers(
                     controller_publish_readonly: flags.controller_publish_readonly,
                     prevent_volume_mode_conversion: flags.prevent_volume_mode_conversion,
                     snapshot_orphan_sweep_interval: flags.snapshot_orphan_sweep_interval,
-                    capacity: flags.enable_capacity.then(|| {
-                        provisioner::capacity::CapacityConfig {
+                    node_deployment: node.clone(),
+                    ..provisioner::ProvisionerConfig::default()
+                };
+                config.capacity =
+                    flags
+                        .enable_capacity
+                        .then(|| provisioner::capacity::CapacityConfig {
                             for_immediate_binding: flags.capacity_for_immediate_binding,
                             poll_interval: flags.capacity_poll_interval,
                             ownerref_level: flags.capacity_ownerref_level,
-                            // Follows the provisioner's gate, set below.
-                            topology_gate: true,
+                            topology_gate: config.topology_gate,
                             workers: flags.capacity_threads,
                             namespace: std::env::var("NAMESPACE").unwrap_or_default(),
                             pod_name: std::env::var("POD_NAME").unwrap_or_default(),
                             node: node.as_ref().map(|n| (n.node.clone(), n.segment.clone())),
-                        }
-                    }),
-                    node_deployment: node.clone(),
-                    ..provisioner::ProvisionerConfig::default()
-                };
+                        });
                 let context = &ControllerContext {
                     workers: flags.workers(*kind),
                     ..context.clone()
@@ -356,12 +356,8 @@ fn build_controllers(
                             client: client.clone(),
                             ..context.clone()
                         };
-                        let c = provisioner::capacity::CapacityConfig {
-                            topology_gate: config.topology_gate,
-                            ..c.clone()
-                        };
                         let (tracking, handle) =
-                            provisioner::capacity::build(&ctx, driver, c, informers);
+                            provisioner::capacity::build(&ctx, driver, c.clone(), informers);
                         built.push((*kind, tracking));
                         Some(handle)
                     }
