@@ -356,16 +356,28 @@ impl Shared {
     }
 
     /// Saves `status.attachError`; a failure to save is only logged, as upstream.
-    async fn save_attach_error(&self, key: &str, message: &str, code: Option<i32>) {
+    async fn save_attach_error(
+        &self,
+        va: &VolumeAttachment,
+        key: &str,
+        message: &str,
+        code: Option<i32>,
+    ) {
         let error = patch::volume_error(message, code, jiff::Timestamp::now());
-        if let Err(e) = self.patch_va(key, &patch::attach_error(error), true).await {
+        if let Err(e) = self
+            .patch_va(key, &patch::attach_error(va, error), true)
+            .await
+        {
             tracing::info!(va = %key, error = %e, "failed to save attach error");
         }
     }
 
-    async fn save_detach_error(&self, key: &str, message: &str) {
+    async fn save_detach_error(&self, va: &VolumeAttachment, key: &str, message: &str) {
         let error = patch::volume_error(message, None, jiff::Timestamp::now());
-        if let Err(e) = self.patch_va(key, &patch::detach_error(error), true).await {
+        if let Err(e) = self
+            .patch_va(key, &patch::detach_error(va, error), true)
+            .await
+        {
             tracing::info!(va = %key, error = %e, "failed to save detach error");
         }
     }
@@ -417,23 +429,23 @@ impl Shared {
                 Ok(()) => Ok(Outcome::Done),
                 Err(e) => {
                     let message = format!("could not add PersistentVolume finalizer: {e}");
-                    self.save_attach_error(key, &message, None).await;
+                    self.save_attach_error(va, key, &message, None).await;
                     Err(Error::Attach(message))
                 }
             },
             Step::AttachError(message) => {
-                self.save_attach_error(key, &message, None).await;
+                self.save_attach_error(va, key, &message, None).await;
                 Err(Error::Attach(message))
             }
             Step::DetachError(message) => {
-                self.save_detach_error(key, &message).await;
+                self.save_detach_error(va, key, &message).await;
                 Err(Error::Detach(message))
             }
             Step::SaveVaMetadata(patch) => match self.patch_va(key, &patch, false).await {
                 Ok(()) => Ok(Outcome::Done),
                 Err(e) => {
                     let message = format!("could not save VolumeAttachment: {e}");
-                    self.save_attach_error(key, &message, None).await;
+                    self.save_attach_error(va, key, &message, None).await;
                     Err(Error::Attach(message))
                 }
             },
@@ -446,7 +458,7 @@ impl Shared {
                     Ok(Outcome::Done)
                 }
                 Err(e) => {
-                    self.save_attach_error(key, &e.message, e.code).await;
+                    self.save_attach_error(va, key, &e.message, e.code).await;
                     Err(Error::Attach(e.message))
                 }
             },
@@ -459,14 +471,14 @@ impl Shared {
                         }
                         if let Err(e) = self.mark_detached(va, key).await {
                             let message = format!("could not mark as detached: {e}");
-                            self.save_detach_error(key, &message).await;
+                            self.save_detach_error(va, key, &message).await;
                             return Err(Error::Detach(message));
                         }
                         tracing::info!(va = %key, "detached");
                         Ok(Outcome::Done)
                     }
                     Err(e) => {
-                        self.save_detach_error(key, &e.message).await;
+                        self.save_detach_error(va, key, &e.message).await;
                         Err(Error::Detach(e.message))
                     }
                 }

@@ -90,29 +90,42 @@ fn status_of(va: &VolumeAttachment) -> VolumeAttachmentStatus {
     va.status.clone().unwrap_or_default()
 }
 
-/// A merge patch of the fields of `status` that differ in `new` (what Go's `createMergePatch`
-/// of two statuses yields). `{}` when nothing differs; upstream sends it all the same.
+/// The RFC 7386 merge patch that turns `old` into `new`, as Go's `jsonpatch.CreateMergePatch`
+/// builds it: objects are compared key by key, recursively, and a key gone from `new` is sent as
+/// `null` at whatever depth (so a removed `attachmentMetadata` key or `errorCode` is removed on the
+/// server, not kept); anything else that differs is sent whole. `None` when nothing differs.
+fn merge_diff(old: &Value, new: &Value) -> Option<Value> {
+    match (old, new) {
+        (Value::Object(old), Value::Object(new)) => {
+            let mut diff = Map::new();
+            for (k, v) in new {
+                match old.get(k) {
+                    Some(o) => {
+                        if let Some(d) = merge_diff(o, v) {
+                            diff.insert(k.clone(), d);
+                        }
+                    }
+                    None => {
+                        diff.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            for k in old.keys().filter(|k| !new.contains_key(*k)) {
+                diff.insert(k.clone(), Value::Null);
+            }
+            (!diff.is_empty()).then_some(Value::Object(diff))
+        }
+        _ => (old != new).then(|| new.clone()),
+    }
+}
+
+/// A merge patch from the status `old` to `new` (what Go's `createMergePatch` of two
+/// VolumeAttachments yields). `{}` when nothing differs; upstream sends it all the same.
 fn status_diff(old: &VolumeAttachmentStatus, new: &VolumeAttachmentStatus) -> Value {
-    let to_map = |s: &VolumeAttachmentStatus| match serde_json::to_value(s) {
-        Ok(Value::Object(m)) => m,
-        _ => Map::new(),
-    };
-    let (old, new) = (to_map(old), to_map(new));
-    let mut diff = Map::new();
-    for (k, v) in &new {
-        if old.get(k) != Some(v) {
-            diff.insert(k.clone(), v.clone());
-        }
-    }
-    for k in old.keys() {
-        if !new.contains_key(k) {
-            diff.insert(k.clone(), Value::Null);
-        }
-    }
-    if diff.is_empty() {
-        json!({})
-    } else {
-        json!({ "status": diff })
+    let to_value = |s: &VolumeAttachmentStatus| serde_json::to_value(s).unwrap_or(Value::Null);
+    match merge_diff(&to_value(old), &to_value(new)) {
+        Some(diff) => json!({ "status": diff }),
+        None => json!({}),
     }
 }
 
@@ -148,14 +161,28 @@ pub fn volume_error(message: &str, code: Option<i32>, time: jiff::Timestamp) -> 
     e
 }
 
-/// `/status` merge patch saving an attach error (`saveAttachError`).
-pub fn attach_error(error: Value) -> Value {
-    json!({ "status": { "attachError": error } })
+/// `/status` merge patch from `va`'s status to one with `field` set to `error`.
+fn status_error(va: &VolumeAttachment, field: &str, error: Value) -> Value {
+    let old = serde_json::to_value(status_of(va)).unwrap_or_else(|_| json!({}));
+    let mut new = old.clone();
+    if let Value::Object(m) = &mut new {
+        m.insert(field.to_string(), error);
+    }
+    match merge_diff(&old, &new) {
+        Some(diff) => json!({ "status": diff }),
+        None => json!({}),
+    }
 }
 
-/// `/status` merge patch saving a detach error (`saveDetachError`).
-pub fn detach_error(error: Value) -> Value {
-    json!({ "status": { "detachError": error } })
+/// `/status` merge patch saving an attach error (`saveAttachError`): the diff from `va`'s
+/// status, so an `errorCode` the new error lacks is removed (`null`).
+pub fn attach_error(va: &VolumeAttachment, error: Value) -> Value {
+    status_error(va, "attachError", error)
+}
+
+/// `/status` merge patch saving a detach error (`saveDetachError`), as [`attach_error`].
+pub fn detach_error(va: &VolumeAttachment, error: Value) -> Value {
+    status_error(va, "detachError", error)
 }
 
 #[cfg(test)]
@@ -267,18 +294,91 @@ mod tests {
             r#"{"status":{"attached":false,"attachmentMetadata":null}}"#
         );
         let t: jiff::Timestamp = "2024-05-06T07:08:09.5Z".parse().unwrap();
-        assert_eq!(
-            attach_error(volume_error(
+        let fresh = va(None, None);
+        let full = attach_error(
+            &fresh,
+            volume_error(
                 "rpc error: code = ResourceExhausted desc = full",
                 Some(8),
-                t
-            ))
-            .to_string(),
+                t,
+            ),
+        );
+        assert_eq!(
+            full.to_string(),
             r#"{"status":{"attachError":{"errorCode":8,"message":"rpc error: code = ResourceExhausted desc = full","time":"2024-05-06T07:08:09Z"}}}"#
         );
         assert_eq!(
-            detach_error(volume_error("x", None, t)).to_string(),
+            detach_error(&fresh, volume_error("x", None, t)).to_string(),
             r#"{"status":{"detachError":{"message":"x","time":"2024-05-06T07:08:09Z"}}}"#
+        );
+    }
+
+    /// The status after a server applied `patch` (RFC 7386) to `va`'s.
+    fn patched(va: &VolumeAttachment, patch: &Value) -> Value {
+        let mut status = serde_json::to_value(va.status.clone().unwrap_or_default()).unwrap();
+        fn apply(target: &mut Value, patch: &Value) {
+            match (target, patch) {
+                (Value::Object(t), Value::Object(p)) => {
+                    for (k, v) in p {
+                        if v.is_null() {
+                            t.remove(k);
+                        } else {
+                            apply(t.entry(k.clone()).or_insert(Value::Null), v);
+                        }
+                    }
+                }
+                (t, p) => *t = p.clone(),
+            }
+        }
+        if let Some(p) = patch.get("status") {
+            apply(&mut status, p);
+        }
+        status
+    }
+
+    /// Issue 10, item 4: nested keys that are gone must be sent as `null`, as Go's
+    /// `CreateMergePatch` does, or the server keeps them.
+    #[test]
+    fn status_patches_remove_stale_nested_keys() {
+        let t: jiff::Timestamp = "2024-05-06T07:08:09Z".parse().unwrap();
+        let mut v = va(None, None);
+        v.status = Some(VolumeAttachmentStatus {
+            attached: false,
+            attach_error: Some(VolumeError {
+                error_code: Some(8),
+                message: Some("full".into()),
+                time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(t)),
+            }),
+            ..Default::default()
+        });
+        let patch = attach_error(&v, volume_error("not found", None, t));
+        assert_eq!(
+            patch.to_string(),
+            r#"{"status":{"attachError":{"errorCode":null,"message":"not found"}}}"#
+        );
+        assert_eq!(
+            patched(&v, &patch)["attachError"],
+            json!({"message": "not found", "time": "2024-05-06T07:08:09Z"}),
+            "no stale errorCode"
+        );
+
+        v.status = Some(VolumeAttachmentStatus {
+            attached: true,
+            attachment_metadata: Some(BTreeMap::from([
+                ("old".into(), "1".into()),
+                ("kept".into(), "2".into()),
+            ])),
+            ..Default::default()
+        });
+        let patch = mark_attached(&v, BTreeMap::from([("kept".into(), "2".into())]));
+        assert_eq!(
+            patch.to_string(),
+            r#"{"status":{"attachmentMetadata":{"old":null}}}"#
+        );
+        assert_eq!(
+            patched(&v, &patch)["attachmentMetadata"],
+            json!({"kept": "2"}),
+            "no stale publish_context key"
         );
     }
 }
