@@ -12,7 +12,8 @@
 //! - [`events`]: Kubernetes Events that never block a reconcile;
 //! - [`metrics`] and [`http`]: one registry, and `/metrics`, `/healthz`, `/readyz`;
 //! - [`kubeclient`]: the API clients (rate-limited for controllers, unthrottled for the lease);
-//! - [`shutdown`]: one cancellation token reaching every task.
+//! - [`shutdown`]: one cancellation token reaching every task;
+//! - `testing` (feature `testing`): a fake Kubernetes API server for component tests.
 
 pub mod api;
 pub mod controller;
@@ -28,6 +29,8 @@ pub mod meta;
 pub mod metrics;
 pub mod queue;
 pub mod shutdown;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod worker;
 
 pub use controller::{Controller, ControllerContext};

@@ -174,8 +174,18 @@ fn classify(e: kube::Error, lease: &str) -> LeaderError {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::time::Duration;
+
+    use kube::Resource;
     use kube::core::Status;
+    use prometheus_client::registry::Registry;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::leader::decide::LeaseRecord;
+    use crate::leader::tests::{LEASE, NS, config, secs};
+    use crate::leader::{LeaderElectionConfig, LeaderElector};
+    use crate::testing::FakeApiServer;
 
     #[test]
     fn classify_maps_409_and_404_to_conflict() {
@@ -196,5 +206,97 @@ mod tests {
             "l",
         );
         assert!(matches!(e, LeaderError::Api { .. }), "{e}");
+    }
+
+    #[tokio::test]
+    async fn kube_store_speaks_the_lease_api() {
+        let server = FakeApiServer::start().await;
+        let store = KubeLeaseStore::new(server.client(), NS, LEASE);
+        assert!(store.get().await.unwrap().is_none(), "404 reads as absent");
+
+        let at = jiff::Timestamp::from_microsecond(1_700_000_000_123_456).unwrap();
+        let record = LeaseRecord {
+            holder: "a".into(),
+            lease_duration_seconds: 15,
+            acquire_time: Some(at),
+            renew_time: Some(at),
+            transitions: 0,
+        };
+        let lease = Lease {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                name: Some(LEASE.into()),
+                namespace: Some(NS.into()),
+                ..Default::default()
+            },
+            spec: Some(record.to_spec()),
+        };
+        let created = store.create(&lease).await.unwrap();
+        assert_eq!(created.metadata.resource_version.as_deref(), Some("1"));
+        assert_eq!(
+            LeaseRecord::from_lease(&created),
+            record,
+            "MicroTime round-trips"
+        );
+        assert!(matches!(
+            store.create(&lease).await,
+            Err(LeaderError::Conflict { .. })
+        ));
+
+        let replaced = store.replace(&created).await.unwrap();
+        assert_eq!(replaced.metadata.resource_version.as_deref(), Some("2"));
+        assert!(
+            matches!(
+                store.replace(&created).await,
+                Err(LeaderError::Conflict { .. })
+            ),
+            "a stale resourceVersion is a conflict"
+        );
+        let puts = server.requests_matching("PUT", &format!("/leases/{LEASE}"));
+        assert_eq!(
+            puts.iter().map(|r| r.status).collect::<Vec<_>>(),
+            [200, 409]
+        );
+        let body = puts[0].body.as_ref().unwrap();
+        assert_eq!(
+            body["metadata"]["resourceVersion"], "1",
+            "PUT carries the version read"
+        );
+        assert_eq!(
+            body["spec"]["renewTime"], "2023-11-14T22:13:20.123456Z",
+            "MicroTime on the wire"
+        );
+    }
+
+    #[tokio::test]
+    async fn elector_on_the_kube_store_leads_and_releases() {
+        let server = FakeApiServer::start().await;
+        let mut registry = Registry::default();
+        let config = LeaderElectionConfig {
+            lease_duration: secs(3),
+            renew_deadline: secs(2),
+            retry_period: Duration::from_millis(200),
+            ..config("pod-0")
+        };
+        let elector = LeaderElector::new(server.client(), config, &mut registry).unwrap();
+        let shutdown = CancellationToken::new();
+        let (mut rx, task) = elector.spawn(shutdown.clone());
+        tokio::time::timeout(secs(5), rx.wait_for(|l| *l))
+            .await
+            .unwrap()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await; // a couple of renewals
+        shutdown.cancel();
+        task.await.unwrap();
+        let path = format!("{}/{LEASE}", Lease::url_path(&(), Some(NS)));
+        let lease = server.get_json(&path).unwrap();
+        assert_eq!(lease["spec"]["holderIdentity"], "");
+        assert_eq!(lease["spec"]["leaseDurationSeconds"], 1);
+        assert_eq!(lease["metadata"]["name"], LEASE);
+        let version: u64 = lease["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(version >= 3, "created, renewed, released: {version}");
     }
 }
