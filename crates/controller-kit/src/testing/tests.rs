@@ -223,6 +223,44 @@ async fn delete_waits_for_finalizers() {
 }
 
 #[tokio::test]
+async fn strategic_merge_adds_and_deletes_finalizers_with_a_uid_precondition() {
+    let server = FakeApiServer::start().await;
+    let mut obj = cm("ns", "a", &[]);
+    obj.metadata.finalizers = Some(vec!["a/one".into()]);
+    let uid = server.insert(&obj).metadata.uid.unwrap();
+    let api: Api<ConfigMap> = Api::namespaced(server.client(), "ns");
+    let finalizers = |server: &FakeApiServer| {
+        server
+            .get::<ConfigMap>(Some("ns"), "a")
+            .and_then(|c| c.metadata.finalizers)
+            .unwrap_or_default()
+    };
+
+    let add = json!({"metadata": {"uid": uid, "finalizers": ["b/two"]}});
+    api.patch("a", &PatchParams::default(), &Patch::Strategic(&add))
+        .await
+        .unwrap();
+    assert_eq!(
+        finalizers(&server),
+        ["a/one", "b/two"],
+        "merged, not replaced"
+    );
+
+    let stale = json!({"metadata": {"uid": "other", "finalizers": ["c/three"]}});
+    let e = api
+        .patch("a", &PatchParams::default(), &Patch::Strategic(&stale))
+        .await
+        .unwrap_err();
+    assert_eq!(api_error(e).code, 409, "the uid is a precondition");
+
+    let remove = json!({"metadata": {"$deleteFromPrimitiveList/finalizers": ["a/one"]}});
+    api.patch("a", &PatchParams::default(), &Patch::Strategic(&remove))
+        .await
+        .unwrap();
+    assert_eq!(finalizers(&server), ["b/two"]);
+}
+
+#[tokio::test]
 async fn lists_honour_selectors_and_namespaces() {
     let server = FakeApiServer::start().await;
     server.insert(&cm("ns1", "a", &[("app", "x")]));

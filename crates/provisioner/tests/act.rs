@@ -1,0 +1,455 @@
+//! Component tests of the provisioner's act layer: the real controller (informers, queues,
+//! workers, journal) against the fake API server of `controller-kit` and csi-mock on a Unix
+//! socket. They check what reaches the API server and the driver, step by step, where the e2e
+//! suite can only see the end state:
+//! - the deletion stages of a Released PV (DeleteVolume once, then the PV, then its finalizer),
+//!   and that a failed step is retried without repeating the ones done;
+//! - the intent after a failed CreateVolume: released when the error proves nothing was created,
+//!   kept when the volume may exist.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use controller_kit::testing::FakeApiServer;
+use controller_kit::{Backoff, ControllerContext, Informers, Metrics};
+use csi::v1::{self, volume_capability};
+use csi::{CsiClient, CsiEndpoint, CsiMetrics};
+use csi_mock::{Fault, Method, MockConfig, MockDriver, MockServer};
+use k8s_openapi::api::core::v1::{
+    CSIPersistentVolumeSource, ConfigMap, PersistentVolume, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PersistentVolumeSpec, PersistentVolumeStatus,
+    VolumeResourceRequirements,
+};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::api::ObjectMeta;
+use provisioner::constants::*;
+use provisioner::{ProvisionerConfig, journal};
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+
+const NS: &str = "ns";
+/// The manager's namespace, where the journal lives.
+const HOME: &str = "kube-system";
+
+/// The fake API server, csi-mock and a running provisioner.
+struct Harness {
+    api: FakeApiServer,
+    driver: MockDriver,
+    csi: CsiClient,
+    name: String,
+    token: CancellationToken,
+    _server: MockServer,
+    _dir: tempfile::TempDir,
+}
+
+impl Harness {
+    /// Starts csi-mock, the fake API server (`seed` gets it and the driver's name before the
+    /// informers start, so what it adds is in their first list) and the provisioner.
+    async fn start(seed: impl FnOnce(&FakeApiServer, &str)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let endpoint = format!("unix://{}", dir.path().join("csi.sock").display());
+        let driver = MockDriver::new(MockConfig::default());
+        let name = driver.config().driver_name;
+        let server = MockServer::start(&endpoint, driver.clone()).await.unwrap();
+        let mut registry = prometheus_client::registry::Registry::default();
+        let csi = CsiClient::connect(
+            CsiEndpoint::parse(&endpoint).unwrap(),
+            Duration::from_secs(5),
+            CsiMetrics::new(&mut registry),
+        )
+        .unwrap();
+        let discovery = Arc::new(csi.discover().await.unwrap());
+        let api = FakeApiServer::start().await;
+        seed(&api, &name);
+
+        let ctx = ControllerContext {
+            client: api.client(),
+            metrics: Metrics::default(),
+            backoff: Backoff {
+                start: Duration::from_millis(100),
+                max: Duration::from_secs(1),
+            },
+            workers: 4,
+            identity: "test-0".into(),
+            namespace: HOME.into(),
+        };
+        let mut informers = Informers::new(api.client());
+        let controller = provisioner::build(
+            ctx,
+            &csi::Driver {
+                client: csi.clone(),
+                discovery,
+            },
+            ProvisionerConfig::default(),
+            &mut informers,
+            None,
+        );
+        let token = CancellationToken::new();
+        let running = informers.start(token.clone());
+        assert!(running.wait_synced().await, "informers synced");
+        let run = controller.run(token.clone());
+        tokio::spawn(async move {
+            let _informers = running;
+            run.await;
+        });
+        Self {
+            api,
+            driver,
+            csi,
+            name,
+            token,
+            _server: server,
+            _dir: dir,
+        }
+    }
+
+    /// Write requests (not GET, LIST or WATCH) whose path contains `path`, as "METHOD path".
+    fn writes(&self, path: &str) -> Vec<String> {
+        self.api
+            .requests()
+            .into_iter()
+            .filter(|r| !r.is_read() && r.path.contains(path))
+            .map(|r| format!("{} {} {}", r.method, r.path, r.status))
+            .collect()
+    }
+
+    fn events(&self, reason: &str) -> Vec<Event> {
+        self.api
+            .list::<Event>()
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .collect()
+    }
+
+    /// The journal's entries (volume names).
+    fn journal(&self) -> Vec<String> {
+        self.api
+            .get::<ConfigMap>(Some(HOME), &journal::object_name(&self.name))
+            .and_then(|c| c.data)
+            .map(|d| d.into_keys().collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+/// Waits up to 20 s for `check`.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..400 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: namespace.map(Into::into),
+        ..ObjectMeta::default()
+    }
+}
+
+/// A Released PV of `driver` for `volume_id`, with the Delete policy and our finalizer.
+fn released_pv(name: &str, driver: &str, volume_id: &str) -> PersistentVolume {
+    let mut m = meta(name, None);
+    m.finalizers = Some(vec![FINALIZER_PV.into()]);
+    m.annotations = Some(BTreeMap::from([(
+        ANN_DYNAMICALLY_PROVISIONED.into(),
+        driver.into(),
+    )]));
+    PersistentVolume {
+        metadata: m,
+        spec: Some(PersistentVolumeSpec {
+            csi: Some(CSIPersistentVolumeSource {
+                driver: driver.into(),
+                volume_handle: volume_id.into(),
+                ..Default::default()
+            }),
+            persistent_volume_reclaim_policy: Some("Delete".into()),
+            capacity: Some(BTreeMap::from([("storage".into(), Quantity("1Gi".into()))])),
+            ..Default::default()
+        }),
+        status: Some(PersistentVolumeStatus {
+            phase: Some("Released".into()),
+            ..Default::default()
+        }),
+    }
+}
+
+async fn create_volume(csi: &CsiClient, name: &str) -> String {
+    csi.create_volume(v1::CreateVolumeRequest {
+        name: name.into(),
+        capacity_range: Some(v1::CapacityRange {
+            required_bytes: 1 << 30,
+            limit_bytes: 0,
+        }),
+        volume_capabilities: vec![v1::VolumeCapability {
+            access_type: Some(volume_capability::AccessType::Mount(Default::default())),
+            access_mode: Some(volume_capability::AccessMode {
+                mode: volume_capability::access_mode::Mode::SingleNodeWriter as i32,
+            }),
+        }],
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .volume
+    .unwrap()
+    .volume_id
+}
+
+#[tokio::test]
+async fn a_released_volume_is_deleted_then_its_pv_then_its_finalizer_each_once() {
+    let h = Harness::start(|_, _| {}).await;
+    let id = create_volume(&h.csi, "pvc-1").await;
+    h.api.insert(&released_pv("pvc-1", &h.name, &id));
+
+    eventually("the PV to be gone", || {
+        h.api.get::<PersistentVolume>(None, "pvc-1").is_none()
+    })
+    .await;
+    assert!(h.driver.state().volumes.is_empty(), "the volume is deleted");
+    // Let the PV's own events (deletion timestamp, finalizer removal, removal) come back.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(h.driver.calls(Method::DeleteVolume), 1, "DeleteVolume once");
+    assert_eq!(
+        h.writes("/persistentvolumes/pvc-1"),
+        [
+            "DELETE /api/v1/persistentvolumes/pvc-1 200",
+            "PATCH /api/v1/persistentvolumes/pvc-1 200",
+        ],
+        "the PV is deleted, then its finalizer removed, once each"
+    );
+    let finalizer_patch = h
+        .api
+        .requests_matching("PATCH", "/persistentvolumes/pvc-1")
+        .remove(0);
+    assert_eq!(
+        finalizer_patch.body.unwrap()["metadata"]["$deleteFromPrimitiveList/finalizers"],
+        serde_json::json!([FINALIZER_PV])
+    );
+}
+
+#[tokio::test]
+async fn a_failed_pv_delete_is_retried_without_a_second_delete_volume() {
+    let h = Harness::start(|_, _| {}).await;
+    let id = create_volume(&h.csi, "pvc-2").await;
+    h.api
+        .fail_next("DELETE", "/persistentvolumes/pvc-2", 2, 500);
+    h.api.insert(&released_pv("pvc-2", &h.name, &id));
+
+    eventually("the PV to be gone", || {
+        h.api.get::<PersistentVolume>(None, "pvc-2").is_none()
+    })
+    .await;
+    assert_eq!(
+        h.driver.calls(Method::DeleteVolume),
+        1,
+        "the volume deleted once; the retries redo only the PV's deletion"
+    );
+    assert_eq!(
+        h.writes("/persistentvolumes/pvc-2"),
+        [
+            "DELETE /api/v1/persistentvolumes/pvc-2 500",
+            "DELETE /api/v1/persistentvolumes/pvc-2 500",
+            "DELETE /api/v1/persistentvolumes/pvc-2 200",
+            "PATCH /api/v1/persistentvolumes/pvc-2 200",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_failed_delete_volume_is_an_event_and_keeps_the_pv() {
+    let h = Harness::start(|_, _| {}).await;
+    let id = create_volume(&h.csi, "pvc-3").await;
+    h.driver.inject(
+        Method::DeleteVolume,
+        Fault::error(Code::FailedPrecondition, "volume is busy").times(2),
+    );
+    h.api.insert(&released_pv("pvc-3", &h.name, &id));
+
+    eventually("a VolumeFailedDelete event", || {
+        !h.events(REASON_VOLUME_FAILED_DELETE).is_empty()
+    })
+    .await;
+    let event = h.events(REASON_VOLUME_FAILED_DELETE).remove(0);
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    assert!(
+        event
+            .note
+            .as_deref()
+            .unwrap_or_default()
+            .contains("volume is busy"),
+        "{event:?}"
+    );
+    // Retried with backoff until the driver lets go; the PV is touched only after that.
+    eventually("the PV to be gone", || {
+        h.api.get::<PersistentVolume>(None, "pvc-3").is_none()
+    })
+    .await;
+    assert_eq!(h.driver.calls(Method::DeleteVolume), 3);
+    assert!(h.driver.state().volumes.is_empty());
+}
+
+fn class(name: &str, driver: &str) -> StorageClass {
+    StorageClass {
+        metadata: meta(name, None),
+        provisioner: driver.into(),
+        reclaim_policy: Some("Delete".into()),
+        volume_binding_mode: Some("Immediate".into()),
+        ..Default::default()
+    }
+}
+
+fn claim(name: &str, class: &str, driver: &str) -> PersistentVolumeClaim {
+    let mut m = meta(name, Some(NS));
+    m.annotations = Some(BTreeMap::from([(
+        ANN_STORAGE_PROVISIONER.into(),
+        driver.into(),
+    )]));
+    PersistentVolumeClaim {
+        metadata: m,
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: Some(class.into()),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([("storage".into(), Quantity("1Gi".into()))])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        status: Some(Default::default()),
+    }
+}
+
+/// The journal's patches and creates, in order, each as the entries it sets (`+`) or removes
+/// (`-`).
+fn journal_writes(h: &Harness) -> Vec<String> {
+    h.api
+        .requests()
+        .into_iter()
+        .filter(|r| !r.is_read() && r.path.contains("/configmaps") && r.status < 300)
+        .map(|r| {
+            let data = r
+                .body
+                .as_ref()
+                .and_then(|b| b.get("data"))
+                .and_then(|d| d.as_object())
+                .cloned()
+                .unwrap_or_default();
+            data.iter()
+                .map(|(k, v)| format!("{}{k}", if v.is_null() { "-" } else { "+" }))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_intent_is_released_when_create_volume_proves_nothing_was_created() {
+    let h = Harness::start(|api, driver| {
+        api.insert(&class("fast", driver));
+    })
+    .await;
+    h.driver.inject(
+        Method::CreateVolume,
+        Fault::error(Code::InvalidArgument, "unsupported parameter").once(),
+    );
+    h.api.insert(&claim("c1", "fast", &h.name));
+    let uid = h
+        .api
+        .get::<PersistentVolumeClaim>(Some(NS), "c1")
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
+    let volume = format!("pvc-{uid}");
+
+    eventually("a ProvisioningFailed event", || {
+        !h.events(REASON_PROVISIONING_FAILED).is_empty()
+    })
+    .await;
+    // Released within the journal's release window, with nothing else to ride along with.
+    eventually("the intent to be released", || h.journal().is_empty()).await;
+    let writes = journal_writes(&h);
+    assert_eq!(
+        writes.first().map(String::as_str),
+        Some(format!("+{volume}").as_str()),
+        "recorded before CreateVolume: {writes:?}"
+    );
+    assert!(
+        writes.iter().any(|w| w == &format!("-{volume}")),
+        "then released: {writes:?}"
+    );
+    let note = h.events(REASON_PROVISIONING_FAILED).remove(0).note;
+    assert!(
+        note.as_deref()
+            .unwrap_or_default()
+            .contains("unsupported parameter"),
+        "{note:?}"
+    );
+    // The retry (the fault was one-shot) then provisions the claim.
+    eventually("the PV", || {
+        h.api.get::<PersistentVolume>(None, &volume).is_some()
+    })
+    .await;
+    assert_eq!(h.driver.state().volumes.len(), 1);
+}
+
+#[tokio::test]
+async fn an_intent_is_kept_while_create_volume_may_still_be_creating() {
+    let h = Harness::start(|api, driver| {
+        api.insert(&class("fast", driver));
+    })
+    .await;
+    h.driver.inject(
+        Method::CreateVolume,
+        Fault::error(Code::Unavailable, "try again").times(1_000),
+    );
+    h.api.insert(&claim("c2", "fast", &h.name));
+    let uid = h
+        .api
+        .get::<PersistentVolumeClaim>(Some(NS), "c2")
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
+    let volume = format!("pvc-{uid}");
+
+    eventually("two CreateVolume attempts", || {
+        h.driver.calls(Method::CreateVolume) >= 2
+    })
+    .await;
+    // Longer than the release window: nothing is released.
+    tokio::time::sleep(journal::RELEASE_WINDOW + Duration::from_millis(500)).await;
+    assert_eq!(
+        h.journal(),
+        std::slice::from_ref(&volume),
+        "the intent is kept"
+    );
+    assert!(
+        journal_writes(&h)
+            .iter()
+            .flat_map(|w| w.split(' '))
+            .all(|entry| !entry.starts_with('-')),
+        "no release was written: {:?}",
+        journal_writes(&h)
+    );
+    // The driver recovers: the retry creates the volume, the PV records it, the intent goes.
+    h.driver.clear_faults();
+    eventually("the PV", || {
+        h.api.get::<PersistentVolume>(None, &volume).is_some()
+    })
+    .await;
+    eventually("the intent to be released", || h.journal().is_empty()).await;
+}
