@@ -45,6 +45,23 @@ pub fn claim_ref(claim: &PersistentVolumeClaim) -> ObjectReference {
     }
 }
 
+/// The provisioner identity written on every PV (`storage.kubernetes.io/csiProvisionerIdentity`),
+/// in upstream's format: `<unix-ms>-<random 0..9999>-<driver>`, with `-<node>` in node deployment
+/// (external-provisioner `main.go`). Made once per process.
+pub fn provisioner_identity(
+    unix_ms: u128,
+    random: u32,
+    driver: &str,
+    node: Option<&str>,
+) -> String {
+    let mut id = format!("{unix_ms}-{random}-{driver}");
+    if let Some(node) = node {
+        id.push('-');
+        id.push_str(node);
+    }
+    id
+}
+
 /// The PV for `volume`, created by CreateVolume for `intent`, bound to `claim`.
 pub fn build_pv(
     claim: &PersistentVolumeClaim,

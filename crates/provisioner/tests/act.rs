@@ -404,6 +404,22 @@ async fn an_intent_is_released_when_create_volume_proves_nothing_was_created() {
     })
     .await;
     assert_eq!(h.driver.state().volumes.len(), 1);
+    // Issue 10, item 7: upstream's `<unix-ms>-<random>-<driver>`.
+    let pv = h.api.get::<PersistentVolume>(None, &volume).unwrap();
+    let identity = pv.spec.unwrap().csi.unwrap().volume_attributes.unwrap()
+        [VOLUME_ATTR_PROVISIONER_IDENTITY]
+        .clone();
+    let (ms, rest) = identity.split_once('-').unwrap();
+    let (random, driver) = rest.split_once('-').unwrap();
+    assert!(
+        ms.len() == 13 && ms.bytes().all(|b| b.is_ascii_digit()),
+        "{identity}"
+    );
+    assert!(
+        random.parse::<u32>().is_ok_and(|r| r < 10_000),
+        "{identity}"
+    );
+    assert_eq!(driver, h.name);
 }
 
 #[tokio::test]

@@ -79,7 +79,7 @@ struct Shared {
     journal: Arc<Journal>,
     /// Capacity tracking, with `--enable-capacity`.
     capacity: Option<CapacityHandle>,
-    /// The provisioner identity on PVs (with `-<node>` in node deployment).
+    /// The provisioner identity on PVs ([`pv::provisioner_identity`]), stable for the process's life.
     identity: String,
     /// Upstream's provisioning and deletion metrics.
     metrics: crate::metrics::ProvisionerMetrics,
@@ -201,10 +201,16 @@ pub fn build(
     let metrics = ctx
         .metrics
         .register(crate::metrics::ProvisionerMetrics::register);
-    let identity = match &node_mode {
-        Some(n) => format!("{}-{}", ctx.identity, n.node),
-        None => ctx.identity.clone(),
-    };
+    let unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    let identity = pv::provisioner_identity(
+        unix_ms,
+        rand::random_range(0..10_000),
+        &name,
+        node_mode.as_ref().map(|n| n.node.as_str()),
+    );
     let attachments = caps.publish_unpublish.then(|| {
         let d = name.clone();
         informers

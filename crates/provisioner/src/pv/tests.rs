@@ -298,3 +298,15 @@ fn deletion_secret_sources() {
         )
     );
 }
+
+#[test]
+fn the_provisioner_identity_is_upstreams_format() {
+    assert_eq!(
+        provisioner_identity(1_700_000_000_123, 42, "hostpath.csi.k8s.io", None),
+        "1700000000123-42-hostpath.csi.k8s.io"
+    );
+    assert_eq!(
+        provisioner_identity(1_700_000_000_123, 9999, "d", Some("node-1")),
+        "1700000000123-9999-d-node-1"
+    );
+}
