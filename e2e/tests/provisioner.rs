@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use csi::v1;
 use e2e::{clients, eventually, journal_entries, storage_class, unique};
+use k8s_openapi::api::core::v1::Event;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
-use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 
@@ -149,14 +149,14 @@ async fn a_bad_class_parameter_fails_clearly_without_a_hot_loop() {
             async move {
                 let list = events.list(&ListParams::default()).await.ok()?;
                 list.items.into_iter().find(|e| {
-                    e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(n.as_str())
+                    e.involved_object.name.as_deref() == Some(n.as_str())
                         && e.reason.as_deref() == Some("ProvisioningFailed")
                 })
             }
         },
     )
     .await;
-    let note = failed.note.unwrap_or_default();
+    let note = failed.message.unwrap_or_default();
     assert!(
         note.contains("found unknown parameter key \"csi.storage.k8s.io/bogus\" with reserved namespace csi.storage.k8s.io/"),
         "{note}"
@@ -168,13 +168,10 @@ async fn a_bad_class_parameter_fails_clearly_without_a_hot_loop() {
     let ours: Vec<&Event> = list
         .items
         .iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name.as_str()))
+        .filter(|e| e.involved_object.name.as_deref() == Some(name.as_str()))
         .filter(|e| e.reason.as_deref() == Some("ProvisioningFailed"))
         .collect();
-    let attempts: i32 = ours
-        .iter()
-        .map(|e| e.series.as_ref().map_or(1, |s| s.count))
-        .sum();
+    let attempts: i32 = ours.iter().map(|e| e.count.unwrap_or(1)).sum();
     assert!(
         (1..=6).contains(&attempts),
         "{attempts} failed attempts in ~8 s"

@@ -10,8 +10,8 @@ use std::time::Duration;
 use csi_mock::{AccessType, Fault, Method, TopologyConfig};
 use e2e::{OwnDriver, claim, clients, eventually, storage_class};
 use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Event;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, Secret};
-use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::storage::v1::{CSIDriver, CSIDriverSpec, StorageClass};
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -97,8 +97,8 @@ impl Apis {
         let list = self.events.list(&ListParams::default()).await.unwrap();
         list.items
             .into_iter()
-            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-            .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+            .filter(|e| e.involved_object.name.as_deref() == Some(name))
+            .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
             .collect()
     }
 }
@@ -360,7 +360,7 @@ async fn driver_errors_are_reported_then_provisioning_and_deletion_recover() {
     let c = clients().await;
     let all_events: Api<Event> = Api::all(c.main.clone());
     let failed = all_events
-        .list(&ListParams::default().fields(&format!("regarding.name={pv_name}")))
+        .list(&ListParams::default().fields(&format!("involvedObject.name={pv_name}")))
         .await
         .unwrap();
     assert!(
@@ -368,7 +368,7 @@ async fn driver_errors_are_reported_then_provisioning_and_deletion_recover() {
             .items
             .iter()
             .any(|e| e.reason.as_deref() == Some("VolumeFailedDelete")
-                && e.note
+                && e.message
                     .as_deref()
                     .is_some_and(|n| n.contains("backend busy on delete"))),
         "a VolumeFailedDelete event on the PV"

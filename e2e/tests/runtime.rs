@@ -192,10 +192,9 @@ async fn the_shared_informer_keeps_only_our_objects_and_sees_deletes() {
 }
 
 #[tokio::test]
-async fn repeated_events_fold_into_a_series_and_new_messages_show() {
+async fn repeated_events_fold_into_a_count_and_new_messages_show() {
     use controller_kit::events::EventRecorder;
-    use k8s_openapi::api::core::v1::ObjectReference;
-    use k8s_openapi::api::events::v1::Event;
+    use k8s_openapi::api::core::v1::{Event, ObjectReference};
     use kube::api::ListParams;
 
     let c = clients().await;
@@ -230,20 +229,20 @@ async fn repeated_events_fold_into_a_series_and_new_messages_show() {
 
     let events: Api<Event> = Api::namespaced(c.main.clone(), "default");
     let ours: Vec<Event> = events
-        .list(&ListParams::default().fields(&format!("regarding.name={name}")))
+        .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
         .await
         .unwrap()
         .items;
     let count_of = |note: &str| -> Vec<i32> {
         ours.iter()
-            .filter(|e| e.note.as_deref() == Some(note))
-            .map(|e| e.series.as_ref().map_or(1, |s| s.count))
+            .filter(|e| e.message.as_deref() == Some(note))
+            .map(|e| e.count.unwrap_or(1))
             .collect()
     };
     assert_eq!(
         count_of("backend busy"),
         vec![3],
-        "one event, a series of 3"
+        "one event, counted 3 times"
     );
     assert_eq!(
         count_of("backend broke"),
@@ -252,8 +251,9 @@ async fn repeated_events_fold_into_a_series_and_new_messages_show() {
     );
     for e in &ours {
         assert_eq!(
-            e.reporting_controller.as_deref(),
-            Some("external-provisioner")
+            e.source.as_ref().and_then(|s| s.component.as_deref()),
+            Some("external-provisioner"),
+            "as client-go's recorder writes it"
         );
         assert_eq!(e.type_.as_deref(), Some("Warning"));
         let _ = events

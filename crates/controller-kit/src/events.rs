@@ -1,28 +1,32 @@
 //! Kubernetes Events, published without ever blocking or failing a reconcile.
 //!
-//! events.k8s.io/v1 Events; a repeat of the same event (same object, type, reason, action *and
-//! note*) within six minutes is folded into the first one's `series` instead of a new object.
-//! The note is part of the key on purpose: kube-runtime's recorder leaves it out, so a new error
-//! message would be counted into the series of the first one and never shown, while upstream's
-//! sidecars (client-go's correlator) show each distinct message. Event reasons are constants of
-//! the controller that emits them, with upstream's values. Publishing is bounded by a timeout; a
-//! failure is logged and dropped, since an Event is information, not state.
+//! Core `v1` Events, as the Go sidecars' recorder (client-go `tools/record`) writes them, so that
+//! upstream's ClusterRoles (which grant `events` in the core group only) are enough: named
+//! `<object>.<unix-nanos in hex>`, with `involvedObject`, `source.component`, `firstTimestamp`,
+//! `lastTimestamp` and `count`. A repeat of the same event (same object, type, reason *and
+//! message*) within six minutes is folded into the first one, as client-go's correlator does: a
+//! strategic merge patch of `count`, `lastTimestamp` and `message`. The message is part of the key
+//! on purpose: kube-runtime's recorder leaves it out, so a new error message would be counted into
+//! the first one and never shown. Event reasons are constants of the controller that emits them,
+//! with upstream's values. Publishing is bounded by a timeout; a failure is logged and dropped,
+//! since an Event is information, not state. Readers of `events.k8s.io/v1` see the same objects
+//! (`note`, `regarding`, `deprecatedCount`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::api::events::v1::{Event, EventSeries};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Client;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest note the API accepts (1 KiB); longer messages are cut.
+/// Longest message kept (1 KiB, as the events.k8s.io API's note); longer messages are cut.
 const MAX_NOTE: usize = 1024;
-/// How long a published event can still take repeats into its series.
+/// How long a published event can still take repeats into its count (client-go's correlator
+/// keeps its cache longer, but a repeat after a quiet spell starting a new Event is harmless).
 const SERIES_WINDOW: SignedDuration = SignedDuration::from_mins(6);
 /// Bound on remembered events; the oldest are forgotten first.
 const MAX_REMEMBERED: usize = 4096;
@@ -162,12 +166,14 @@ impl EventRecorder {
             Some(mut p) => {
                 p.count += 1;
                 p.last = now;
-                let patch = serde_json::json!({"series": EventSeries {
-                    count: p.count,
-                    last_observed_time: MicroTime(now),
-                }});
+                // client-go's `eventSink.Patch`: count, last timestamp and message.
+                let patch = serde_json::json!({
+                    "count": p.count,
+                    "lastTimestamp": Time(now),
+                    "message": key.note,
+                });
                 match api
-                    .patch(&p.name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .patch(&p.name, &PatchParams::default(), &Patch::Strategic(&patch))
                     .await
                 {
                     Ok(_) => p,
@@ -215,14 +221,20 @@ impl EventRecorder {
                 namespace: Some(key.namespace.clone()),
                 ..Default::default()
             },
-            event_time: Some(MicroTime(now)),
-            action: Some(key.action.clone()),
+            involved_object: regarding.clone(),
             reason: Some(key.reason.clone()),
-            note: Some(key.note.clone()),
-            regarding: Some(regarding.clone()),
-            reporting_controller: Some(self.controller.clone()),
-            reporting_instance: Some(self.instance.clone()),
+            message: Some(key.note.clone()),
+            source: Some(EventSource {
+                component: Some(self.controller.clone()),
+                host: None,
+            }),
+            first_timestamp: Some(Time(now)),
+            last_timestamp: Some(Time(now)),
+            count: Some(1),
             type_: Some(key.type_.as_str().into()),
+            action: Some(key.action.clone()),
+            reporting_component: Some(self.controller.clone()),
+            reporting_instance: Some(self.instance.clone()),
             ..Default::default()
         };
         api.create(&PostParams::default(), &event).await?;
