@@ -8,6 +8,7 @@
 //! - [`key`]: typed queue keys;
 //! - [`keylock`] and [`expiring`]: per-key async locks, and maps of recent facts that forget;
 //! - [`meta`]: annotations and finalizers, read one way;
+//! - [`patch`]: patches applied locally, and sent as updates where RBAC grants no `patch`;
 //! - [`leader`]: leader election on a `coordination.k8s.io/v1` Lease;
 //! - [`events`]: Kubernetes Events that never block a reconcile;
 //! - [`metrics`] and [`http`]: one registry, and `/metrics`, `/healthz`, `/readyz`;
@@ -27,6 +28,7 @@ pub mod kubeclient;
 pub mod leader;
 pub mod meta;
 pub mod metrics;
+pub mod patch;
 pub mod queue;
 pub mod shutdown;
 #[cfg(any(test, feature = "testing"))]

@@ -5,8 +5,10 @@
 
 use std::future::Future;
 
+use controller_kit::patch::{PatchKind, UpdateFallback, patch_or_update};
 use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolume, PersistentVolumeClaim};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use serde_json::Value;
 
 use crate::constants::SNAPSHOT_API_GROUP;
 use crate::error::Error;
@@ -37,6 +39,76 @@ pub fn snapshot_api(
         Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
         None => Api::all_with(client.clone(), &resource),
     }
+}
+
+/// Changes to claims and VolumeSnapshots: patches, or, where RBAC grants only `update` (as
+/// upstream's provisioner ClusterRole does), the same changes as updates
+/// ([`controller_kit::patch`]). One per controller, so a refused patch is tried once.
+#[derive(Debug, Default)]
+pub struct Writes {
+    claims: UpdateFallback,
+    snapshots: UpdateFallback,
+}
+
+impl Writes {
+    /// Changes the claim `ns/name` by `patch`.
+    pub async fn claim(
+        &self,
+        client: &kube::Client,
+        ns: &str,
+        name: &str,
+        kind: PatchKind,
+        patch: &Value,
+        action: &str,
+    ) -> Result<(), Error> {
+        let api = Api::namespaced_with(
+            client.clone(),
+            ns,
+            &ApiResource::erase::<PersistentVolumeClaim>(&()),
+        );
+        change(&api, name, kind, patch, &self.claims, action).await
+    }
+
+    /// Changes the VolumeSnapshot `ns/name` by the merge patch `patch`.
+    pub async fn snapshot(
+        &self,
+        client: &kube::Client,
+        ns: &str,
+        name: &str,
+        patch: &Value,
+        action: &str,
+    ) -> Result<(), Error> {
+        let api = snapshot_api(
+            client,
+            Some(ns),
+            crate::constants::SNAPSHOT_KIND,
+            "volumesnapshots",
+        );
+        change(&api, name, PatchKind::Merge, patch, &self.snapshots, action).await
+    }
+}
+
+async fn change(
+    api: &Api<DynamicObject>,
+    name: &str,
+    kind: PatchKind,
+    patch: &Value,
+    fallback: &UpdateFallback,
+    action: &str,
+) -> Result<(), Error> {
+    patch_or_update(
+        api,
+        name,
+        kind,
+        patch,
+        fallback,
+        controller_kit::api::DEFAULT_API_TIMEOUT,
+    )
+    .await
+    .map_err(|source| Error::Api {
+        action: action.into(),
+        source,
+    })
 }
 
 /// The Event reference of a claim.

@@ -20,9 +20,9 @@
 //!
 //! # What it does not do
 //! No admission, defaulting, validation, authentication or RBAC; no discovery, no server-side
-//! apply (`application/apply-patch+yaml` gets 415); strategic merge patches are applied as JSON
-//! merge patches (RFC 7386) plus `$deleteFromPrimitiveList` and a merged `finalizers` list, so other
-//! lists are replaced, never merged by key; no status/spec separation
+//! apply (`application/apply-patch+yaml` gets 415); strategic merge patches are applied as
+//! [`crate::patch::apply`] does (JSON merge plus `$deleteFromPrimitiveList` and a merged
+//! `finalizers` list), so other lists are replaced, never merged by key; no status/spec separation
 //! (a write to `/status` may change anything, a write to the object may change its status); no
 //! owner-reference garbage collection; no pagination (`limit`/`continue` are ignored); set-based
 //! label selectors (`k in (a,b)`) get 400; field selectors work on any field; no watch bookmarks

@@ -306,16 +306,8 @@ impl Store {
             }
             "application/strategic-merge-patch+json" => {
                 let patch: Value = serde_json::from_slice(body).map_err(bad)?;
-                // A uid in the patch is a precondition.
-                if let Some(uid) = patch.pointer("/metadata/uid").and_then(Value::as_str)
-                    && Some(uid) != meta_str(&old, "uid")
-                {
-                    return Err(ApiError::conflict(
-                        &key,
-                        "the object's UID differs from the patch's",
-                    ));
-                }
-                strategic_merge(&mut obj, &patch);
+                crate::patch::apply(crate::patch::PatchKind::Strategic, &mut obj, &patch)
+                    .map_err(|e| ApiError::conflict(&key, &e.0))?;
             }
             "application/json-patch+json" => {
                 let patch: json_patch::Patch = serde_json::from_slice(body).map_err(bad)?;
@@ -614,62 +606,4 @@ fn random_suffix() -> String {
     (0..5)
         .map(|_| char::from(ALPHABET[rand::random_range(0..ALPHABET.len())]))
         .collect()
-}
-
-/// Lists of primitives a strategic merge patch merges (union) instead of replacing: those with
-/// `patchStrategy: merge` that controllers patch. Others are replaced, as in a JSON merge patch.
-const MERGED_PRIMITIVE_LISTS: &[&str] = &["finalizers"];
-
-/// A strategic merge patch, approximated: a JSON merge patch, except that
-/// `$deleteFromPrimitiveList/<key>` removes values from the list `<key>`, the lists named in
-/// [`MERGED_PRIMITIVE_LISTS`] are merged (values added once, in order), and other `$` directives
-/// are ignored. (The caller checks a `metadata.uid` in the patch first, as a precondition.)
-fn strategic_merge(target: &mut Value, patch: &Value) {
-    let Value::Object(patch) = patch else {
-        *target = patch.clone();
-        return;
-    };
-    if !target.is_object() {
-        *target = Value::Object(Map::new());
-    }
-    let Value::Object(target) = target else {
-        return;
-    };
-    for (key, value) in patch {
-        if let Some(list) = key.strip_prefix("$deleteFromPrimitiveList/") {
-            if let (Some(Value::Array(have)), Value::Array(drop)) = (target.get_mut(list), value) {
-                have.retain(|v| !drop.contains(v));
-            }
-            continue;
-        }
-        if key.starts_with('$') {
-            continue;
-        }
-        match value {
-            Value::Null => {
-                target.remove(key);
-            }
-            Value::Array(add) if MERGED_PRIMITIVE_LISTS.contains(&key.as_str()) => {
-                let list = target
-                    .entry(key.clone())
-                    .or_insert_with(|| Value::Array(Vec::new()));
-                match list {
-                    Value::Array(have) => {
-                        for v in add {
-                            if !have.contains(v) {
-                                have.push(v.clone());
-                            }
-                        }
-                    }
-                    other => *other = value.clone(),
-                }
-            }
-            Value::Object(_) => {
-                strategic_merge(target.entry(key.clone()).or_insert(Value::Null), value);
-            }
-            _ => {
-                target.insert(key.clone(), value.clone());
-            }
-        }
-    }
 }

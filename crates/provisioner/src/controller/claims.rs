@@ -5,11 +5,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use controller_kit::patch::PatchKind;
 use controller_kit::{NamespacedName, Outcome};
 use csi::v1;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::api::storage::v1::{StorageClass, VolumeAttributesClass};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use kube::runtime::reflector::ObjectRef;
 use tokio::time::Instant;
 
@@ -319,15 +320,20 @@ impl Shared {
     ) -> Result<(), Error> {
         let ns = pvc.metadata.namespace.as_deref().unwrap_or_default();
         let name = pvc.metadata.name.as_deref().unwrap_or_default();
-        let r = call_api(
-            action,
-            self.pvc_api(ns)
-                .patch(name, &PatchParams::default(), &Patch::Strategic(patch)),
-        )
-        .await;
+        let r = self
+            .writes
+            .claim(
+                &self.ctx.client,
+                ns,
+                name,
+                PatchKind::Strategic,
+                patch,
+                action,
+            )
+            .await;
         match r {
             Err(e) if e.is_not_found() => Ok(()),
-            r => r.map(|_| ()),
+            r => r,
         }
     }
 

@@ -2,15 +2,14 @@
 //! `becomeOwner`): a per-claim, jittered delay, a capacity check, then a resourceVersion-
 //! conditioned claim on `selected-node`; a lost race waits longer next time.
 
+use controller_kit::patch::PatchKind;
 use controller_kit::{NamespacedName, Outcome};
 use csi::v1;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::api::storage::v1::StorageClass;
-use kube::api::{Patch, PatchParams};
 use tokio::time::Instant;
 
 use super::Shared;
-use crate::api::call_api;
 use crate::error::Error;
 use crate::node;
 use crate::patch;
@@ -85,12 +84,17 @@ impl Shared {
         let patch = patch::select_node(pvc.metadata.resource_version.as_deref(), &nd.node);
         let ns = pvc.metadata.namespace.as_deref().unwrap_or_default();
         let name = pvc.metadata.name.as_deref().unwrap_or_default();
-        match call_api(
-            "select this node for the claim",
-            self.pvc_api(ns)
-                .patch(name, &PatchParams::default(), &Patch::Merge(&patch)),
-        )
-        .await
+        match self
+            .writes
+            .claim(
+                &self.ctx.client,
+                ns,
+                name,
+                PatchKind::Merge,
+                &patch,
+                "select this node for the claim",
+            )
+            .await
         {
             Ok(_) => {
                 tracing::info!(pvc = %NamespacedName::new(ns, name), node = %nd.node, "this node took the claim");

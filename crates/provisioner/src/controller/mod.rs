@@ -77,6 +77,8 @@ struct Shared {
     /// Volume names being provisioned or deleted.
     locks: KeyLocks<String>,
     journal: Arc<Journal>,
+    /// Claim and snapshot changes: patches, or updates where RBAC grants no patch.
+    writes: crate::api::Writes,
     /// Capacity tracking, with `--enable-capacity`.
     capacity: Option<CapacityHandle>,
     /// The provisioner identity on PVs ([`pv::provisioner_identity`]), stable for the process's life.
@@ -241,6 +243,7 @@ pub fn build(
             volumes,
             locks: KeyLocks::default(),
             journal,
+            writes: Default::default(),
             capacity,
             identity,
             metrics,

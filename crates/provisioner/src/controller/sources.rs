@@ -6,9 +6,10 @@
 use std::sync::Arc;
 
 use controller_kit::NamespacedName;
+use controller_kit::patch::PatchKind;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::api::storage::v1::StorageClass;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, DynamicObject};
 use kube::runtime::reflector::ObjectRef;
 use tokio_util::sync::CancellationToken;
 
@@ -117,18 +118,14 @@ impl Shared {
         };
         let ns = snapshot.metadata.namespace.as_deref().unwrap_or_default();
         let name = snapshot.metadata.name.as_deref().unwrap_or_default();
-        let api = self.snapshot_api(Some(ns), SNAPSHOT_KIND, "volumesnapshots");
         let action = if on {
             "add snapshot source finalizer"
         } else {
             "remove snapshot source finalizer"
         };
-        call_api(
-            action,
-            api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)),
-        )
-        .await
-        .map(|_| ())
+        self.writes
+            .snapshot(&self.ctx.client, ns, name, &patch, action)
+            .await
     }
 
     /// Upstream: the VolumeSnapshot a restore reads from gets the provisioner's finalizer before
@@ -252,13 +249,16 @@ impl Shared {
             return Ok(());
         }
         let patch = patch::add_clone_protection();
-        call_api(
-            "add cloning-protection finalizer",
-            self.pvc_api(ns)
-                .patch(name, &PatchParams::default(), &Patch::Strategic(&patch)),
-        )
-        .await
-        .map(|_| ())
+        self.writes
+            .claim(
+                &self.ctx.client,
+                ns,
+                name,
+                PatchKind::Strategic,
+                &patch,
+                "add cloning-protection finalizer",
+            )
+            .await
     }
 
     /// Upstream clone controller: a deleted source loses its cloning-protection finalizer once no
@@ -274,12 +274,17 @@ impl Shared {
         let patch = patch::remove_clone_protection(pvc.metadata.uid.as_deref());
         let ns = pvc.metadata.namespace.as_deref().unwrap_or_default();
         let name = pvc.metadata.name.as_deref().unwrap_or_default();
-        match call_api(
-            "remove cloning-protection finalizer",
-            self.pvc_api(ns)
-                .patch(name, &PatchParams::default(), &Patch::Strategic(&patch)),
-        )
-        .await
+        match self
+            .writes
+            .claim(
+                &self.ctx.client,
+                ns,
+                name,
+                PatchKind::Strategic,
+                &patch,
+                "remove cloning-protection finalizer",
+            )
+            .await
         {
             Err(e) if !e.is_not_found() => Err(e),
             _ => Ok(()),
