@@ -131,8 +131,17 @@ pub struct ManagerProcess {
 
 impl ManagerProcess {
     /// A manager for `endpoint` with `args` on top; logs under `$E2E_DIR/logs` (or the temp dir).
+    /// With `OURS_KUBECONFIG` set (`e2e/cluster rbac`), and no `--kubeconfig` in `args`, it runs
+    /// with that kubeconfig: as a ServiceAccount holding only upstream's roles and our documented
+    /// additions.
     pub fn new(name: &str, endpoint: &str, args: &[&str]) -> Self {
         let mut all = vec!["--csi-address".to_string(), endpoint.to_string()];
+        if let Ok(kubeconfig) = std::env::var("OURS_KUBECONFIG")
+            && !kubeconfig.is_empty()
+            && !args.iter().any(|a| a.starts_with("--kubeconfig"))
+        {
+            all.extend(["--kubeconfig".to_string(), kubeconfig]);
+        }
         all.extend(args.iter().map(|a| a.to_string()));
         Self::other(
             &format!("{name}-manager"),
@@ -550,4 +559,54 @@ pub async fn http_get(port: u16, path: &str) -> String {
         .split_once("\r\n\r\n")
         .map(|(_, body)| body.to_string())
         .unwrap_or_default()
+}
+
+/// Under upstream's RBAC (`OURS_KUBECONFIG`, see `e2e/cluster rbac`), grants the manager in
+/// namespace `ns` what a deployment there would have: a copy of upstream's namespaced provisioner
+/// Role (`external-provisioner-cfg`: Leases, CSIStorageCapacities, Pods, ReplicaSets) bound to
+/// the manager's ServiceAccount. Without `OURS_KUBECONFIG`, nothing.
+pub async fn grant_upstream_namespace_role(ns: &str) {
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding, RoleRef, Subject};
+    if !std::env::var("OURS_KUBECONFIG").is_ok_and(|k| !k.is_empty()) {
+        return;
+    }
+    let c = clients().await;
+    let upstream: kube::Api<Role> = kube::Api::namespaced(c.main.clone(), "default");
+    let mut role = upstream
+        .get("external-provisioner-cfg")
+        .await
+        .expect("upstream's Role, applied by e2e/cluster rbac");
+    role.metadata = kube::api::ObjectMeta {
+        name: role.metadata.name.clone(),
+        namespace: Some(ns.to_string()),
+        ..Default::default()
+    };
+    let roles: kube::Api<Role> = kube::Api::namespaced(c.main.clone(), ns);
+    roles
+        .create(&Default::default(), &role)
+        .await
+        .expect("copy the Role");
+    let binding = RoleBinding {
+        metadata: kube::api::ObjectMeta {
+            name: Some("csi-controller-manager-provisioner-cfg".into()),
+            namespace: Some(ns.to_string()),
+            ..Default::default()
+        },
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "Role".into(),
+            name: "external-provisioner-cfg".into(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: "csi-controller-manager".into(),
+            namespace: Some("default".into()),
+            ..Default::default()
+        }]),
+    };
+    let bindings: kube::Api<RoleBinding> = kube::Api::namespaced(c.main.clone(), ns);
+    bindings
+        .create(&Default::default(), &binding)
+        .await
+        .expect("bind the Role");
 }

@@ -68,6 +68,8 @@ async fn capacity_is_published_per_class_and_segment_and_follows_the_driver() {
     .await;
     let mut own = own;
     let namespace = own.name.clone();
+    // Capacity objects live in the manager's namespace, here the test's.
+    e2e::grant_upstream_namespace_role(&namespace).await;
     own.manager
         .restart_with(
             &[

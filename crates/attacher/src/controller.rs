@@ -57,7 +57,8 @@ pub(crate) struct Shared {
     pub(crate) vas: Store<VolumeAttachment>,
     pub(crate) pvs: Store<PersistentVolume>,
     pub(crate) csinodes: Store<CSINode>,
-    pub(crate) nodes: Store<PartialObjectMeta<Node>>,
+    /// Nodes (metadata only), unless RBAC grants no Node watch (`AttacherConfig::watch_nodes`).
+    pub(crate) nodes: Option<Store<PartialObjectMeta<Node>>>,
     pub(crate) attach: WorkQueue<String>,
     pub(crate) detach: WorkQueue<String>,
     pub(crate) pv_queue: WorkQueue<String>,
@@ -140,11 +141,13 @@ pub(crate) fn build(
             .keep(move |c| c.spec.drivers.iter().any(|d| d.name == name))
             .store()
     };
-    // Existence only; metadata-only watch.
-    let nodes = informers
-        .for_type::<PartialObjectMeta<Node>>()
-        .keep(|_| true)
-        .store();
+    // Existence only; metadata-only watch. Upstream's attacher role grants no Nodes.
+    let nodes = config.watch_nodes.then(|| {
+        informers
+            .for_type::<PartialObjectMeta<Node>>()
+            .keep(|_| true)
+            .store()
+    });
 
     let shared = Arc::new(Shared {
         attach: WorkQueue::new(ATTACH_QUEUE, ctx.backoff, queues.clone()),
@@ -172,14 +175,16 @@ pub(crate) fn build(
     informers
         .for_type::<PersistentVolume>()
         .on_change(move |change| s.on_pv(change));
-    let s = shared.clone();
-    informers
-        .for_type::<PartialObjectMeta<Node>>()
-        .on_change(move |change| {
-            if let Change::Deleted(node) = change {
-                s.on_node_deleted(&name_of(*node));
-            }
-        });
+    if shared.nodes.is_some() {
+        let s = shared.clone();
+        informers
+            .for_type::<PartialObjectMeta<Node>>()
+            .on_change(move |change| {
+                if let Change::Deleted(node) = change {
+                    s.on_node_deleted(&name_of(*node));
+                }
+            });
+    }
     shared
 }
 
@@ -397,7 +402,11 @@ impl Shared {
         let pv = request::pv_name(&va).and_then(|n| self.pvs.get(&ObjectRef::new(n)));
         let node = &va.spec.node_name;
         let csinode = self.csinodes.get(&ObjectRef::new(node));
-        let node_exists = self.nodes.get(&ObjectRef::new(node)).is_some();
+        // Without a Node watch, every node is taken to exist (as upstream does).
+        let node_exists = self
+            .nodes
+            .as_ref()
+            .is_none_or(|n| n.get(&ObjectRef::new(node)).is_some());
         let mut secrets = Secrets::NotLoaded;
         let step = loop {
             let obs = Observed {

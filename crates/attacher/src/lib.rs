@@ -10,7 +10,8 @@
 //! - [`filter`]: upstream's filter that keeps our own error writes from defeating backoff;
 //! - [`csi_call`]: the CSI calls and the mapping of their outcomes;
 //! - `controller`: informers, lanes, workers and the API calls (thin);
-//! - [`list_sync`]: the periodic ListVolumes sync (`--reconcile-sync`).
+//! - [`list_sync`]: the periodic ListVolumes sync (`--reconcile-sync`);
+//! - [`access`]: the API permissions it uses, checked at start-up.
 //!
 //! # Lanes (beyond upstream)
 //! Attaches and detaches have separate queues, `csi-attacher-va-attach` and
@@ -29,7 +30,10 @@
 //! - Kubernetes' attach/detach controller is what deletes the VA of a deleted node (after the
 //!   node's pods are gone, or after its 6-minute force-detach timeout); this controller never
 //!   deletes a VolumeAttachment itself.
+//! - Both need a watch of Nodes, which upstream's attacher ClusterRole does not grant: without
+//!   it ([`AttacherConfig::watch_nodes`] off) every node is taken to exist, as upstream does.
 
+pub mod access;
 pub mod constants;
 mod controller;
 pub mod csi_call;
@@ -63,6 +67,9 @@ pub struct AttacherConfig {
     pub detach_workers: Option<usize>,
     /// Timeout of each API call.
     pub api_timeout: Duration,
+    /// Watch Nodes (metadata only) to refuse attaching to, and detach from, deleted nodes.
+    /// Upstream's attacher ClusterRole grants no Nodes: without the permission this is off.
+    pub watch_nodes: bool,
 }
 
 impl Default for AttacherConfig {
@@ -75,6 +82,7 @@ impl Default for AttacherConfig {
             attach_workers: None,
             detach_workers: None,
             api_timeout: Duration::from_secs(30),
+            watch_nodes: true,
         }
     }
 }

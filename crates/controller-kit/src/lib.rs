@@ -1,5 +1,6 @@
 //! What every controller of csi-controller-manager shares and kube-rs does not provide:
 //!
+//! - [`access`]: the API permissions each controller uses, checked at start-up;
 //! - [`api`]: every API call with a timeout, and one error type for the answers;
 //! - [`informer`]: one watch and cache per resource type for the whole process, keeping only the
 //!   objects that concern this driver;
@@ -16,6 +17,7 @@
 //! - [`shutdown`]: one cancellation token reaching every task;
 //! - `testing` (feature `testing`): a fake Kubernetes API server for component tests.
 
+pub mod access;
 pub mod api;
 pub mod controller;
 pub mod events;

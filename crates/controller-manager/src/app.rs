@@ -9,6 +9,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use controller_kit::access;
 use controller_kit::http::{self, Health};
 use controller_kit::informer::{Informers, RunningInformers};
 use controller_kit::leader::group::{self, LeaseGroup};
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::controllers;
 use crate::flags::{ControllerKind, Flags};
+use crate::wiring::{Configs, Wiring, build_controllers};
 
 const SERVICE_ACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
 
@@ -161,14 +163,30 @@ pub async fn run(flags: Flags) -> Result<(), AppError> {
     let node = node_deployment(&flags, &csi, &kinds)
         .await
         .map_err(AppError::NodeInfo)?;
+    let mut configs = Configs::new(&flags, node);
+    let wanted = configs.permissions(
+        &kinds,
+        &discovery,
+        &context.namespace,
+        flags.leader_election,
+    );
+    match access::check(&clients.main, &wanted).await {
+        Ok(denied) => {
+            configs.without(&denied);
+            if let Some(missing) = metrics.register(|r| access::report(&denied, r)) {
+                health.add_ready("permissions", move || Err(missing.clone()));
+            }
+        }
+        Err(error) => tracing::warn!(%error, "could not check this process's API permissions"),
+    }
     let built = build_controllers(
         &kinds,
-        &flags,
+        configs,
         Wiring {
+            flags: &flags,
             context: &context,
             driver: &csi_driver,
             capacity_client,
-            node,
         },
         &mut informers,
     );
@@ -273,111 +291,6 @@ async fn node_deployment(
         base_delay: flags.node_deployment_base_delay,
         max_delay: flags.node_deployment_max_delay,
     }))
-}
-
-/// What every controller is built from, beside the flags.
-struct Wiring<'a> {
-    context: &'a ControllerContext,
-    driver: &'a csi::Driver,
-    /// Capacity tracking's own API client, with `--enable-capacity`.
-    capacity_client: Option<kube::Client>,
-    /// Node deployment's node and segment, with `--node-deployment`.
-    node: Option<provisioner::node::NodeDeployment>,
-}
-
-/// Builds the controllers of `kinds`, registering their informers; returns those built.
-///
-/// A controller whose crate is not part of this build yet is reported and skipped, and its Lease
-/// is not held: an upstream sidecar kept beside this process for it takes its Lease and runs.
-fn build_controllers(
-    kinds: &BTreeSet<ControllerKind>,
-    flags: &Flags,
-    wiring: Wiring<'_>,
-    informers: &mut Informers,
-) -> Vec<(ControllerKind, Arc<dyn Controller>)> {
-    let Wiring {
-        context,
-        driver,
-        capacity_client,
-        node,
-    } = wiring;
-    let mut built: Vec<(ControllerKind, Arc<dyn Controller>)> = Vec::new();
-    for kind in kinds {
-        match kind {
-            ControllerKind::Attacher => {
-                let config = attacher::AttacherConfig {
-                    default_fstype: flags.default_fstype.clone(),
-                    reconcile_sync: flags.reconcile_sync,
-                    resync: flags.resync,
-                    ..attacher::AttacherConfig::default()
-                };
-                let context = ControllerContext {
-                    workers: flags.workers(*kind),
-                    ..context.clone()
-                };
-                built.push((*kind, attacher::build(context, driver, config, informers)));
-            }
-            ControllerKind::Provisioner => {
-                let mut config = provisioner::ProvisionerConfig {
-                    volume_name_prefix: flags.volume_name_prefix.clone(),
-                    volume_name_uuid_length: flags.volume_name_uuid_length,
-                    default_fs_type: flags.default_fstype.clone(),
-                    extra_create_metadata: flags.extra_create_metadata,
-                    strict_topology: flags.strict_topology,
-                    immediate_topology: flags.immediate_topology,
-                    controller_publish_readonly: flags.controller_publish_readonly,
-                    prevent_volume_mode_conversion: flags.prevent_volume_mode_conversion,
-                    snapshot_orphan_sweep_interval: flags.snapshot_orphan_sweep_interval,
-                    node_deployment: node.clone(),
-                    ..provisioner::ProvisionerConfig::default()
-                };
-                config.capacity =
-                    flags
-                        .enable_capacity
-                        .then(|| provisioner::capacity::CapacityConfig {
-                            for_immediate_binding: flags.capacity_for_immediate_binding,
-                            poll_interval: flags.capacity_poll_interval,
-                            ownerref_level: flags.capacity_ownerref_level,
-                            topology_gate: config.topology_gate,
-                            workers: flags.capacity_threads,
-                            namespace: std::env::var("NAMESPACE").unwrap_or_default(),
-                            pod_name: std::env::var("POD_NAME").unwrap_or_default(),
-                            node: node.as_ref().map(|n| (n.node.clone(), n.segment.clone())),
-                        });
-                let context = &ControllerContext {
-                    workers: flags.workers(*kind),
-                    ..context.clone()
-                };
-                // Capacity tracking runs beside the provisioner, under its Lease, on its own
-                // API budget.
-                let capacity = match (&config.capacity, &capacity_client) {
-                    (Some(c), Some(client)) => {
-                        let ctx = ControllerContext {
-                            client: client.clone(),
-                            ..context.clone()
-                        };
-                        let (tracking, handle) =
-                            provisioner::capacity::build(&ctx, driver, c.clone(), informers);
-                        built.push((*kind, tracking));
-                        Some(handle)
-                    }
-                    _ => None,
-                };
-                built.push((
-                    *kind,
-                    provisioner::build(context.clone(), driver, config, informers, capacity),
-                ));
-            }
-            ControllerKind::Resizer | ControllerKind::Snapshotter => {
-                tracing::warn!(
-                    controller = kind.name(),
-                    lease = %kind.lease_name(&driver.discovery.driver_name),
-                    "controller is not part of this build yet; its Lease is left to others"
-                );
-            }
-        }
-    }
-    built
 }
 
 /// One election configuration per Lease of `plan.held`, in order (the first is the primary).

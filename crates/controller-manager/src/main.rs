@@ -4,6 +4,7 @@ mod app;
 mod controllers;
 mod duration;
 mod flags;
+mod wiring;
 
 use std::io::IsTerminal;
 

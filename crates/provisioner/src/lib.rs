@@ -10,8 +10,10 @@
 //!   templates), [`topology`], [`request`] (the CreateVolume request and the [`request::Intent`]),
 //!   [`pv`] (the PV, the volume worker's plan, deletion secrets), [`intent`] (the no-leak state
 //!   machine), [`source`] (data sources), [`error`] (states and messages);
-//! - [`controller`]: informers, queues, and the thin act layer over the API and the driver.
+//! - [`controller`]: informers, queues, and the thin act layer over the API and the driver;
+//! - [`access`]: the API permissions it uses, checked at start-up.
 
+pub mod access;
 pub mod api;
 pub mod capacity;
 pub mod claim;

@@ -1,0 +1,193 @@
+//! From flags to controllers: each controller's configuration, the API permissions they use
+//! (checked before they are built, so that a missing optional one turns its feature off), and
+//! building them with their informers.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use controller_kit::access::{self, Need, Permission};
+use controller_kit::informer::Informers;
+use controller_kit::{Controller, ControllerContext};
+
+use crate::flags::{ControllerKind, Flags};
+
+/// The configuration of every controller this build has.
+#[derive(Clone, Debug)]
+pub struct Configs {
+    pub attacher: attacher::AttacherConfig,
+    pub provisioner: provisioner::ProvisionerConfig,
+}
+
+impl Configs {
+    /// From the flags; `node` is node deployment's node and segment (`--node-deployment`).
+    pub fn new(flags: &Flags, node: Option<provisioner::node::NodeDeployment>) -> Self {
+        let attacher = attacher::AttacherConfig {
+            default_fstype: flags.default_fstype.clone(),
+            reconcile_sync: flags.reconcile_sync,
+            resync: flags.resync,
+            ..attacher::AttacherConfig::default()
+        };
+        let mut provisioner = provisioner::ProvisionerConfig {
+            volume_name_prefix: flags.volume_name_prefix.clone(),
+            volume_name_uuid_length: flags.volume_name_uuid_length,
+            default_fs_type: flags.default_fstype.clone(),
+            extra_create_metadata: flags.extra_create_metadata,
+            strict_topology: flags.strict_topology,
+            immediate_topology: flags.immediate_topology,
+            controller_publish_readonly: flags.controller_publish_readonly,
+            prevent_volume_mode_conversion: flags.prevent_volume_mode_conversion,
+            snapshot_orphan_sweep_interval: flags.snapshot_orphan_sweep_interval,
+            node_deployment: node.clone(),
+            ..provisioner::ProvisionerConfig::default()
+        };
+        provisioner.capacity =
+            flags
+                .enable_capacity
+                .then(|| provisioner::capacity::CapacityConfig {
+                    for_immediate_binding: flags.capacity_for_immediate_binding,
+                    poll_interval: flags.capacity_poll_interval,
+                    ownerref_level: flags.capacity_ownerref_level,
+                    topology_gate: provisioner.topology_gate,
+                    workers: flags.capacity_threads,
+                    namespace: std::env::var("NAMESPACE").unwrap_or_default(),
+                    pod_name: std::env::var("POD_NAME").unwrap_or_default(),
+                    node: node.as_ref().map(|n| (n.node.clone(), n.segment.clone())),
+                });
+        Self {
+            attacher,
+            provisioner,
+        }
+    }
+
+    /// The API permissions the controllers of `kinds` use, plus leader election's in
+    /// `namespace` (the manager's, where the Leases and the journal live).
+    pub fn permissions(
+        &self,
+        kinds: &BTreeSet<ControllerKind>,
+        discovery: &csi::Discovery,
+        namespace: &str,
+        leader_election: bool,
+    ) -> Vec<Permission> {
+        let mut wanted = Vec::new();
+        for kind in kinds {
+            match kind {
+                ControllerKind::Attacher => wanted.extend(attacher::access::needed()),
+                ControllerKind::Provisioner => {
+                    let caps = provisioner::DriverCaps::from_discovery(
+                        discovery,
+                        self.provisioner.topology_gate,
+                    );
+                    wanted.extend(provisioner::access::needed(
+                        &self.provisioner,
+                        &caps,
+                        namespace,
+                    ));
+                }
+                ControllerKind::Resizer | ControllerKind::Snapshotter => {}
+            }
+        }
+        if leader_election && !kinds.is_empty() {
+            let leases = |verbs: &[&'static str], need| {
+                access::permissions(
+                    "leader-election",
+                    "coordination.k8s.io",
+                    "leases",
+                    verbs,
+                    Some(namespace),
+                    need,
+                )
+            };
+            wanted.extend(leases(&["get", "create", "update"], Need::Required));
+            wanted.extend(leases(
+                &["list", "watch"],
+                Need::Optional("watching the Leases (the election polls instead)"),
+            ));
+        }
+        wanted
+    }
+
+    /// Turns off what the `denied` permissions do not allow.
+    pub fn without(&mut self, denied: &[Permission]) {
+        let nodes_denied = denied.iter().any(|p| {
+            p.controller == "attacher"
+                && p.resource == "nodes"
+                && attacher::access::NODE_VERBS.contains(&p.verb)
+        });
+        if nodes_denied && self.attacher.watch_nodes {
+            tracing::warn!(
+                "the attacher may not watch Nodes: every node is taken to exist, as upstream does"
+            );
+            self.attacher.watch_nodes = false;
+        }
+    }
+}
+
+/// What every controller is built from, beside its configuration.
+pub struct Wiring<'a> {
+    pub flags: &'a Flags,
+    pub context: &'a ControllerContext,
+    pub driver: &'a csi::Driver,
+    /// Capacity tracking's own API client, with `--enable-capacity`.
+    pub capacity_client: Option<kube::Client>,
+}
+
+/// Builds the controllers of `kinds`, registering their informers; returns those built.
+///
+/// A controller whose crate is not part of this build yet is reported and skipped, and its Lease
+/// is not held: an upstream sidecar kept beside this process for it takes its Lease and runs.
+pub fn build_controllers(
+    kinds: &BTreeSet<ControllerKind>,
+    configs: Configs,
+    wiring: Wiring<'_>,
+    informers: &mut Informers,
+) -> Vec<(ControllerKind, Arc<dyn Controller>)> {
+    let Wiring {
+        flags,
+        context,
+        driver,
+        capacity_client,
+    } = wiring;
+    let mut built: Vec<(ControllerKind, Arc<dyn Controller>)> = Vec::new();
+    for kind in kinds {
+        let context = ControllerContext {
+            workers: flags.workers(*kind),
+            ..context.clone()
+        };
+        match kind {
+            ControllerKind::Attacher => {
+                let config = configs.attacher.clone();
+                built.push((*kind, attacher::build(context, driver, config, informers)));
+            }
+            ControllerKind::Provisioner => {
+                let config = configs.provisioner.clone();
+                // Capacity tracking runs beside the provisioner, under its Lease, on its own
+                // API budget.
+                let capacity = match (&config.capacity, &capacity_client) {
+                    (Some(c), Some(client)) => {
+                        let ctx = ControllerContext {
+                            client: client.clone(),
+                            ..context.clone()
+                        };
+                        let (tracking, handle) =
+                            provisioner::capacity::build(&ctx, driver, c.clone(), informers);
+                        built.push((*kind, tracking));
+                        Some(handle)
+                    }
+                    _ => None,
+                };
+                built.push((
+                    *kind,
+                    provisioner::build(context, driver, config, informers, capacity),
+                ));
+            }
+            ControllerKind::Resizer | ControllerKind::Snapshotter => {
+                tracing::warn!(
+                    controller = kind.name(),
+                    lease = %kind.lease_name(&driver.discovery.driver_name),
+                    "controller is not part of this build yet; its Lease is left to others"
+                );
+            }
+        }
+    }
+    built
+}
