@@ -500,3 +500,64 @@ async fn an_intent_is_kept_while_create_volume_may_still_be_creating() {
     .await;
     eventually("the intent to be released", || h.journal().is_empty()).await;
 }
+
+/// A claim being deleted with the cloning-protection finalizer, bound to `volume`, with no
+/// provisioner annotation (a claim bound to a statically created PV).
+fn deleted_source(name: &str, volume: &str) -> PersistentVolumeClaim {
+    let mut m = meta(name, Some(NS));
+    m.finalizers = Some(vec![FINALIZER_CLONE_PROTECTION.into()]);
+    m.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        "2026-01-01T00:00:00Z".parse().unwrap(),
+    ));
+    PersistentVolumeClaim {
+        metadata: m,
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            volume_name: Some(volume.into()),
+            ..Default::default()
+        }),
+        status: Some(k8s_openapi::api::core::v1::PersistentVolumeClaimStatus {
+            phase: Some("Bound".into()),
+            ..Default::default()
+        }),
+    }
+}
+
+/// A Bound, statically created PV of `driver` (no provisioner annotation).
+fn static_pv(name: &str, driver: &str) -> PersistentVolume {
+    let mut pv = released_pv(name, driver, &format!("static-{name}"));
+    pv.metadata.annotations = None;
+    pv.metadata.finalizers = None;
+    pv.spec.as_mut().unwrap().persistent_volume_reclaim_policy = Some("Retain".into());
+    pv.status.as_mut().unwrap().phase = Some("Bound".into());
+    pv
+}
+
+/// Issue 10, item 2: the finalizer we put on a clone's source must come off even when the source
+/// is not a claim we provisioned (it is not in the claim cache by its annotations).
+#[tokio::test]
+async fn the_cloning_finalizer_leaves_a_deleted_source_bound_to_a_static_pv_of_ours() {
+    let h = Harness::start(|api, driver| {
+        api.insert(&static_pv("static-ours", driver));
+        api.insert(&static_pv("static-theirs", "other.csi.example.com"));
+        api.insert(&deleted_source("src-ours", "static-ours"));
+        api.insert(&deleted_source("src-theirs", "static-theirs"));
+    })
+    .await;
+    eventually("the source of ours to be released and gone", || {
+        h.api
+            .get::<PersistentVolumeClaim>(Some(NS), "src-ours")
+            .is_none()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let theirs = h
+        .api
+        .get::<PersistentVolumeClaim>(Some(NS), "src-theirs")
+        .expect("another driver's source is left to its provisioner");
+    assert_eq!(
+        theirs.metadata.finalizers.unwrap_or_default(),
+        [FINALIZER_CLONE_PROTECTION],
+        "not ours to release: its clones may be in no cache of ours"
+    );
+}

@@ -56,7 +56,10 @@ impl Shared {
         let Some(pvc) = cached else {
             return Ok(Outcome::Done);
         };
-        if claim::is_deleting(&pvc) && source::has_clone_protection(&pvc) {
+        if claim::is_deleting(&pvc)
+            && source::has_clone_protection(&pvc)
+            && self.owns_clone_source(&pvc)
+        {
             self.release_clone_source(&pvc).await?;
         }
         let class = self.classes.get(&ObjectRef::new(&claim::claim_class(&pvc)));

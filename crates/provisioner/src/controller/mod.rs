@@ -146,12 +146,16 @@ pub fn build(
         let j = journal.clone();
         informers
             .for_type::<PersistentVolumeClaim>()
-            // A claim with our intent stays in memory even if its annotations change.
+            // A claim with our intent stays in memory even if its annotations change. A claim
+            // with the cloning-protection finalizer is kept too, whatever provisioned it: we may
+            // have put it there (a clone's source bound to a static PV of ours), and whatever
+            // adds a finalizer must see it to remove it (`sources::owns_clone_source` decides).
             .keep(move |pvc| {
                 claim::is_for_driver(pvc, &d)
                     || pvc.metadata.uid.as_deref().is_some_and(|u| j.has_claim(u))
                     || (has_intent_finalizer(pvc)
                         && matches!(intent::recorded(pvc, &d), Recorded::Intent(_)))
+                    || source::has_clone_protection(pvc)
             })
             .on_change(move |change: &Change<'_, PersistentVolumeClaim>| {
                 let pvc = change.object();

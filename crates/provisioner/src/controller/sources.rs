@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use crate::api::call_api;
+use crate::claim;
 use crate::constants::*;
 use crate::error::Error;
 use crate::patch;
@@ -259,6 +260,18 @@ impl Shared {
                 "add cloning-protection finalizer",
             )
             .await
+    }
+
+    /// Whether a claim with the cloning-protection finalizer is this driver's to release: a claim
+    /// of this driver, or one bound to a PV of this driver (a statically created one). Claims of
+    /// other drivers carry the same finalizer name, and their clones are in no cache of ours.
+    pub(super) fn owns_clone_source(&self, pvc: &PersistentVolumeClaim) -> bool {
+        claim::is_for_driver(pvc, &self.driver)
+            || pvc
+                .spec
+                .as_ref()
+                .and_then(|s| s.volume_name.as_deref())
+                .is_some_and(|pv| self.pv_exists(pv))
     }
 
     /// Upstream clone controller: a deleted source loses its cloning-protection finalizer once no
