@@ -561,3 +561,126 @@ async fn the_cloning_finalizer_leaves_a_deleted_source_bound_to_a_static_pv_of_o
         "not ours to release: its clones may be in no cache of ours"
     );
 }
+
+/// The claim's events, oldest first, as "Type Reason: message".
+fn claim_events(h: &Harness, claim: &str) -> Vec<String> {
+    let mut events: Vec<Event> = h
+        .api
+        .list::<Event>()
+        .into_iter()
+        .filter(|e| e.involved_object.name.as_deref() == Some(claim))
+        .collect();
+    events.sort_by_key(|e| {
+        e.metadata
+            .resource_version
+            .clone()
+            .unwrap_or_default()
+            .parse::<u64>()
+            .unwrap_or(0)
+    });
+    events
+        .into_iter()
+        .map(|e| {
+            format!(
+                "{} {}: {}",
+                e.type_.unwrap_or_default(),
+                e.reason.unwrap_or_default(),
+                e.message.unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+/// Issue 10, item 6: upstream announces every attempt with a Normal `Provisioning` event, also
+/// one that fails before CreateVolume.
+#[tokio::test]
+async fn an_attempt_that_fails_while_preparing_is_announced_then_reported() {
+    let h = Harness::start(|api, driver| {
+        let mut c = class("bogus", driver);
+        c.parameters = Some(BTreeMap::from([(
+            "csi.storage.k8s.io/bogus".into(),
+            "x".into(),
+        )]));
+        api.insert(&c);
+    })
+    .await;
+    h.api.insert(&claim("c3", "bogus", &h.name));
+    eventually("a ProvisioningFailed event", || {
+        !h.events(REASON_PROVISIONING_FAILED).is_empty()
+    })
+    .await;
+    let events = claim_events(&h, "c3");
+    assert_eq!(
+        events.first().map(String::as_str),
+        Some(
+            "Normal Provisioning: External provisioner is provisioning volume for claim \"ns/c3\""
+        ),
+        "{events:?}"
+    );
+    assert!(
+        events[1].starts_with("Warning ProvisioningFailed: ")
+            && events[1].contains("csi.storage.k8s.io/bogus"),
+        "{events:?}"
+    );
+    assert_eq!(h.driver.calls(Method::CreateVolume), 0);
+}
+
+fn class_with_secret(name: &str, driver: &str, secret: &str) -> StorageClass {
+    let mut c = class(name, driver);
+    c.parameters = Some(BTreeMap::from([
+        (
+            "csi.storage.k8s.io/provisioner-secret-name".into(),
+            secret.into(),
+        ),
+        (
+            "csi.storage.k8s.io/provisioner-secret-namespace".into(),
+            NS.into(),
+        ),
+    ]));
+    c
+}
+
+/// Issue 10, items 6 and 8: a missing Secret is named in client-go's words, and Secret data that
+/// is not UTF-8 is a clear error, never altered on its way to the driver.
+#[tokio::test]
+async fn secret_errors_read_as_upstreams_and_binary_data_is_refused() {
+    let h = Harness::start(|api, driver| {
+        api.insert(&class_with_secret("missing", driver, "nosuch"));
+        api.insert(&class_with_secret("binary", driver, "bin"));
+        api.insert(&k8s_openapi::api::core::v1::Secret {
+            metadata: meta("bin", Some(NS)),
+            data: Some(BTreeMap::from([(
+                "password".into(),
+                k8s_openapi::ByteString(vec![0xff, 0xfe, b'x']),
+            )])),
+            ..Default::default()
+        });
+    })
+    .await;
+    h.api.insert(&claim("c4", "missing", &h.name));
+    h.api.insert(&claim("c5", "binary", &h.name));
+    eventually("both claims to fail", || {
+        let failed = |c: &str| {
+            claim_events(&h, c)
+                .iter()
+                .any(|e| e.starts_with("Warning ProvisioningFailed"))
+        };
+        failed("c4") && failed("c5")
+    })
+    .await;
+    let failure = |c: &str| {
+        claim_events(&h, c)
+            .into_iter()
+            .find(|e| e.starts_with("Warning ProvisioningFailed"))
+            .unwrap()
+    };
+    assert_eq!(
+        failure("c4"),
+        "Warning ProvisioningFailed: error getting secret nosuch in namespace ns: secrets \"nosuch\" not found"
+    );
+    assert_eq!(
+        failure("c5"),
+        "Warning ProvisioningFailed: secret bin in namespace ns: the value of \"password\" is not UTF-8 text, which a CSI request cannot carry"
+    );
+    assert_eq!(h.driver.calls(Method::CreateVolume), 0);
+}

@@ -133,6 +133,7 @@ impl Shared {
         match (plan, pvc) {
             (ClaimPlan::Provision(intent), Some(pvc)) => {
                 let _guard = self.locks.lock(&intent.volume_name).await;
+                self.announce(pvc).await;
                 self.provision(pvc, &intent).await
             }
             (ClaimPlan::RollBack(intent), _) => {
@@ -177,6 +178,7 @@ impl Shared {
                 "skipping volume provisioning for pvc {uid}, because provisioning previously failed with infeasible error"
             )));
         }
+        self.announce(pvc).await;
         let vac = match request::vac_name(pvc, &self.config) {
             Some(name) => {
                 let api: Api<VolumeAttributesClass> = Api::all(self.ctx.client.clone());
@@ -237,23 +239,48 @@ impl Shared {
                 return self.failed(pvc, e).await;
             }
         };
+        // Upstream reports these failures as ProvisioningFailed too.
         if let (Some(name), Some(RecordedSource::Volume(_))) =
             (&clone, &intent.request.content_source)
+            && let Err(e) = self.protect_clone_source(pvc, name).await
         {
-            self.protect_clone_source(pvc, name).await?;
+            return self
+                .failed(pvc, ProvisionError::no_change(e.to_string()))
+                .await;
         }
         if let (Some(json), Some(RecordedSource::Snapshot(_))) =
             (&snapshot, &intent.request.content_source)
+            && let Err(e) = self.protect_snapshot(json).await
         {
-            self.protect_snapshot(json).await?;
+            return self
+                .failed(pvc, ProvisionError::no_change(e.to_string()))
+                .await;
         }
-        self.journal.record(&intent).await?;
+        if let Err(e) = self.journal.record(&intent).await {
+            return self
+                .failed(pvc, ProvisionError::no_change(e.to_string()))
+                .await;
+        }
         let ns = pvc.metadata.namespace.as_deref().unwrap_or_default();
         let name = pvc.metadata.name.as_deref().unwrap_or_default();
         tracing::info!(pvc = %NamespacedName::new(ns, name), volume = %intent.volume_name, "recorded volume intent");
         // Provision at once (the caller holds the volume name's lock): nothing else brings the
         // claim back.
         self.provision(pvc, &intent).await
+    }
+
+    /// Upstream's Normal `Provisioning` event, before every provisioning attempt.
+    async fn announce(&self, pvc: &PersistentVolumeClaim) {
+        let ns = pvc.metadata.namespace.as_deref().unwrap_or_default();
+        let name = pvc.metadata.name.as_deref().unwrap_or_default();
+        self.events
+            .normal(
+                &pvc_ref(pvc),
+                REASON_PROVISIONING,
+                "Provision",
+                &format!("External provisioner is provisioning volume for claim \"{ns}/{name}\""),
+            )
+            .await;
     }
 
     /// Reports a failed attempt (Event), applies its state, and fails the pass for backoff.
@@ -355,14 +382,6 @@ impl Shared {
         };
         let ns = pvc.metadata.namespace.as_deref().unwrap_or_default();
         let name = pvc.metadata.name.as_deref().unwrap_or_default();
-        self.events
-            .normal(
-                &pvc_ref(pvc),
-                REASON_PROVISIONING,
-                "Provision",
-                &format!("External provisioner is provisioning volume for claim \"{ns}/{name}\""),
-            )
-            .await;
         let request = intent.request.to_csi(&intent.volume_name, secrets.clone());
         let volume = match self.csi.create_volume(request).await {
             Ok(v1::CreateVolumeResponse { volume: Some(v) }) => v,

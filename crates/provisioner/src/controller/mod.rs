@@ -39,7 +39,6 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::call_api;
 use crate::capacity::CapacityHandle;
 use crate::claim;
 use crate::constants::*;
@@ -359,22 +358,25 @@ impl Shared {
         t
     }
 
+    /// The Secret's data, for a CSI request; the error is the Event's text, as upstream words it
+    /// (`error getting secret x in namespace y: secrets "x" not found`).
     async fn secret_data(&self, r: &SecretRef) -> Result<BTreeMap<String, String>, String> {
         let api: Api<Secret> = Api::namespaced(self.ctx.client.clone(), &r.namespace);
-        let secret = call_api("get secret", api.get(&r.name))
-            .await
-            .map_err(|e| {
-                format!(
-                    "error getting secret {} in namespace {}: {e}",
-                    r.name, r.namespace
-                )
-            })?;
-        Ok(secret
-            .data
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
-            .collect())
+        let secret =
+            controller_kit::api::call(controller_kit::api::DEFAULT_API_TIMEOUT, api.get(&r.name))
+                .await
+                .map_err(|e| {
+                    format!(
+                        "error getting secret {} in namespace {}: {e}",
+                        r.name, r.namespace
+                    )
+                })?;
+        crate::params::secret_strings(secret.data.unwrap_or_default()).map_err(|key| {
+            format!(
+                "secret {} in namespace {}: the value of {key:?} is not UTF-8 text, which a CSI request cannot carry",
+                r.name, r.namespace
+            )
+        })
     }
 
     /// Whether a PV of this name exists (cache), or this process created it lately.
