@@ -221,6 +221,11 @@ impl Shared {
                 }
             }
             Change::Deleted(_) => {
+                // A forced sync of a VA that is gone would never be taken.
+                self.force_sync
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&name);
                 if let Some(pv) = request::pv_name(va) {
                     let mut index = self.index();
                     if let Some(set) = index.get_mut(pv) {
@@ -619,5 +624,47 @@ impl controller_kit::Controller for Attacher {
             let list_sync = list_sync::run(s.clone(), token.clone());
             tokio::join!(attach, detach, pv, resync, list_sync);
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 10, item 8: the forced-sync marks of deleted VolumeAttachments are forgotten.
+    #[tokio::test]
+    async fn a_deleted_va_leaves_no_forced_sync_behind() {
+        let api = controller_kit::testing::FakeApiServer::start().await;
+        let mut registry = prometheus_client::registry::Registry::default();
+        let client = csi::CsiClient::connect(
+            csi::CsiEndpoint::parse("unix:///nonexistent/csi.sock").unwrap(),
+            Duration::from_secs(1),
+            csi::CsiMetrics::new(&mut registry),
+        )
+        .unwrap();
+        let driver = csi::Driver {
+            client,
+            discovery: Arc::new(csi::Discovery {
+                driver_name: "d".into(),
+                ..Default::default()
+            }),
+        };
+        let ctx = ControllerContext {
+            client: api.client(),
+            metrics: controller_kit::Metrics::default(),
+            backoff: Default::default(),
+            workers: 1,
+            identity: "test".into(),
+            namespace: "default".into(),
+        };
+        let mut informers = Informers::new(api.client());
+        let shared = build(ctx, &driver, AttacherConfig::default(), &mut informers);
+        let mut va = VolumeAttachment::default();
+        va.metadata.name = Some("va-1".into());
+        va.spec.attacher = "d".into();
+        shared.force_sync(&va);
+        assert_eq!(shared.force_sync.lock().unwrap().len(), 1);
+        shared.on_va(&Change::Deleted(&va));
+        assert!(shared.force_sync.lock().unwrap().is_empty());
     }
 }

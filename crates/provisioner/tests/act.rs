@@ -36,6 +36,7 @@ const HOME: &str = "kube-system";
 /// The fake API server, csi-mock and a running provisioner.
 struct Harness {
     api: FakeApiServer,
+    metrics: Metrics,
     driver: MockDriver,
     csi: CsiClient,
     name: String,
@@ -64,9 +65,10 @@ impl Harness {
         let api = FakeApiServer::start().await;
         seed(&api, &name);
 
+        let metrics = Metrics::default();
         let ctx = ControllerContext {
             client: api.client(),
-            metrics: Metrics::default(),
+            metrics: metrics.clone(),
             backoff: Backoff {
                 start: Duration::from_millis(100),
                 max: Duration::from_secs(1),
@@ -96,6 +98,7 @@ impl Harness {
         });
         Self {
             api,
+            metrics,
             driver,
             csi,
             name,
@@ -682,5 +685,32 @@ async fn secret_errors_read_as_upstreams_and_binary_data_is_refused() {
         failure("c5"),
         "Warning ProvisioningFailed: secret bin in namespace ns: the value of \"password\" is not UTF-8 text, which a CSI request cannot carry"
     );
+    assert_eq!(h.driver.calls(Method::CreateVolume), 0);
+}
+
+/// Issue 10, item 8: a claim whose StorageClass now names another provisioner is dropped
+/// quietly, as upstream does (`unknown provisioner requested in claim's StorageClass`), not
+/// retried forever as if the class were missing.
+#[tokio::test]
+async fn a_claim_whose_class_moved_to_another_provisioner_is_left_quietly() {
+    let h = Harness::start(|api, _| {
+        api.insert(&class("moved", "other.csi.example.com"));
+    })
+    .await;
+    h.api.insert(&claim("c6", "moved", &h.name));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let metrics = h.metrics.encode();
+    let errors = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("csi_controller_reconciles_total")
+                && l.contains(r#"controller="provisioner""#)
+                && l.contains(r#"result="error""#)
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert_eq!(errors, 0.0, "no failed passes to retry:\n{metrics}");
+    assert!(claim_events(&h, "c6").is_empty());
     assert_eq!(h.driver.calls(Method::CreateVolume), 0);
 }

@@ -188,13 +188,9 @@ pub fn build(
             })
             .store()
     };
-    let classes = {
-        let d = name.clone();
-        informers
-            .for_type::<StorageClass>()
-            .keep(move |sc| sc.provisioner == d)
-            .store()
-    };
+    // Every StorageClass (there are few): a claim whose class now names another provisioner
+    // must be told from one whose class is missing, and is left quietly, as upstream does.
+    let classes = informers.for_type::<StorageClass>().keep(|_| true).store();
     // Node deployment: the node's own topology is static (upstream replaces these informers).
     let (csinodes, nodes) = if caps.topology && node_mode.is_none() {
         let csinodes = informers.for_type::<CSINode>().store();
