@@ -110,8 +110,10 @@ pub fn compete_delay(nd: &NodeDeployment, failures: u32, jitter: f64) -> Duratio
     delay.saturating_sub(nd.base_delay.mul_f64(jitter.clamp(0.0, 1.0)))
 }
 
-/// Whether the PV is this node's to delete: PVs without node affinity are every node's (as
-/// upstream); otherwise one of its required terms must match the node's segment.
+/// Whether the PV is this node's to delete, as upstream's `MatchNodeSelectorTerms` over the node's
+/// topology: PVs without node affinity, and every PV when the node reports no topology, are every
+/// node's; otherwise one of the PV's required terms must match the node's segment (`In`, `NotIn`,
+/// `Exists`, `DoesNotExist`, and `Gt`/`Lt` comparing integers).
 pub fn deletes(pv: &PersistentVolume, nd: &NodeDeployment) -> bool {
     let Some(terms) = pv
         .spec
@@ -122,6 +124,9 @@ pub fn deletes(pv: &PersistentVolume, nd: &NodeDeployment) -> bool {
     else {
         return true;
     };
+    if nd.segment.is_empty() {
+        return true;
+    }
     terms.iter().any(|t| {
         t.match_expressions
             .iter()
@@ -133,12 +138,23 @@ pub fn deletes(pv: &PersistentVolume, nd: &NodeDeployment) -> bool {
 fn requirement_matches(e: &NodeSelectorRequirement, labels: &BTreeMap<String, String>) -> bool {
     let value = labels.get(&e.key);
     let values = e.values.as_deref().unwrap_or_default();
+    // Gt/Lt: one integer value, compared with the label's integer value.
+    let compare = |want: std::cmp::Ordering| {
+        let (Some(v), [bound]) = (value, values) else {
+            return false;
+        };
+        match (v.parse::<i64>(), bound.parse::<i64>()) {
+            (Ok(v), Ok(bound)) => v.cmp(&bound) == want,
+            _ => false,
+        }
+    };
     match e.operator.as_str() {
         "In" => value.is_some_and(|v| values.contains(v)),
         "NotIn" => value.is_none_or(|v| !values.contains(v)),
         "Exists" => value.is_some(),
         "DoesNotExist" => value.is_none(),
-        // Gt/Lt and unknown operators: not a topology PV of ours.
+        "Gt" => compare(std::cmp::Ordering::Greater),
+        "Lt" => compare(std::cmp::Ordering::Less),
         _ => false,
     }
 }

@@ -136,3 +136,49 @@ fn pv(zone: Option<&str>) -> PersistentVolume {
 fn what_a_node_deletes(#[case] zone: Option<&str>, #[case] want: bool) {
     assert_eq!(deletes(&pv(zone), &nd()), want);
 }
+
+fn pv_with(key: &str, operator: &str, values: &[&str]) -> PersistentVolume {
+    let mut pv = pv(Some("a"));
+    let term = &mut pv
+        .spec
+        .as_mut()
+        .unwrap()
+        .node_affinity
+        .as_mut()
+        .unwrap()
+        .required
+        .as_mut()
+        .unwrap()
+        .node_selector_terms[0];
+    term.match_expressions = Some(vec![NodeSelectorRequirement {
+        key: key.into(),
+        operator: operator.into(),
+        values: Some(values.iter().map(|v| v.to_string()).collect()),
+    }]);
+    pv
+}
+
+/// Issue 10, item 8: as upstream's MatchNodeSelectorTerms.
+#[rstest]
+#[case::gt_above("rack", "Gt", &["3"], true)]
+#[case::gt_equal("rack", "Gt", &["5"], false)]
+#[case::lt_below("rack", "Lt", &["9"], true)]
+#[case::lt_not_a_number("rack", "Lt", &["x"], false)]
+#[case::gt_label_missing("row", "Gt", &["1"], false)]
+fn numeric_operators(
+    #[case] key: &str,
+    #[case] operator: &str,
+    #[case] values: &[&str],
+    #[case] want: bool,
+) {
+    let mut node = nd();
+    node.segment.insert("rack".into(), "5".into());
+    assert_eq!(deletes(&pv_with(key, operator, values), &node), want);
+}
+
+#[test]
+fn a_node_without_topology_deletes_every_volume() {
+    let mut node = nd();
+    node.segment.clear();
+    assert!(deletes(&pv(Some("b")), &node));
+}
