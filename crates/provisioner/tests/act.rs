@@ -686,6 +686,12 @@ async fn secret_errors_read_as_upstreams_and_binary_data_is_refused() {
         "Warning ProvisioningFailed: secret bin in namespace ns: the value of \"password\" is not UTF-8 text, which a CSI request cannot carry"
     );
     assert_eq!(h.driver.calls(Method::CreateVolume), 0);
+    // Issue 10, item 3: an intent is recorded only when CreateVolume is about to be sent.
+    assert!(
+        journal_writes(&h).is_empty(),
+        "nothing recorded: {:?}",
+        journal_writes(&h)
+    );
 }
 
 /// Issue 10, item 8: a claim whose StorageClass now names another provisioner is dropped

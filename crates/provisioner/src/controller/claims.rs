@@ -134,7 +134,11 @@ impl Shared {
             (ClaimPlan::Provision(intent), Some(pvc)) => {
                 let _guard = self.locks.lock(&intent.volume_name).await;
                 self.announce(pvc).await;
-                self.provision(pvc, &intent).await
+                let secrets = match self.provisioner_secrets(&intent).await {
+                    Ok(s) => s,
+                    Err(m) => return self.failed(pvc, ProvisionError::no_change(m)).await,
+                };
+                self.provision(pvc, &intent, secrets).await
             }
             (ClaimPlan::RollBack(intent), _) => {
                 let _guard = self.locks.lock(&intent.volume_name).await;
@@ -256,6 +260,12 @@ impl Shared {
                 .failed(pvc, ProvisionError::no_change(e.to_string()))
                 .await;
         }
+        // The intent is recorded only when CreateVolume is about to be sent: a claim that fails
+        // before (here, its Secret) leaves nothing in the journal.
+        let secrets = match self.provisioner_secrets(&intent).await {
+            Ok(s) => s,
+            Err(m) => return self.failed(pvc, ProvisionError::no_change(m)).await,
+        };
         if let Err(e) = self.journal.record(&intent).await {
             return self
                 .failed(pvc, ProvisionError::no_change(e.to_string()))
@@ -266,7 +276,7 @@ impl Shared {
         tracing::info!(pvc = %NamespacedName::new(ns, name), volume = %intent.volume_name, "recorded volume intent");
         // Provision at once (the caller holds the volume name's lock): nothing else brings the
         // claim back.
-        self.provision(pvc, &intent).await
+        self.provision(pvc, &intent, secrets).await
     }
 
     /// Upstream's Normal `Provisioning` event, before every provisioning attempt.
@@ -367,19 +377,25 @@ impl Shared {
         }
     }
 
+    /// The provisioner Secret's data of `intent`, if it names one; the error is the Event's text.
+    async fn provisioner_secrets(
+        &self,
+        intent: &Intent,
+    ) -> Result<BTreeMap<String, String>, String> {
+        match &intent.provisioner_secret {
+            Some(r) => self.secret_data(r).await,
+            None => Ok(BTreeMap::new()),
+        }
+    }
+
+    /// CreateVolume with the recorded request and `secrets`, then the PV.
     pub(super) async fn provision(
         &self,
         pvc: &PersistentVolumeClaim,
         intent: &Intent,
+        secrets: BTreeMap<String, String>,
     ) -> Result<Outcome, Error> {
         let started = Instant::now();
-        let secrets = match &intent.provisioner_secret {
-            Some(r) => match self.secret_data(r).await {
-                Ok(s) => s,
-                Err(m) => return self.failed(pvc, ProvisionError::no_change(m)).await,
-            },
-            None => BTreeMap::new(),
-        };
         let ns = pvc.metadata.namespace.as_deref().unwrap_or_default();
         let name = pvc.metadata.name.as_deref().unwrap_or_default();
         let request = intent.request.to_csi(&intent.volume_name, secrets.clone());
