@@ -5,210 +5,22 @@
 //! - the deletion stages of a Released PV (DeleteVolume once, then the PV, then its finalizer),
 //!   and that a failed step is retried without repeating the ones done;
 //! - the intent after a failed CreateVolume: released when the error proves nothing was created,
-//!   kept when the volume may exist.
+//!   kept when the volume may exist;
+//! - what issue 10 fixed: the cloning finalizer of a source bound to a static PV, events as
+//!   upstream, secret errors, intents recorded only before CreateVolume, moved classes.
+
+mod support;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use controller_kit::testing::FakeApiServer;
-use controller_kit::{Backoff, ControllerContext, Informers, Metrics};
-use csi::v1::{self, volume_capability};
-use csi::{CsiClient, CsiEndpoint, CsiMetrics};
-use csi_mock::{Fault, Method, MockConfig, MockDriver, MockServer};
-use k8s_openapi::api::core::v1::{
-    CSIPersistentVolumeSource, ConfigMap, Event, PersistentVolume, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PersistentVolumeSpec, PersistentVolumeStatus,
-    VolumeResourceRequirements,
-};
-use k8s_openapi::api::storage::v1::StorageClass;
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use kube::api::ObjectMeta;
+use csi_mock::{Fault, Method};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use provisioner::constants::*;
-use provisioner::{ProvisionerConfig, journal};
-use tokio_util::sync::CancellationToken;
+use provisioner::journal;
 use tonic::Code;
 
-const NS: &str = "ns";
-/// The manager's namespace, where the journal lives.
-const HOME: &str = "kube-system";
-
-/// The fake API server, csi-mock and a running provisioner.
-struct Harness {
-    api: FakeApiServer,
-    metrics: Metrics,
-    driver: MockDriver,
-    csi: CsiClient,
-    name: String,
-    token: CancellationToken,
-    _server: MockServer,
-    _dir: tempfile::TempDir,
-}
-
-impl Harness {
-    /// Starts csi-mock, the fake API server (`seed` gets it and the driver's name before the
-    /// informers start, so what it adds is in their first list) and the provisioner.
-    async fn start(seed: impl FnOnce(&FakeApiServer, &str)) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let endpoint = format!("unix://{}", dir.path().join("csi.sock").display());
-        let driver = MockDriver::new(MockConfig::default());
-        let name = driver.config().driver_name;
-        let server = MockServer::start(&endpoint, driver.clone()).await.unwrap();
-        let mut registry = prometheus_client::registry::Registry::default();
-        let csi = CsiClient::connect(
-            CsiEndpoint::parse(&endpoint).unwrap(),
-            Duration::from_secs(5),
-            CsiMetrics::new(&mut registry),
-        )
-        .unwrap();
-        let discovery = Arc::new(csi.discover().await.unwrap());
-        let api = FakeApiServer::start().await;
-        seed(&api, &name);
-
-        let metrics = Metrics::default();
-        let ctx = ControllerContext {
-            client: api.client(),
-            metrics: metrics.clone(),
-            backoff: Backoff {
-                start: Duration::from_millis(100),
-                max: Duration::from_secs(1),
-            },
-            workers: 4,
-            identity: "test-0".into(),
-            namespace: HOME.into(),
-        };
-        let mut informers = Informers::new(api.client());
-        let controller = provisioner::build(
-            ctx,
-            &csi::Driver {
-                client: csi.clone(),
-                discovery,
-            },
-            ProvisionerConfig::default(),
-            &mut informers,
-            None,
-        );
-        let token = CancellationToken::new();
-        let running = informers.start(token.clone());
-        assert!(running.wait_synced().await, "informers synced");
-        let run = controller.run(token.clone());
-        tokio::spawn(async move {
-            let _informers = running;
-            run.await;
-        });
-        Self {
-            api,
-            metrics,
-            driver,
-            csi,
-            name,
-            token,
-            _server: server,
-            _dir: dir,
-        }
-    }
-
-    /// Write requests (not GET, LIST or WATCH) whose path contains `path`, as "METHOD path".
-    fn writes(&self, path: &str) -> Vec<String> {
-        self.api
-            .requests()
-            .into_iter()
-            .filter(|r| !r.is_read() && r.path.contains(path))
-            .map(|r| format!("{} {} {}", r.method, r.path, r.status))
-            .collect()
-    }
-
-    fn events(&self, reason: &str) -> Vec<Event> {
-        self.api
-            .list::<Event>()
-            .into_iter()
-            .filter(|e| e.reason.as_deref() == Some(reason))
-            .collect()
-    }
-
-    /// The journal's entries (volume names).
-    fn journal(&self) -> Vec<String> {
-        self.api
-            .get::<ConfigMap>(Some(HOME), &journal::object_name(&self.name))
-            .and_then(|c| c.data)
-            .map(|d| d.into_keys().collect())
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        self.token.cancel();
-    }
-}
-
-/// Waits up to 20 s for `check`.
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..400 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
-fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
-    ObjectMeta {
-        name: Some(name.into()),
-        namespace: namespace.map(Into::into),
-        ..ObjectMeta::default()
-    }
-}
-
-/// A Released PV of `driver` for `volume_id`, with the Delete policy and our finalizer.
-fn released_pv(name: &str, driver: &str, volume_id: &str) -> PersistentVolume {
-    let mut m = meta(name, None);
-    m.finalizers = Some(vec![FINALIZER_PV.into()]);
-    m.annotations = Some(BTreeMap::from([(
-        ANN_DYNAMICALLY_PROVISIONED.into(),
-        driver.into(),
-    )]));
-    PersistentVolume {
-        metadata: m,
-        spec: Some(PersistentVolumeSpec {
-            csi: Some(CSIPersistentVolumeSource {
-                driver: driver.into(),
-                volume_handle: volume_id.into(),
-                ..Default::default()
-            }),
-            persistent_volume_reclaim_policy: Some("Delete".into()),
-            capacity: Some(BTreeMap::from([("storage".into(), Quantity("1Gi".into()))])),
-            ..Default::default()
-        }),
-        status: Some(PersistentVolumeStatus {
-            phase: Some("Released".into()),
-            ..Default::default()
-        }),
-    }
-}
-
-async fn create_volume(csi: &CsiClient, name: &str) -> String {
-    csi.create_volume(v1::CreateVolumeRequest {
-        name: name.into(),
-        capacity_range: Some(v1::CapacityRange {
-            required_bytes: 1 << 30,
-            limit_bytes: 0,
-        }),
-        volume_capabilities: vec![v1::VolumeCapability {
-            access_type: Some(volume_capability::AccessType::Mount(Default::default())),
-            access_mode: Some(volume_capability::AccessMode {
-                mode: volume_capability::access_mode::Mode::SingleNodeWriter as i32,
-            }),
-        }],
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .volume
-    .unwrap()
-    .volume_id
-}
+use support::*;
 
 #[tokio::test]
 async fn a_released_volume_is_deleted_then_its_pv_then_its_finalizer_each_once() {
@@ -335,60 +147,6 @@ async fn a_failed_delete_volume_is_an_event_and_keeps_the_pv() {
     );
 }
 
-fn class(name: &str, driver: &str) -> StorageClass {
-    StorageClass {
-        metadata: meta(name, None),
-        provisioner: driver.into(),
-        reclaim_policy: Some("Delete".into()),
-        volume_binding_mode: Some("Immediate".into()),
-        ..Default::default()
-    }
-}
-
-fn claim(name: &str, class: &str, driver: &str) -> PersistentVolumeClaim {
-    let mut m = meta(name, Some(NS));
-    m.annotations = Some(BTreeMap::from([(
-        ANN_STORAGE_PROVISIONER.into(),
-        driver.into(),
-    )]));
-    PersistentVolumeClaim {
-        metadata: m,
-        spec: Some(PersistentVolumeClaimSpec {
-            access_modes: Some(vec!["ReadWriteOnce".into()]),
-            storage_class_name: Some(class.into()),
-            resources: Some(VolumeResourceRequirements {
-                requests: Some(BTreeMap::from([("storage".into(), Quantity("1Gi".into()))])),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        status: Some(Default::default()),
-    }
-}
-
-/// The journal's patches and creates, in order, each as the entries it sets (`+`) or removes
-/// (`-`).
-fn journal_writes(h: &Harness) -> Vec<String> {
-    h.api
-        .requests()
-        .into_iter()
-        .filter(|r| !r.is_read() && r.path.contains("/configmaps") && r.status < 300)
-        .map(|r| {
-            let data = r
-                .body
-                .as_ref()
-                .and_then(|b| b.get("data"))
-                .and_then(|d| d.as_object())
-                .cloned()
-                .unwrap_or_default();
-            data.iter()
-                .map(|(k, v)| format!("{}{k}", if v.is_null() { "-" } else { "+" }))
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn an_intent_is_released_when_create_volume_proves_nothing_was_created() {
     let h = Harness::start(|api, driver| {
@@ -504,38 +262,6 @@ async fn an_intent_is_kept_while_create_volume_may_still_be_creating() {
     eventually("the intent to be released", || h.journal().is_empty()).await;
 }
 
-/// A claim being deleted with the cloning-protection finalizer, bound to `volume`, with no
-/// provisioner annotation (a claim bound to a statically created PV).
-fn deleted_source(name: &str, volume: &str) -> PersistentVolumeClaim {
-    let mut m = meta(name, Some(NS));
-    m.finalizers = Some(vec![FINALIZER_CLONE_PROTECTION.into()]);
-    m.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-        "2026-01-01T00:00:00Z".parse().unwrap(),
-    ));
-    PersistentVolumeClaim {
-        metadata: m,
-        spec: Some(PersistentVolumeClaimSpec {
-            access_modes: Some(vec!["ReadWriteOnce".into()]),
-            volume_name: Some(volume.into()),
-            ..Default::default()
-        }),
-        status: Some(k8s_openapi::api::core::v1::PersistentVolumeClaimStatus {
-            phase: Some("Bound".into()),
-            ..Default::default()
-        }),
-    }
-}
-
-/// A Bound, statically created PV of `driver` (no provisioner annotation).
-fn static_pv(name: &str, driver: &str) -> PersistentVolume {
-    let mut pv = released_pv(name, driver, &format!("static-{name}"));
-    pv.metadata.annotations = None;
-    pv.metadata.finalizers = None;
-    pv.spec.as_mut().unwrap().persistent_volume_reclaim_policy = Some("Retain".into());
-    pv.status.as_mut().unwrap().phase = Some("Bound".into());
-    pv
-}
-
 /// Issue 10, item 2: the finalizer we put on a clone's source must come off even when the source
 /// is not a claim we provisioned (it is not in the claim cache by its annotations).
 #[tokio::test]
@@ -563,35 +289,6 @@ async fn the_cloning_finalizer_leaves_a_deleted_source_bound_to_a_static_pv_of_o
         [FINALIZER_CLONE_PROTECTION],
         "not ours to release: its clones may be in no cache of ours"
     );
-}
-
-/// The claim's events, oldest first, as "Type Reason: message".
-fn claim_events(h: &Harness, claim: &str) -> Vec<String> {
-    let mut events: Vec<Event> = h
-        .api
-        .list::<Event>()
-        .into_iter()
-        .filter(|e| e.involved_object.name.as_deref() == Some(claim))
-        .collect();
-    events.sort_by_key(|e| {
-        e.metadata
-            .resource_version
-            .clone()
-            .unwrap_or_default()
-            .parse::<u64>()
-            .unwrap_or(0)
-    });
-    events
-        .into_iter()
-        .map(|e| {
-            format!(
-                "{} {}: {}",
-                e.type_.unwrap_or_default(),
-                e.reason.unwrap_or_default(),
-                e.message.unwrap_or_default()
-            )
-        })
-        .collect()
 }
 
 /// Issue 10, item 6: upstream announces every attempt with a Normal `Provisioning` event, also
@@ -626,21 +323,6 @@ async fn an_attempt_that_fails_while_preparing_is_announced_then_reported() {
         "{events:?}"
     );
     assert_eq!(h.driver.calls(Method::CreateVolume), 0);
-}
-
-fn class_with_secret(name: &str, driver: &str, secret: &str) -> StorageClass {
-    let mut c = class(name, driver);
-    c.parameters = Some(BTreeMap::from([
-        (
-            "csi.storage.k8s.io/provisioner-secret-name".into(),
-            secret.into(),
-        ),
-        (
-            "csi.storage.k8s.io/provisioner-secret-namespace".into(),
-            NS.into(),
-        ),
-    ]));
-    c
 }
 
 /// Issue 10, items 6 and 8: a missing Secret is named in client-go's words, and Secret data that
