@@ -9,9 +9,7 @@ use std::time::Duration;
 
 use e2e::{OwnDriver, clients, eventually, unique};
 use k8s_openapi::api::core::v1::ServiceAccount;
-use k8s_openapi::api::rbac::v1::{
-    ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject,
-};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 
 fn rule(group: &str, resource: &str, verbs: &[&str]) -> PolicyRule {
@@ -34,12 +32,28 @@ async fn a_missing_permission_is_named_at_start_up() {
             ..Default::default()
         },
         rules: Some(vec![
-            rule("", "persistentvolumes", &["get", "list", "watch", "patch", "delete"]),
-            rule("", "persistentvolumeclaims", &["get", "list", "watch", "update"]),
-            rule("storage.k8s.io", "storageclasses", &["get", "list", "watch"]),
+            rule(
+                "",
+                "persistentvolumes",
+                &["get", "list", "watch", "patch", "delete"],
+            ),
+            rule(
+                "",
+                "persistentvolumeclaims",
+                &["get", "list", "watch", "update"],
+            ),
+            rule(
+                "storage.k8s.io",
+                "storageclasses",
+                &["get", "list", "watch"],
+            ),
             rule("storage.k8s.io", "csinodes", &["get", "list", "watch"]),
             rule("", "nodes", &["get", "list", "watch"]),
-            rule("storage.k8s.io", "volumeattachments", &["get", "list", "watch"]),
+            rule(
+                "storage.k8s.io",
+                "volumeattachments",
+                &["get", "list", "watch"],
+            ),
             rule("", "events", &["create", "patch"]),
             rule("", "configmaps", &["get", "create", "patch"]),
         ]),
@@ -55,7 +69,10 @@ async fn a_missing_permission_is_named_at_start_up() {
         },
         ..Default::default()
     };
-    accounts.create(&PostParams::default(), &account).await.unwrap();
+    accounts
+        .create(&PostParams::default(), &account)
+        .await
+        .unwrap();
     let bindings: Api<ClusterRoleBinding> = Api::all(c.main.clone());
     let binding = ClusterRoleBinding {
         metadata: ObjectMeta {
@@ -74,7 +91,10 @@ async fn a_missing_permission_is_named_at_start_up() {
             ..Default::default()
         }]),
     };
-    bindings.create(&PostParams::default(), &binding).await.unwrap();
+    bindings
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
 
     // A kubeconfig acting as that ServiceAccount.
     let admin = std::fs::read_to_string(e2e::env("KUBECONFIG")).unwrap();
