@@ -402,37 +402,3 @@ async fn a_claim_whose_class_moved_to_another_provisioner_is_left_quietly() {
     assert!(claim_events(&h, "c6").is_empty());
     assert_eq!(h.driver.calls(Method::CreateVolume), 0);
 }
-
-/// Issue 10, item 8: the "still attached" check before DeleteVolume sees every VolumeAttachment
-/// of the volume, not only those of our attacher, as upstream's does.
-#[tokio::test]
-async fn a_volume_attached_by_another_attacher_is_not_deleted() {
-    use k8s_openapi::api::storage::v1::{
-        VolumeAttachment, VolumeAttachmentSource, VolumeAttachmentSpec,
-    };
-    let h = Harness::start(|_, _| {}).await;
-    let id = create_volume(&h.csi, "pvc-7").await;
-    h.api.insert(&released_pv("pvc-7", &h.name, &id));
-    h.api.insert(&VolumeAttachment {
-        metadata: meta("va-7", None),
-        spec: VolumeAttachmentSpec {
-            attacher: "other-attacher".into(),
-            node_name: "node-1".into(),
-            source: VolumeAttachmentSource {
-                persistent_volume_name: Some("pvc-7".into()),
-                ..Default::default()
-            },
-        },
-        status: None,
-    });
-    eventually("a VolumeFailedDelete event", || {
-        !h.events(REASON_VOLUME_FAILED_DELETE).is_empty()
-    })
-    .await;
-    assert_eq!(
-        h.events(REASON_VOLUME_FAILED_DELETE)[0].message.as_deref(),
-        Some("persistentvolume pvc-7 is still attached to node node-1")
-    );
-    assert_eq!(h.driver.calls(Method::DeleteVolume), 0);
-    assert!(h.api.get::<PersistentVolume>(None, "pvc-7").is_some());
-}

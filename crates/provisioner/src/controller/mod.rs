@@ -212,24 +212,11 @@ pub fn build(
         &name,
         node_mode.as_ref().map(|n| n.node.as_str()),
     );
-    // Upstream checks every VolumeAttachment before DeleteVolume, whatever its attacher: keep
-    // ours and any that names a PV of ours (not the cluster's others). A VA is created for a PV
-    // that exists, so the PV is in the cache first; a VA seen before it is kept at its next
-    // change or relist.
     let attachments = caps.publish_unpublish.then(|| {
         let d = name.clone();
-        let ours = pvs.clone();
         informers
             .for_type::<VolumeAttachment>()
-            .keep(move |va| {
-                va.spec.attacher == d
-                    || va
-                        .spec
-                        .source
-                        .persistent_volume_name
-                        .as_deref()
-                        .is_some_and(|pv| ours.get(&ObjectRef::new(pv)).is_some())
-            })
+            .keep(move |va| va.spec.attacher == d)
             .store()
     });
     let events = EventRecorder::new(
