@@ -44,17 +44,47 @@ pub fn snapshot_api(
 /// Changes to claims and VolumeSnapshots: patches, or, where RBAC grants only `update` (as
 /// upstream's provisioner ClusterRole does), the same changes as updates
 /// ([`controller_kit::patch`]). One per controller, so a refused patch is tried once.
-#[derive(Debug, Default)]
 pub struct Writes {
+    client: kube::Client,
     claims: UpdateFallback,
     snapshots: UpdateFallback,
 }
 
+impl std::fmt::Debug for Writes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writes")
+            .field("claims", &self.claims)
+            .field("snapshots", &self.snapshots)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Writes {
+    /// Writes through `client`.
+    pub fn new(client: kube::Client) -> Self {
+        Self {
+            client,
+            claims: UpdateFallback::default(),
+            snapshots: UpdateFallback::default(),
+        }
+    }
+
+    /// Changes `pvc` by `patch`.
+    pub async fn claim_of(
+        &self,
+        pvc: &PersistentVolumeClaim,
+        kind: PatchKind,
+        patch: &Value,
+        action: &str,
+    ) -> Result<(), Error> {
+        let ns = pvc.metadata.namespace.as_deref().unwrap_or_default();
+        let name = pvc.metadata.name.as_deref().unwrap_or_default();
+        self.claim(ns, name, kind, patch, action).await
+    }
+
     /// Changes the claim `ns/name` by `patch`.
     pub async fn claim(
         &self,
-        client: &kube::Client,
         ns: &str,
         name: &str,
         kind: PatchKind,
@@ -62,7 +92,7 @@ impl Writes {
         action: &str,
     ) -> Result<(), Error> {
         let api = Api::namespaced_with(
-            client.clone(),
+            self.client.clone(),
             ns,
             &ApiResource::erase::<PersistentVolumeClaim>(&()),
         );
@@ -72,14 +102,13 @@ impl Writes {
     /// Changes the VolumeSnapshot `ns/name` by the merge patch `patch`.
     pub async fn snapshot(
         &self,
-        client: &kube::Client,
         ns: &str,
         name: &str,
         patch: &Value,
         action: &str,
     ) -> Result<(), Error> {
         let api = snapshot_api(
-            client,
+            &self.client,
             Some(ns),
             crate::constants::SNAPSHOT_KIND,
             "volumesnapshots",

@@ -358,18 +358,9 @@ impl Shared {
         action: &str,
         patch: &serde_json::Value,
     ) -> Result<(), Error> {
-        let ns = pvc.metadata.namespace.as_deref().unwrap_or_default();
-        let name = pvc.metadata.name.as_deref().unwrap_or_default();
         let r = self
             .writes
-            .claim(
-                &self.ctx.client,
-                ns,
-                name,
-                PatchKind::Strategic,
-                patch,
-                action,
-            )
+            .claim_of(pvc, PatchKind::Strategic, patch, action)
             .await;
         match r {
             Err(e) if e.is_not_found() => Ok(()),

@@ -84,16 +84,10 @@ impl Shared {
         let patch = patch::select_node(pvc.metadata.resource_version.as_deref(), &nd.node);
         let ns = pvc.metadata.namespace.as_deref().unwrap_or_default();
         let name = pvc.metadata.name.as_deref().unwrap_or_default();
+        let action = "select this node for the claim";
         match self
             .writes
-            .claim(
-                &self.ctx.client,
-                ns,
-                name,
-                PatchKind::Merge,
-                &patch,
-                "select this node for the claim",
-            )
+            .claim(ns, name, PatchKind::Merge, &patch, action)
             .await
         {
             Ok(_) => {

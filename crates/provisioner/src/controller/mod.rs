@@ -225,6 +225,7 @@ pub fn build(
         Some(ctx.identity.clone()),
     );
     let infeasible_memory = ctx.backoff.max;
+    let writes = crate::api::Writes::new(ctx.client.clone());
     Arc::new(Provisioner {
         shared: Arc::new(Shared {
             ctx,
@@ -242,7 +243,7 @@ pub fn build(
             volumes,
             locks: KeyLocks::default(),
             journal,
-            writes: Default::default(),
+            writes,
             capacity,
             identity,
             metrics,

@@ -124,9 +124,7 @@ impl Shared {
         } else {
             "remove snapshot source finalizer"
         };
-        self.writes
-            .snapshot(&self.ctx.client, ns, name, &patch, action)
-            .await
+        self.writes.snapshot(ns, name, &patch, action).await
     }
 
     /// Upstream: the VolumeSnapshot a restore reads from gets the provisioner's finalizer before
@@ -250,15 +248,9 @@ impl Shared {
             return Ok(());
         }
         let patch = patch::add_clone_protection();
+        let action = "add cloning-protection finalizer";
         self.writes
-            .claim(
-                &self.ctx.client,
-                ns,
-                name,
-                PatchKind::Strategic,
-                &patch,
-                "add cloning-protection finalizer",
-            )
+            .claim(ns, name, PatchKind::Strategic, &patch, action)
             .await
     }
 
@@ -285,18 +277,10 @@ impl Shared {
             return Err(Error::Held(m));
         }
         let patch = patch::remove_clone_protection(pvc.metadata.uid.as_deref());
-        let ns = pvc.metadata.namespace.as_deref().unwrap_or_default();
-        let name = pvc.metadata.name.as_deref().unwrap_or_default();
+        let action = "remove cloning-protection finalizer";
         match self
             .writes
-            .claim(
-                &self.ctx.client,
-                ns,
-                name,
-                PatchKind::Strategic,
-                &patch,
-                "remove cloning-protection finalizer",
-            )
+            .claim_of(pvc, PatchKind::Strategic, &patch, action)
             .await
         {
             Err(e) if !e.is_not_found() => Err(e),
