@@ -161,13 +161,14 @@ pub fn has_snapshot_protection(snapshot: &serde_json::Value) -> bool {
 }
 
 /// Upstream `getSnapshotSource`: checks the VolumeSnapshot and its bound content (both as JSON,
-/// `Err` carrying the lookup error) and returns the snapshot handle. `content` is `None` when the
+/// `Err` carrying the lookup error) against the claim's class (name, provisioner) and returns
+/// the snapshot handle, with v6.3's error texts. `content` is `None` when the
 /// snapshot names no content (then it is not looked up).
 pub fn snapshot_source(
     claim: &PersistentVolumeClaim,
     snapshot: Result<&serde_json::Value, String>,
     content: Option<Result<&serde_json::Value, String>>,
-    provisioner: &str,
+    (class_name, provisioner): (&str, &str),
     prevent_volume_mode_conversion: bool,
 ) -> Result<RecordedSource, String> {
     let name = snapshot_source_name(claim).unwrap_or_default();
@@ -184,7 +185,9 @@ pub fn snapshot_source(
         Some(Ok(c)) => c,
         Some(Err(e)) => {
             tracing::warn!(snapshot = %name, content = %content_name, error = %e, "error getting snapshotcontent");
-            return Err(not_bound());
+            return Err(format!(
+                "error getting snapshotcontent {content_name} for snapshot {name}"
+            ));
         }
         None => return Err(not_bound()),
     };
@@ -194,10 +197,14 @@ pub fn snapshot_source(
         || reference["namespace"] != meta["namespace"]
         || reference["name"] != meta["name"]
     {
-        return Err(not_bound());
+        return Err(format!(
+            "snapshotcontent {content_name} for snapshot {name} is bound to a different snapshot"
+        ));
     }
     if text(content, &["spec", "driver"]) != Some(provisioner) {
-        return Err(not_bound());
+        return Err(format!(
+            "snapshotcontent {content_name} for snapshot {name} is not handled by CSI driver of StorageClass {class_name}"
+        ));
     }
     if snapshot["status"]["readyToUse"] != serde_json::Value::Bool(true) {
         return Err(format!("snapshot {name} is not Ready"));

@@ -436,8 +436,9 @@ impl Shared {
             // Upstream: the driver ignored the source; an empty volume must not pass for a copy.
             let mut m = "volume content source missing".to_string();
             if let Err(err) = self.cleanup(&volume.volume_id, &secrets).await {
+                // Lower-case here, as upstream writes this one.
                 m = format!(
-                    "{m}. Cleanup of volume {} failed, volume is orphaned: {}",
+                    "{m}. cleanup of volume {} failed, volume is orphaned: {}",
                     intent.volume_name,
                     err.go_message()
                 );

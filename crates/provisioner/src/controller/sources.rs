@@ -98,7 +98,10 @@ impl Shared {
             pvc,
             snapshot.as_ref().map_err(Clone::clone),
             content.as_ref().map(|c| c.as_ref().map_err(Clone::clone)),
-            &class.provisioner,
+            (
+                class.metadata.name.as_deref().unwrap_or_default(),
+                &class.provisioner,
+            ),
             self.config.prevent_volume_mode_conversion,
         );
         (resolved, object.ok())

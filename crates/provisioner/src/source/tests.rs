@@ -243,7 +243,13 @@ fn restore(
     snapshot: &serde_json::Value,
     content: &serde_json::Value,
 ) -> Result<RecordedSource, String> {
-    snapshot_source(claim, Ok(snapshot), Some(Ok(content)), DRIVER, true)
+    snapshot_source(
+        claim,
+        Ok(snapshot),
+        Some(Ok(content)),
+        ("fast", DRIVER),
+        true,
+    )
 }
 
 #[test]
@@ -264,7 +270,7 @@ fn snapshot_checks_in_upstream_order_with_upstream_messages() {
             &claim,
             Err("nope".into()),
             None,
-            DRIVER,
+            ("fast", DRIVER),
             true
         )),
         "error getting snapshot snap from api server: nope"
@@ -284,17 +290,27 @@ fn snapshot_checks_in_upstream_order_with_upstream_messages() {
         e(restore(&claim, &unbound, &content_json())),
         "snapshot snap not bound"
     );
+    assert_eq!(
+        e(snapshot_source(
+            &claim,
+            Ok(&snapshot_json()),
+            Some(Err("boom".into())),
+            ("fast", DRIVER),
+            true
+        )),
+        "error getting snapshotcontent content-1 for snapshot snap"
+    );
     let mut other_driver = content_json();
     other_driver["spec"]["driver"] = "other".into();
     assert_eq!(
         e(restore(&claim, &snapshot_json(), &other_driver)),
-        "snapshot snap not bound"
+        "snapshotcontent content-1 for snapshot snap is not handled by CSI driver of StorageClass fast"
     );
     let mut other_snapshot = content_json();
     other_snapshot["spec"]["volumeSnapshotRef"]["uid"] = "x".into();
     assert_eq!(
         e(restore(&claim, &snapshot_json(), &other_snapshot)),
-        "snapshot snap not bound"
+        "snapshotcontent content-1 for snapshot snap is bound to a different snapshot"
     );
     let mut not_ready = snapshot_json();
     not_ready["status"]["readyToUse"] = false.into();
@@ -340,7 +356,7 @@ fn a_restore_into_another_volume_mode_needs_the_contents_permission() {
             &block,
             Ok(&snapshot_json()),
             Some(Ok(&content_json())),
-            DRIVER,
+            ("fast", DRIVER),
             false
         )
         .is_ok()
