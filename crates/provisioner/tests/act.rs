@@ -402,3 +402,34 @@ async fn a_claim_whose_class_moved_to_another_provisioner_is_left_quietly() {
     assert!(claim_events(&h, "c6").is_empty());
     assert_eq!(h.driver.calls(Method::CreateVolume), 0);
 }
+
+/// Issue 10, item 5: after an error that proves nothing was created, the next attempt builds its
+/// request from the current class (as upstream does), not the recorded one, so a fixed class
+/// takes effect.
+#[tokio::test]
+async fn a_retry_after_a_proven_failure_takes_the_fixed_class() {
+    let h = Harness::start(|api, driver| {
+        let mut c = class("tiered", driver);
+        c.parameters = Some(BTreeMap::from([("tier".into(), "bad".into())]));
+        api.insert(&c);
+    })
+    .await;
+    h.driver.inject(
+        Method::CreateVolume,
+        Fault::error(Code::InvalidArgument, "unknown tier").once(),
+    );
+    h.api.insert(&claim("c8", "tiered", &h.name));
+    eventually("a ProvisioningFailed event", || {
+        !h.events(REASON_PROVISIONING_FAILED).is_empty()
+    })
+    .await;
+    let mut fixed = class("tiered", &h.name);
+    fixed.parameters = Some(BTreeMap::from([("tier".into(), "good".into())]));
+    h.api.insert(&fixed);
+    eventually("the volume", || h.driver.state().volumes.len() == 1).await;
+    let volume = h.driver.state().volumes.into_values().next().unwrap();
+    assert_eq!(
+        volume.parameters.get("tier").map(String::as_str),
+        Some("good")
+    );
+}
