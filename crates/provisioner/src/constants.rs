@@ -147,6 +147,8 @@ pub const REASON_PROVISIONING_FAILED: &str = "ProvisioningFailed";
 pub const REASON_PROVISIONING_SUCCEEDED: &str = "ProvisioningSucceeded";
 /// Warning, on the PV, for every failed deletion attempt.
 pub const REASON_VOLUME_FAILED_DELETE: &str = "VolumeFailedDelete";
+/// Ours (no upstream counterpart): a journal intent's rollback failed; on the journal ConfigMap.
+pub const REASON_ROLLBACK_FAILED: &str = "VolumeRollbackFailed";
 
 /// The reporting controller of our Events (upstream's event source component).
 pub const EVENT_CONTROLLER: &str = "external-provisioner";

@@ -41,6 +41,8 @@ pub struct ProvisionerMetrics {
     deleted: Family<VolumeLabels, Counter>,
     delete_failed: Family<VolumeLabels, Counter>,
     delete_duration: Family<VolumeLabels, Histogram>,
+    /// Ours: failed rollbacks of journal intents whose claim is gone.
+    rollback_failed: Counter,
 }
 
 impl ProvisionerMetrics {
@@ -53,7 +55,13 @@ impl ProvisionerMetrics {
             deleted: Family::default(),
             delete_failed: Family::default(),
             delete_duration: Family::new_with_constructor(histogram),
+            rollback_failed: Counter::default(),
         };
+        registry.register(
+            "csi_provisioner_intent_rollback_failed",
+            "Failed attempts to roll back the volume of a journal intent whose claim is gone (each is also a VolumeRollbackFailed Event on the journal ConfigMap).",
+            m.rollback_failed.clone(),
+        );
         registry.register(
             "controller_persistentvolumeclaim_provision",
             "Total number of persistent volumes provisioned successfully. Broken down by storage class name and source of the claim.",
@@ -107,6 +115,11 @@ impl ProvisionerMetrics {
         };
         self.deleted.get_or_create(&labels).inc();
         self.delete_duration.get_or_create(&labels).observe(seconds);
+    }
+
+    /// A failed rollback attempt.
+    pub fn rollback_failed(&self) {
+        self.rollback_failed.inc();
     }
 
     /// A failed deletion attempt.

@@ -433,3 +433,53 @@ async fn a_retry_after_a_proven_failure_takes_the_fixed_class() {
         Some("good")
     );
 }
+
+/// Issue 10, item 3: a rollback that keeps failing is visible (an Event on the journal and a
+/// metric), and a DeleteVolume answering NOT_FOUND ends it (the volume is gone).
+#[tokio::test]
+async fn a_failing_rollback_is_reported_and_not_found_ends_it() {
+    let h = Harness::start(|api, driver| {
+        api.insert(&class("fast", driver));
+    })
+    .await;
+    h.driver.inject(
+        Method::CreateVolume,
+        Fault::error(Code::Unavailable, "backend down").times(1_000),
+    );
+    h.api.insert(&claim("c9", "fast", &h.name));
+    eventually("the intent", || !h.journal().is_empty()).await;
+    // The claim goes while its volume may be in the making: the intent is rolled back.
+    h.api.remove::<PersistentVolumeClaim>(Some(NS), "c9");
+    eventually("a VolumeRollbackFailed event", || {
+        !h.events(REASON_ROLLBACK_FAILED).is_empty()
+    })
+    .await;
+    let event = h.events(REASON_ROLLBACK_FAILED).remove(0);
+    assert_eq!(event.involved_object.kind.as_deref(), Some("ConfigMap"));
+    assert_eq!(
+        event.involved_object.name.as_deref(),
+        Some(journal::object_name(&h.name).as_str())
+    );
+    assert!(
+        event
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("of claim ns/c9") && m.contains("backend down")),
+        "{event:?}"
+    );
+    assert!(
+        h.metrics
+            .encode()
+            .lines()
+            .any(|l| l.starts_with("csi_provisioner_intent_rollback_failed_total ")),
+        "the counter is exported"
+    );
+    // The driver comes back, creates the volume on the replay, but answers NOT_FOUND to its
+    // deletion: the rollback is done all the same.
+    h.driver.clear_faults();
+    h.driver.inject(
+        Method::DeleteVolume,
+        Fault::error(Code::NotFound, "no such volume").times(1_000),
+    );
+    eventually("the intent to be released", || h.journal().is_empty()).await;
+}

@@ -499,7 +499,36 @@ impl Shared {
         last
     }
 
+    /// [`Shared::roll_back_once`], and each failure made visible: a Warning `VolumeRollbackFailed`
+    /// Event on the journal ConfigMap (the claim is gone) and
+    /// `csi_provisioner_intent_rollback_failed`, so a stuck entry is seen, not only logged.
     pub(super) async fn roll_back(
+        &self,
+        pvc: Option<&PersistentVolumeClaim>,
+        intent: &Intent,
+    ) -> Result<Outcome, Error> {
+        let result = self.roll_back_once(pvc, intent).await;
+        if let Err(e) = &result {
+            self.metrics.rollback_failed();
+            let journal = k8s_openapi::api::core::v1::ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("ConfigMap".into()),
+                namespace: Some(self.ctx.namespace.clone()),
+                name: Some(self.journal.object_name().to_string()),
+                ..Default::default()
+            };
+            let note = format!(
+                "volume {} of claim {}/{} (uid {}): {e}",
+                intent.volume_name, intent.claim_namespace, intent.claim_name, intent.claim_uid
+            );
+            self.events
+                .warning(&journal, REASON_ROLLBACK_FAILED, "RollBack", &note)
+                .await;
+        }
+        result
+    }
+
+    async fn roll_back_once(
         &self,
         pvc: Option<&PersistentVolumeClaim>,
         intent: &Intent,
@@ -523,10 +552,17 @@ impl Shared {
                     volume_id: id.clone(),
                     secrets: secrets.into_iter().collect(),
                 };
-                self.csi.delete_volume(req).await.map_err(|e| Error::Csi {
-                    action: format!("roll back volume {id}"),
-                    source: Box::new(e),
-                })?;
+                match self.csi.delete_volume(req).await {
+                    Ok(_) => {}
+                    // Gone already: what the rollback wanted (the spec asks for OK here).
+                    Err(e) if e.code() == Some(csi::Code::NotFound) => {}
+                    Err(e) => {
+                        return Err(Error::Csi {
+                            action: format!("roll back volume {id}"),
+                            source: Box::new(e),
+                        });
+                    }
+                }
                 tracing::info!(pvc = %key, volume_id = %id, "rolled back volume of a deleted claim");
                 self.release(pvc, intent, false).await?;
                 Ok(Outcome::Done)
