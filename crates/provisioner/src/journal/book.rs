@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-use super::{MAX_BYTES, RELEASE_WINDOW};
+use super::{MAX_BYTES, MAX_SHARDS, RELEASE_WINDOW};
 use crate::request::Intent;
 
 /// While records stream in, how long after the start of a record write the next one waits for
@@ -68,23 +68,32 @@ pub type Answer = oneshot::Sender<Result<(), String>>;
 #[derive(Debug)]
 pub struct Waiter {
     intent: Intent,
-    /// Its share of the journal's bytes (key and JSON), counted once at `record`.
+    /// Its share of its shard's bytes (key and JSON), counted once at `record`.
     size: usize,
+    /// The shard (ConfigMap) it is written to.
+    shard: usize,
     answer: Answer,
 }
 
 /// The pure part of the journal: committed entries, the writes not yet made, their waiters.
+///
+/// The journal is split into shards, one ConfigMap each, of at most [`MAX_BYTES`]: a record goes
+/// to the first shard with room, so entries that stay (a rollback the driver keeps refusing) fill
+/// one shard and never refuse a new claim while another has room. An entry stays in its shard
+/// until released.
 #[derive(Debug, Default)]
 pub struct Book {
     /// Entries the API server stored (or will store, for releases not yet written):
-    /// volume name -> intent and its JSON length.
-    entries: BTreeMap<String, (Intent, usize)>,
+    /// volume name -> intent, its JSON length and its shard.
+    entries: BTreeMap<String, (Intent, usize, usize)>,
     /// Writes not yet made: volume name -> the JSON to store, or `None` to remove.
     pending: BTreeMap<String, Option<String>>,
+    /// The shard of each pending write.
+    pending_shard: BTreeMap<String, usize>,
     /// Records waiting for their write.
     waiters: Vec<Waiter>,
-    /// Bytes of the entries plus the records pending.
-    bytes: usize,
+    /// Bytes of the entries plus the records pending, per shard.
+    bytes: Vec<usize>,
 }
 
 /// One batched write.
@@ -92,20 +101,35 @@ pub struct Book {
 pub struct Batch {
     /// The merge patch's `data`: volume name -> JSON or null.
     pub data: BTreeMap<String, Option<String>>,
+    /// The shard of each key of `data`.
+    pub shard: BTreeMap<String, usize>,
 }
 
 impl Book {
-    /// Loads the entries of a stored ConfigMap's `data`; returns the keys that were not
-    /// readable or not this driver's (left alone) with why.
+    /// Loads the entries of a stored journal's shard 0 from its ConfigMap's `data`, forgetting
+    /// everything else; returns the keys that were not readable or not this driver's (left
+    /// alone) with why. Further shards: [`Book::load_shard`].
     pub fn load(&mut self, data: &BTreeMap<String, String>, driver: &str) -> Vec<(String, String)> {
         *self = Book::default();
+        self.load_shard(0, data, driver)
+    }
+
+    /// Adds the entries of shard `shard` (see [`Book::load`]).
+    pub fn load_shard(
+        &mut self,
+        shard: usize,
+        data: &BTreeMap<String, String>,
+        driver: &str,
+    ) -> Vec<(String, String)> {
         let mut skipped = Vec::new();
         for (key, json) in data {
             match serde_json::from_str::<Intent>(json) {
                 Ok(i) if i.driver == driver && i.volume_name == *key => {
-                    self.bytes += key.len() + json.len();
-                    self.entries
-                        .insert(key.clone(), (i, key.len() + json.len()));
+                    let size = key.len() + json.len();
+                    *self.shard_bytes(shard) += size;
+                    if let Some((_, old, at)) = self.entries.insert(key.clone(), (i, size, shard)) {
+                        *self.shard_bytes(at) -= old;
+                    }
                 }
                 Ok(i) if i.driver != driver => {
                     skipped.push((key.clone(), format!("recorded by driver {}", i.driver)));
@@ -117,21 +141,44 @@ impl Book {
         skipped
     }
 
-    /// Queues a record; fails at once if the journal is full.
+    fn shard_bytes(&mut self, shard: usize) -> &mut usize {
+        if self.bytes.len() <= shard {
+            self.bytes.resize(shard + 1, 0);
+        }
+        &mut self.bytes[shard]
+    }
+
+    /// The shard `volume` is in (stored or pending), if any.
+    fn shard_of(&self, volume: &str) -> Option<usize> {
+        self.pending_shard
+            .get(volume)
+            .copied()
+            .or_else(|| self.entries.get(volume).map(|(_, _, s)| *s))
+    }
+
+    /// Queues a record in the first shard with room (or the shard already holding the volume);
+    /// fails at once if every shard is full.
     pub fn record(&mut self, intent: &Intent, done: Answer) -> Result<(), String> {
         let json = serde_json::to_string(intent).map_err(|e| e.to_string())?;
         let size = intent.volume_name.len() + json.len();
-        if self.bytes + size > MAX_BYTES {
-            return Err(format!(
-                "the intent journal is full ({} volumes in flight); waiting for some to finish",
-                self.entries.len()
-            ));
-        }
-        self.bytes += size;
+        let shard = match self.shard_of(&intent.volume_name) {
+            Some(s) => s,
+            None => (0..MAX_SHARDS)
+                .find(|&s| self.bytes.get(s).copied().unwrap_or(0) + size <= MAX_BYTES)
+                .ok_or_else(|| {
+                    format!(
+                        "the intent journal is full ({} volumes in flight in {MAX_SHARDS} ConfigMaps); waiting for some to finish",
+                        self.entries.len()
+                    )
+                })?,
+        };
+        *self.shard_bytes(shard) += size;
         self.pending.insert(intent.volume_name.clone(), Some(json));
+        self.pending_shard.insert(intent.volume_name.clone(), shard);
         self.waiters.push(Waiter {
             intent: intent.clone(),
             size,
+            shard,
             answer: done,
         });
         Ok(())
@@ -139,10 +186,13 @@ impl Book {
 
     /// Queues a release; the entry is gone from lookups at once.
     pub fn release(&mut self, volume: &str) {
-        if let Some((_, size)) = self.entries.remove(volume) {
-            self.bytes = self.bytes.saturating_sub(size);
+        let shard = self.shard_of(volume).unwrap_or(0);
+        if let Some((_, size, at)) = self.entries.remove(volume) {
+            let bytes = self.shard_bytes(at);
+            *bytes = bytes.saturating_sub(size);
         }
         self.pending.insert(volume.to_string(), None);
+        self.pending_shard.insert(volume.to_string(), shard);
     }
 
     /// Whether any record waits, whether anything (a record or a release) waits.
@@ -158,7 +208,8 @@ impl Book {
     /// Takes everything pending as one batch, with the waiters it answers.
     pub fn take(&mut self) -> (Batch, Vec<Waiter>) {
         let data = std::mem::take(&mut self.pending);
-        (Batch { data }, std::mem::take(&mut self.waiters))
+        let shard = std::mem::take(&mut self.pending_shard);
+        (Batch { data, shard }, std::mem::take(&mut self.waiters))
     }
 
     /// The batch was stored: recorded entries become visible.
@@ -166,8 +217,9 @@ impl Book {
         for w in waiters {
             // The pending bytes become the entry's.
             let volume = w.intent.volume_name.clone();
-            if let Some((_, old)) = self.entries.insert(volume, (w.intent, w.size)) {
-                self.bytes = self.bytes.saturating_sub(old);
+            if let Some((_, old, at)) = self.entries.insert(volume, (w.intent, w.size, w.shard)) {
+                let bytes = self.shard_bytes(at);
+                *bytes = bytes.saturating_sub(old);
             }
             let _ = w.answer.send(Ok(()));
         }
@@ -177,24 +229,28 @@ impl Book {
     /// queued again unless something newer replaced them.
     pub fn failed(&mut self, batch: Batch, waiters: Vec<Waiter>, error: &str) {
         for w in waiters {
-            self.bytes = self.bytes.saturating_sub(w.size);
+            let bytes = self.shard_bytes(w.shard);
+            *bytes = bytes.saturating_sub(w.size);
             let _ = w.answer.send(Err(error.to_string()));
         }
         for (volume, value) in batch.data {
-            if value.is_none() {
-                self.pending.entry(volume).or_insert(None);
+            if value.is_none() && !self.pending.contains_key(&volume) {
+                let shard = batch.shard.get(&volume).copied().unwrap_or(0);
+                self.pending.insert(volume.clone(), None);
+                self.pending_shard.insert(volume, shard);
             }
         }
     }
 
-    /// The whole content to store when the object has to be created.
-    pub fn full_data(&self, batch: &Batch) -> BTreeMap<String, String> {
+    /// The whole content of shard `shard` to store when its object has to be created.
+    pub fn full_data(&self, batch: &Batch, shard: usize) -> BTreeMap<String, String> {
         let mut data: BTreeMap<String, String> = self
             .entries
             .iter()
-            .filter_map(|(k, (i, _))| Some((k.clone(), serde_json::to_string(i).ok()?)))
+            .filter(|(_, (_, _, s))| *s == shard)
+            .filter_map(|(k, (i, _, _))| Some((k.clone(), serde_json::to_string(i).ok()?)))
             .collect();
-        for (k, v) in &batch.data {
+        for (k, v) in batch.in_shard(shard) {
             match v {
                 Some(json) => data.insert(k.clone(), json.clone()),
                 None => data.remove(k),
@@ -217,7 +273,7 @@ impl Book {
     fn claim_entry(&self, uid: &str) -> Option<&Intent> {
         self.entries
             .values()
-            .map(|(i, _)| i)
+            .map(|(i, _, _)| i)
             .find(|i| i.claim_uid == uid)
     }
 
@@ -225,8 +281,8 @@ impl Book {
     pub fn for_key(&self, namespace: &str, name: &str) -> Vec<Intent> {
         self.entries
             .values()
-            .filter(|(i, _)| i.claim_namespace == namespace && i.claim_name == name)
-            .map(|(i, _)| i.clone())
+            .filter(|(i, _, _)| i.claim_namespace == namespace && i.claim_name == name)
+            .map(|(i, _, _)| i.clone())
             .collect()
     }
 
@@ -234,13 +290,13 @@ impl Book {
     pub fn claim_keys(&self) -> Vec<controller_kit::NamespacedName> {
         self.entries
             .values()
-            .map(|(i, _)| controller_kit::NamespacedName::new(&i.claim_namespace, &i.claim_name))
+            .map(|(i, _, _)| controller_kit::NamespacedName::new(&i.claim_namespace, &i.claim_name))
             .collect()
     }
 
-    /// Bytes of the entries plus the records pending.
+    /// Bytes of the entries plus the records pending, in every shard.
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.bytes.iter().sum()
     }
 
     /// How many entries there are.
@@ -255,13 +311,32 @@ impl Book {
 }
 
 impl Batch {
-    /// The JSON merge patch of this batch.
-    pub fn patch(&self) -> Value {
-        let data: serde_json::Map<String, Value> = self
-            .data
+    /// The shards this batch writes to, in order.
+    pub fn shards(&self) -> std::collections::BTreeSet<usize> {
+        self.data
+            .keys()
+            .map(|k| self.shard.get(k).copied().unwrap_or(0))
+            .collect()
+    }
+
+    /// The writes of shard `shard`.
+    pub fn in_shard(&self, shard: usize) -> impl Iterator<Item = (&String, &Option<String>)> {
+        self.data
             .iter()
+            .filter(move |(k, _)| self.shard.get(*k).copied().unwrap_or(0) == shard)
+    }
+
+    /// The JSON merge patch of this batch's writes to shard `shard`.
+    pub fn patch_for(&self, shard: usize) -> Value {
+        let data: serde_json::Map<String, Value> = self
+            .in_shard(shard)
             .map(|(k, v)| (k.clone(), v.clone().map_or(Value::Null, Value::String)))
             .collect();
         json!({ "data": data })
+    }
+
+    /// The JSON merge patch of this batch (all of it in shard 0, the usual case).
+    pub fn patch(&self) -> Value {
+        self.patch_for(0)
     }
 }

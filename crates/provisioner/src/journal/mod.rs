@@ -39,9 +39,13 @@ use crate::request::Intent;
 pub const RELEASE_WINDOW: Duration = Duration::from_secs(2);
 /// How long a record waits for its patch before its pass fails (and is retried with backoff).
 const RECORD_TIMEOUT: Duration = Duration::from_secs(60);
-/// Entries beyond this many bytes wait (their passes fail and retry): a ConfigMap holds at most
-/// 1 MiB, and the rest is kept for the object's metadata.
+/// Bytes of entries one shard (ConfigMap) holds: a ConfigMap holds at most 1 MiB, and the rest
+/// is kept for the object's metadata.
 pub const MAX_BYTES: usize = 900 * 1024;
+/// Shards (ConfigMaps) of one journal: shard 0 is [`object_name`], shard `n` its name with
+/// `.shard-<n>`. Beyond them all (some 14 MiB of volumes in flight) records wait, their claims
+/// failing with a `ProvisioningFailed` Event that says so.
+pub const MAX_SHARDS: usize = 16;
 /// First and longest pause after a failed write.
 const WRITE_BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(30));
 
@@ -120,15 +124,33 @@ impl Journal {
         &self.name
     }
 
-    /// Reads the stored journal (an absent object is an empty journal). Call before any pass
-    /// that reads it; returns how many intents it holds.
+    /// The name of shard `shard`'s ConfigMap.
+    pub fn shard_name(&self, shard: usize) -> String {
+        if shard == 0 {
+            self.name.clone()
+        } else {
+            format!("{}.shard-{shard}", self.name)
+        }
+    }
+
+    /// Reads the stored journal (absent objects are empty shards): every shard, also past one
+    /// that is missing (deleted by hand), so no entry is overlooked. Call before any pass that
+    /// reads it; returns how many intents it holds.
     pub async fn load(&self) -> Result<usize, Error> {
-        let stored =
-            crate::api::call_api("read the intent journal", self.api.get_opt(&self.name)).await?;
-        let data = stored.and_then(|c| c.data).unwrap_or_default();
+        let mut shards = Vec::new();
+        for shard in 0..MAX_SHARDS {
+            let name = self.shard_name(shard);
+            let stored =
+                crate::api::call_api("read the intent journal", self.api.get_opt(&name)).await?;
+            let data = stored.and_then(|c| c.data).unwrap_or_default();
+            shards.push((name, data));
+        }
         let mut book = self.book();
-        for (key, why) in book.load(&data, &self.driver) {
-            tracing::warn!(journal = %self.name, entry = %key, reason = %why, "journal entry left alone");
+        *book = Book::default();
+        for (shard, (name, data)) in shards.iter().enumerate() {
+            for (key, why) in book.load_shard(shard, data, &self.driver) {
+                tracing::warn!(journal = %name, entry = %key, reason = %why, "journal entry left alone");
+            }
         }
         Ok(book.len())
     }
@@ -250,24 +272,36 @@ trait Store {
 }
 
 impl Store for Journal {
-    /// One write: a merge patch, or the whole object when it does not exist.
+    /// One write per shard the batch touches, in order: a merge patch, or the whole object when
+    /// it does not exist. A failure fails the whole batch (its records retry; what was written
+    /// is written again, which is idempotent).
     async fn store(&self, batch: &Batch) -> Result<(), Error> {
+        for shard in batch.shards() {
+            self.store_shard(batch, shard).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Journal {
+    async fn store_shard(&self, batch: &Batch, shard: usize) -> Result<(), Error> {
         use crate::api::call_api;
-        let patch = batch.patch();
+        let name = self.shard_name(shard);
+        let patch = batch.patch_for(shard);
         let patched = call_api(
             "write the intent journal",
             self.api
-                .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch)),
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch)),
         )
         .await;
         match patched {
             Err(e) if e.is_not_found() => {}
             r => return r.map(|_| ()),
         }
-        let data = self.book().full_data(batch);
+        let data = self.book().full_data(batch, shard);
         let object = ConfigMap {
             metadata: ObjectMeta {
-                name: Some(self.name.clone()),
+                name: Some(name.clone()),
                 labels: Some([(LABEL_COMPONENT.to_string(), COMPONENT.to_string())].into()),
                 annotations: Some([(ANN_DRIVER.to_string(), self.driver.clone())].into()),
                 ..ObjectMeta::default()
@@ -285,7 +319,7 @@ impl Store for Journal {
             Err(e) if e.is_conflict() => call_api(
                 "write the intent journal",
                 self.api
-                    .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch)),
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch)),
             )
             .await
             .map(|_| ()),

@@ -1,6 +1,6 @@
 //! The journal's book-keeping: what each batch writes, what lookups see before and after.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::*;
 use crate::request::{PvTemplate, RecordedRequest};
@@ -203,8 +203,80 @@ fn loading_keeps_this_drivers_readable_entries() {
     let (tx, _rx) = waiter();
     book.record(&intent("pvc-5", "5"), tx).unwrap();
     let (batch, _) = book.take();
-    let full = book.full_data(&batch);
+    let full = book.full_data(&batch, 0);
     assert_eq!(full.keys().collect::<Vec<_>>(), vec!["pvc-5"]);
+}
+
+/// An intent whose JSON is about `kib` KiB (a big recorded request).
+fn big_intent(volume: &str, uid: &str, kib: usize) -> Intent {
+    let mut i = intent(volume, uid);
+    i.request
+        .parameters
+        .insert("padding".into(), "x".repeat(kib * 1024));
+    i
+}
+
+/// Issue 10, item 3: entries that stay (a rollback the driver keeps refusing) fill one shard; a
+/// new claim's record goes to the next, never refused while a shard has room.
+#[test]
+fn a_full_shard_spills_into_the_next_and_releases_go_where_the_entry_is() {
+    let mut book = Book::default();
+    // Shard 0 nearly full of entries that stay.
+    for n in 0..8 {
+        let (tx, _rx) = waiter();
+        book.record(&big_intent(&format!("stuck-{n}"), &n.to_string(), 110), tx)
+            .unwrap();
+    }
+    let (batch, waiters) = book.take();
+    assert_eq!(batch.shards(), BTreeSet::from([0]));
+    book.stored(waiters);
+    // The next one does not fit in shard 0.
+    let (tx, _rx) = waiter();
+    book.record(&big_intent("new", "new", 110), tx)
+        .expect("a new claim is not refused while another shard has room");
+    let (batch, waiters) = book.take();
+    assert_eq!(batch.shards(), BTreeSet::from([1]));
+    assert!(batch.patch_for(1)["data"]["new"].is_string());
+    assert!(batch.patch_for(0)["data"].as_object().unwrap().is_empty());
+    book.stored(waiters);
+    // Its release is written to its shard; a stuck one's to shard 0.
+    book.release("new");
+    book.release("stuck-3");
+    let (batch, _) = book.take();
+    assert_eq!(batch.shards(), BTreeSet::from([0, 1]));
+    assert!(batch.patch_for(1)["data"]["new"].is_null());
+    assert!(batch.patch_for(0)["data"]["stuck-3"].is_null());
+    // A re-created shard holds only its own entries.
+    assert_eq!(book.full_data(&batch, 1).len(), 0);
+    assert_eq!(book.full_data(&batch, 0).len(), 7);
+}
+
+#[test]
+fn every_shard_full_refuses_with_a_clear_error() {
+    let mut book = Book::default();
+    let mut n = 0;
+    let error = loop {
+        let (tx, _rx) = waiter();
+        match book.record(&big_intent(&format!("v-{n}"), &n.to_string(), 400), tx) {
+            Ok(()) => n += 1,
+            Err(e) => break e,
+        }
+        assert!(n < 1000, "never refused");
+    };
+    assert_eq!(n, 2 * MAX_SHARDS, "two of these per shard");
+    assert!(error.contains("the intent journal is full"), "{error}");
+}
+
+#[test]
+fn loading_shards_restores_where_each_entry_is() {
+    let mut book = Book::default();
+    let json = |v: &str, u: &str| serde_json::to_string(&intent(v, u)).unwrap();
+    book.load(&BTreeMap::from([("a".to_string(), json("a", "1"))]), "d");
+    book.load_shard(2, &BTreeMap::from([("b".to_string(), json("b", "2"))]), "d");
+    assert_eq!(book.len(), 2);
+    book.release("b");
+    let (batch, _) = book.take();
+    assert_eq!(batch.shards(), BTreeSet::from([2]));
 }
 
 /// The writer loop against a fake store whose writes finish when the test says so.
