@@ -226,6 +226,8 @@ async fn repeated_events_fold_into_a_count_and_new_messages_show() {
             "backend broke",
         )
         .await;
+    // Events are written by the recorder's own task; wait for it.
+    recorder.flush().await;
 
     let events: Api<Event> = Api::namespaced(c.main.clone(), "default");
     let ours: Vec<Event> = events

@@ -8,12 +8,15 @@
 //! strategic merge patch of `count`, `lastTimestamp` and `message`. The message is part of the key
 //! on purpose: kube-runtime's recorder leaves it out, so a new error message would be counted into
 //! the first one and never shown. Event reasons are constants of the controller that emits them,
-//! with upstream's values. Publishing is bounded by a timeout; a failure is logged and dropped,
-//! since an Event is information, not state. Readers of `events.k8s.io/v1` see the same objects
+//! with upstream's values. Publishing never waits for the API server: events go through a bounded
+//! queue to one background task per recorder (in order, each call bounded by a timeout), as
+//! client-go's broadcaster does, so a reconcile never pays an Event's round trip; a failure, or
+//! an event that finds the queue full, is logged and dropped, since an Event is information, not
+//! state. Readers of `events.k8s.io/v1` see the same objects
 //! (`note`, `regarding`, `deprecatedCount`).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
@@ -21,6 +24,7 @@ use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Client;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use tokio::sync::{mpsc, oneshot};
 
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest message kept (1 KiB, as the events.k8s.io API's note); longer messages are cut.
@@ -30,6 +34,8 @@ const MAX_NOTE: usize = 1024;
 const SERIES_WINDOW: SignedDuration = SignedDuration::from_mins(6);
 /// Bound on remembered events; the oldest are forgotten first.
 const MAX_REMEMBERED: usize = 4096;
+/// Events waiting to be written; beyond, new ones are dropped (and logged).
+const QUEUE: usize = 4096;
 
 /// Normal or Warning.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -68,19 +74,35 @@ struct Published {
     last: Timestamp,
 }
 
-/// Publishes Events for one controller. Cheap to clone.
+/// Publishes Events for one controller. Cheap to clone; clones share one queue and writer.
 #[derive(Clone)]
 pub struct EventRecorder {
+    sink: Sink,
+    /// The queue to the writer task, started with the first event; the task ends when the last
+    /// clone is dropped.
+    queue: Arc<OnceLock<mpsc::Sender<Job>>>,
+}
+
+/// What the writer task needs: the API client and the events already written.
+#[derive(Clone)]
+struct Sink {
     client: Client,
     controller: String,
     instance: String,
     published: Arc<Mutex<HashMap<Key, Published>>>,
 }
 
+/// Work for the writer task.
+enum Job {
+    Publish(Key, Box<ObjectReference>),
+    /// Answered once everything queued before it is written (or dropped).
+    Flush(oneshot::Sender<()>),
+}
+
 impl std::fmt::Debug for EventRecorder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EventRecorder")
-            .field("controller", &self.controller)
+            .field("controller", &self.sink.controller)
             .finish_non_exhaustive()
     }
 }
@@ -89,14 +111,17 @@ impl EventRecorder {
     /// A recorder reporting as `controller` (e.g. `external-provisioner`) from `instance` (the pod).
     pub fn new(client: Client, controller: &str, instance: Option<String>) -> Self {
         Self {
-            client,
-            controller: controller.to_string(),
-            instance: instance.unwrap_or_else(|| controller.to_string()),
-            published: Arc::default(),
+            sink: Sink {
+                client,
+                controller: controller.to_string(),
+                instance: instance.unwrap_or_else(|| controller.to_string()),
+                published: Arc::default(),
+            },
+            queue: Arc::default(),
         }
     }
 
-    /// Publishes a Normal event.
+    /// Queues a Normal event.
     pub async fn normal(
         &self,
         regarding: &ObjectReference,
@@ -104,11 +129,10 @@ impl EventRecorder {
         action: &str,
         note: &str,
     ) {
-        self.publish(regarding, EventType::Normal, reason, action, note)
-            .await;
+        self.publish(regarding, EventType::Normal, reason, action, note);
     }
 
-    /// Publishes a Warning event.
+    /// Queues a Warning event.
     pub async fn warning(
         &self,
         regarding: &ObjectReference,
@@ -116,11 +140,27 @@ impl EventRecorder {
         action: &str,
         note: &str,
     ) {
-        self.publish(regarding, EventType::Warning, reason, action, note)
-            .await;
+        self.publish(regarding, EventType::Warning, reason, action, note);
     }
 
-    async fn publish(
+    /// Waits until every event queued so far is written (or dropped).
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.sender().send(Job::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// The writer's queue; starts the writer (within the Tokio runtime of the first event).
+    fn sender(&self) -> &mpsc::Sender<Job> {
+        self.queue.get_or_init(|| {
+            let (tx, rx) = mpsc::channel(QUEUE);
+            tokio::spawn(self.sink.clone().write(rx));
+            tx
+        })
+    }
+
+    fn publish(
         &self,
         regarding: &ObjectReference,
         type_: EventType,
@@ -142,12 +182,40 @@ impl EventRecorder {
             action: action.to_string(),
             note: truncate(note, MAX_NOTE),
         };
-        let result = tokio::time::timeout(PUBLISH_TIMEOUT, self.send(key, regarding)).await;
         let object = regarding.name.as_deref().unwrap_or_default();
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::warn!(object, reason, %error, "could not publish event"),
-            Err(_) => tracing::warn!(object, reason, "publishing an event timed out"),
+        match self
+            .sender()
+            .try_send(Job::Publish(key, Box::new(regarding.clone())))
+        {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(object, reason, "event queue full; event dropped")
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+}
+
+impl Sink {
+    /// The writer task: one event at a time, in order, each bounded by a timeout.
+    async fn write(self, mut jobs: mpsc::Receiver<Job>) {
+        while let Some(job) = jobs.recv().await {
+            match job {
+                Job::Flush(done) => {
+                    let _ = done.send(());
+                }
+                Job::Publish(key, regarding) => {
+                    let reason = key.reason.clone();
+                    let object = regarding.name.clone().unwrap_or_default();
+                    match tokio::time::timeout(PUBLISH_TIMEOUT, self.send(key, &regarding)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(error)) => {
+                            tracing::warn!(%object, %reason, %error, "could not publish event")
+                        }
+                        Err(_) => tracing::warn!(%object, %reason, "publishing an event timed out"),
+                    }
+                }
+            }
         }
     }
 
@@ -259,6 +327,42 @@ fn truncate(s: &str, max: usize) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::testing::FakeApiServer;
+
+    #[tokio::test]
+    async fn events_are_written_in_order_by_the_recorders_task_and_repeats_fold() {
+        let api = FakeApiServer::start().await;
+        let recorder = EventRecorder::new(api.client(), "external-provisioner", None);
+        let pvc = ObjectReference {
+            kind: Some("PersistentVolumeClaim".into()),
+            namespace: Some("ns".into()),
+            name: Some("c".into()),
+            uid: Some("u".into()),
+            ..Default::default()
+        };
+        for note in ["first", "busy", "busy", "busy"] {
+            recorder
+                .warning(&pvc, "ProvisioningFailed", "Provision", note)
+                .await;
+        }
+        recorder.flush().await;
+        let mut events = api.list::<Event>();
+        events.sort_by_key(|e| e.first_timestamp.clone().map(|t| t.0));
+        let seen: Vec<(String, i32)> = events
+            .iter()
+            .map(|e| (e.message.clone().unwrap_or_default(), e.count.unwrap_or(0)))
+            .collect();
+        assert_eq!(seen, [("first".to_string(), 1), ("busy".to_string(), 3)]);
+        let writes: Vec<String> = api
+            .requests()
+            .iter()
+            .filter(|r| !r.is_read())
+            .map(|r| r.method.clone())
+            .collect();
+        assert_eq!(writes, ["POST", "POST", "PATCH", "PATCH"], "in order");
+    }
+
     #[test]
     fn long_notes_are_cut_on_a_char_boundary() {
         let s = "é".repeat(600);
