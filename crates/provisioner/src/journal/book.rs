@@ -12,9 +12,9 @@ use super::{MAX_BYTES, MAX_SHARDS, RELEASE_WINDOW};
 use crate::request::Intent;
 
 /// While records stream in, how long after the start of a record write the next one waits for
-/// others to share it (unless half the claim workers already wait, see [`next`]). It bounds
-/// record patches to two a second in a stream: kube-controller-manager at its default client QPS
-/// (20) hands over 50 claims in about 3 s, which then cost about 7 patches, and API requests
+/// others to share it (unless half the claim workers, at most ten, already wait, see [`next`]). It
+/// bounds record patches to two a second in a stream: kube-controller-manager at its default client
+/// QPS (20) hands over 50 claims in about 3 s, which then cost about 7 patches, and API requests
 /// per volume stay below upstream's (`e2e/bench/api-requests.sh`).
 pub const LINGER: Duration = Duration::from_millis(500);
 
@@ -36,9 +36,9 @@ pub enum Next {
 /// - A record after a quiet spell (no record write for [`LINGER`]) is written at once: a lone
 ///   claim pays one round trip.
 /// - While records stream in, they share one patch per [`LINGER`], unless `full` of them wait
-///   (half the claim workers): then at once, so the journal never holds most workers idle; a
-///   burst is written as fast as the API server stores it, each patch carrying what arrived
-///   during the previous one.
+///   (half the claim workers, at most `FULL_WRITE`): then at once, so the journal never holds
+///   most workers idle; a burst is written as fast as the API server stores it, each patch
+///   carrying what arrived during the previous one.
 /// - Releases never start a write while records flow: they ride along with the next record, or
 ///   go alone after [`RELEASE_WINDOW`] without one (the last releases of a burst share one).
 pub fn next(

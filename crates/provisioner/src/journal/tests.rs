@@ -412,6 +412,27 @@ mod writer {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn with_many_workers_ten_waiting_records_are_a_full_write() {
+        let (journal, fake, mut writes, token) = start(100);
+        let first = record(&journal, 1);
+        assert_eq!(writes.recv().await.unwrap().0, vec![key(1, true)]);
+        let later: Vec<_> = (2..12).map(|n| record(&journal, n)).collect();
+        settle().await;
+        tokio::time::sleep(ms(50)).await;
+        let done = Instant::now();
+        fake.done.add_permits(1);
+        first.await.unwrap().unwrap();
+        let (keys, at) = writes.recv().await.unwrap();
+        assert_eq!(keys.len(), 10);
+        assert_eq!(at, done, "no linger with FULL_WRITE records waiting");
+        fake.done.add_permits(1);
+        for pass in later {
+            pass.await.unwrap().unwrap();
+        }
+        token.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn releases_ride_along_with_a_record_or_go_alone_after_their_window() {
         let (journal, fake, mut writes, token) = start(100);
         fake.done.add_permits(10);
