@@ -483,3 +483,58 @@ async fn a_failing_rollback_is_reported_and_not_found_ends_it() {
     );
     eventually("the intent to be released", || h.journal().is_empty()).await;
 }
+
+fn other_attachers_va(name: &str, pv: &str) -> k8s_openapi::api::storage::v1::VolumeAttachment {
+    use k8s_openapi::api::storage::v1::{
+        VolumeAttachment, VolumeAttachmentSource, VolumeAttachmentSpec,
+    };
+    VolumeAttachment {
+        metadata: meta(name, None),
+        spec: VolumeAttachmentSpec {
+            attacher: "other-attacher".into(),
+            node_name: "node-1".into(),
+            source: VolumeAttachmentSource {
+                persistent_volume_name: Some(pv.into()),
+                ..Default::default()
+            },
+        },
+        status: None,
+    }
+}
+
+/// Issue 10, item 8: the "still attached" check before DeleteVolume sees every VolumeAttachment
+/// of the volume, not only those of our attacher, as upstream's does: here one listed at start
+/// (whichever cache fills first) and one created later for a PV already cached.
+#[tokio::test]
+async fn a_volume_attached_by_another_attacher_is_not_deleted() {
+    let h = Harness::start(|api, driver| {
+        api.insert(&released_pv("pvc-7", driver, "vol-7"));
+        api.insert(&other_attachers_va("va-7", "pvc-7"));
+        api.insert(&static_pv("pvc-8", driver));
+    })
+    .await;
+    eventually("a VolumeFailedDelete event for pvc-7", || {
+        !h.events(REASON_VOLUME_FAILED_DELETE).is_empty()
+    })
+    .await;
+    assert_eq!(
+        h.events(REASON_VOLUME_FAILED_DELETE)[0].message.as_deref(),
+        Some("persistentvolume pvc-7 is still attached to node node-1")
+    );
+    // Attached later, then released: its deletion waits too.
+    h.api.insert(&other_attachers_va("va-8", "pvc-8"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut pv = h.api.get::<PersistentVolume>(None, "pvc-8").unwrap();
+    pv.spec.as_mut().unwrap().persistent_volume_reclaim_policy = Some("Delete".into());
+    pv.status.as_mut().unwrap().phase = Some("Released".into());
+    h.api.insert(&pv);
+    eventually("a VolumeFailedDelete event for pvc-8", || {
+        h.events(REASON_VOLUME_FAILED_DELETE)
+            .iter()
+            .any(|e| e.involved_object.name.as_deref() == Some("pvc-8"))
+    })
+    .await;
+    assert_eq!(h.driver.calls(Method::DeleteVolume), 0);
+    assert!(h.api.get::<PersistentVolume>(None, "pvc-7").is_some());
+    assert!(h.api.get::<PersistentVolume>(None, "pvc-8").is_some());
+}

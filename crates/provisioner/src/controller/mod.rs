@@ -212,11 +212,26 @@ pub fn build(
         &name,
         node_mode.as_ref().map(|n| n.node.as_str()),
     );
+    // Upstream checks every VolumeAttachment before DeleteVolume, whatever its attacher: keep
+    // ours and any that names a PV of ours. Until the PV cache has synced, that cannot be told,
+    // so every VA is kept (one that is not ours goes at its next change); after, a VA is created
+    // for a PV that exists, so the PV is in the cache first.
     let attachments = caps.publish_unpublish.then(|| {
         let d = name.clone();
+        let ours = pvs.clone();
+        let pvs_synced = informers.for_type::<PersistentVolume>().synced();
         informers
             .for_type::<VolumeAttachment>()
-            .keep(move |va| va.spec.attacher == d)
+            .keep(move |va| {
+                va.spec.attacher == d
+                    || !*pvs_synced.borrow()
+                    || va
+                        .spec
+                        .source
+                        .persistent_volume_name
+                        .as_deref()
+                        .is_some_and(|pv| ours.get(&ObjectRef::new(pv)).is_some())
+            })
             .store()
     });
     let events = EventRecorder::new(
