@@ -389,20 +389,22 @@ mod writer {
         token.cancel();
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn when_half_the_workers_wait_the_next_write_goes_at_once() {
-        // 6 workers: 3 waiting records are a full write.
-        let (journal, fake, mut writes, token) = start(6);
+    /// With `workers` claim workers, a write in flight and `full` records waiting behind it, the
+    /// next write goes as soon as the first is stored, with all of them, without lingering.
+    async fn a_full_write_goes_at_once(workers: usize, full: u32) {
+        let (journal, fake, mut writes, token) = start(workers);
         let first = record(&journal, 1);
         assert_eq!(writes.recv().await.unwrap().0, vec![key(1, true)]);
-        let later: Vec<_> = (2..5).map(|n| record(&journal, n)).collect();
+        let later: Vec<_> = (2..2 + full).map(|n| record(&journal, n)).collect();
         settle().await;
         tokio::time::sleep(ms(50)).await;
         let done = Instant::now();
         fake.done.add_permits(1);
         first.await.unwrap().unwrap();
         let (keys, at) = writes.recv().await.unwrap();
-        assert_eq!(keys, vec![key(2, true), key(3, true), key(4, true)]);
+        let mut want: Vec<_> = (2..2 + full).map(|n| key(n, true)).collect();
+        want.sort();
+        assert_eq!(keys, want, "all of them, in key order");
         assert_eq!(at, done, "no linger once the write is full");
         fake.done.add_permits(1);
         for pass in later {
@@ -412,24 +414,14 @@ mod writer {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn when_half_the_workers_wait_the_next_write_goes_at_once() {
+        // 6 workers: 3 waiting records are a full write.
+        a_full_write_goes_at_once(6, 3).await;
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn with_many_workers_ten_waiting_records_are_a_full_write() {
-        let (journal, fake, mut writes, token) = start(100);
-        let first = record(&journal, 1);
-        assert_eq!(writes.recv().await.unwrap().0, vec![key(1, true)]);
-        let later: Vec<_> = (2..12).map(|n| record(&journal, n)).collect();
-        settle().await;
-        tokio::time::sleep(ms(50)).await;
-        let done = Instant::now();
-        fake.done.add_permits(1);
-        first.await.unwrap().unwrap();
-        let (keys, at) = writes.recv().await.unwrap();
-        assert_eq!(keys.len(), 10);
-        assert_eq!(at, done, "no linger with FULL_WRITE records waiting");
-        fake.done.add_permits(1);
-        for pass in later {
-            pass.await.unwrap().unwrap();
-        }
-        token.cancel();
+        a_full_write_goes_at_once(100, FULL_WRITE as u32).await;
     }
 
     #[tokio::test(start_paused = true)]
