@@ -353,23 +353,9 @@ impl Shared {
     async fn load_secrets(&self, r: &SecretRef) -> Secrets {
         let api: Api<Secret> = Api::namespaced(self.ctx.client.clone(), &r.namespace);
         match self.api(api.get(&r.name)).await {
-            // Never altered: a lossy conversion would hand the driver a wrong credential.
-            Ok(secret) => match secret
-                .data
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| {
-                    String::from_utf8(v.0)
-                        .map(|v| (k.clone(), v))
-                        .map_err(|_| k)
-                })
-                .collect()
-            {
-                Ok(data) => Secrets::Loaded(data),
-                Err(key) => Secrets::Failed(format!(
-                    "secret {} in namespace {}: the value of {key:?} is not UTF-8 text, which a CSI request cannot carry",
-                    r.name, r.namespace
-                )),
+            Ok(secret) => match controller_kit::secrets::csi_strings(secret) {
+                Ok(data) => Secrets::Loaded(data.into_iter().collect()),
+                Err(m) => Secrets::Failed(m),
             },
             Err(e) => Secrets::Failed(request::secret_error(r, &e)),
         }

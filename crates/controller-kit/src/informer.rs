@@ -157,6 +157,21 @@ struct Running<K: Watchable> {
     listing: Option<HashSet<ObjectRef<K>>>,
 }
 
+impl<K: Watchable> InformerBuilder<K> {
+    /// The watcher's configuration and the state that handles its events.
+    fn into_running(self) -> (watcher::Config, Running<K>) {
+        let running = Running {
+            keep: self.keep,
+            handlers: self.handlers,
+            store: self.store,
+            writer: self.writer,
+            synced: self.synced,
+            listing: None,
+        };
+        (self.config, running)
+    }
+}
+
 impl<K: Watchable> Running<K> {
     fn keeps(&self, obj: &K) -> bool {
         self.keep.is_empty() || self.keep.iter().any(|k| k(obj))
@@ -253,15 +268,8 @@ impl<K: Watchable> ErasedInformer for InformerBuilder<K> {
         let builder = *self;
         let kind = K::kind(&()).into_owned();
         let api: Api<K> = Api::all(client);
-        let mut running = Running {
-            keep: builder.keep,
-            handlers: builder.handlers,
-            store: builder.store,
-            writer: builder.writer,
-            synced: builder.synced,
-            listing: None,
-        };
-        let stream = watcher(api, builder.config).default_backoff();
+        let (config, mut running) = builder.into_running();
+        let stream = watcher(api, config).default_backoff();
         tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
             loop {
@@ -406,14 +414,7 @@ mod tests {
                     .push(format!("{what} {}", obj.metadata.name.as_deref().unwrap()));
             });
         let synced = builder.synced();
-        let running = Running {
-            keep: builder.keep,
-            handlers: builder.handlers,
-            store: builder.store,
-            writer: builder.writer,
-            synced: builder.synced,
-            listing: None,
-        };
+        let (_, running) = builder.into_running();
         (running, log, synced)
     }
 

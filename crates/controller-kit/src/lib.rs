@@ -13,6 +13,7 @@
 //! - [`leader`]: leader election on a `coordination.k8s.io/v1` Lease;
 //! - [`events`]: Kubernetes Events that never block a reconcile;
 //! - [`metrics`] and [`http`]: one registry, and `/metrics`, `/healthz`, `/readyz`;
+//! - [`secrets`]: a Secret's data as the strings a CSI request carries;
 //! - [`kubeclient`]: the API clients (rate-limited for controllers, unthrottled for the lease);
 //! - [`shutdown`]: one cancellation token reaching every task;
 //! - `testing` (feature `testing`): a fake Kubernetes API server for component tests.
@@ -32,6 +33,7 @@ pub mod meta;
 pub mod metrics;
 pub mod patch;
 pub mod queue;
+pub mod secrets;
 pub mod shutdown;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -446,19 +446,6 @@ pub fn is_dns1123_subdomain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_label_part)
 }
 
-/// A Secret's data as the strings a CSI request carries; `Err(key)` for the first value that is
-/// not UTF-8 (never altered: a lossy conversion would hand the driver a wrong credential).
-pub fn secret_strings(
-    data: BTreeMap<String, k8s_openapi::ByteString>,
-) -> Result<BTreeMap<String, String>, String> {
-    data.into_iter()
-        .map(|(k, v)| match String::from_utf8(v.0) {
-            Ok(s) => Ok((k, s)),
-            Err(_) => Err(k),
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -383,12 +383,7 @@ impl Shared {
                         r.name, r.namespace
                     )
                 })?;
-        crate::params::secret_strings(secret.data.unwrap_or_default()).map_err(|key| {
-            format!(
-                "secret {} in namespace {}: the value of {key:?} is not UTF-8 text, which a CSI request cannot carry",
-                r.name, r.namespace
-            )
-        })
+        controller_kit::secrets::csi_strings(secret)
     }
 
     /// Whether a PV of this name exists (cache), or this process created it lately.
