@@ -124,6 +124,12 @@ pub struct Flags {
     #[arg(long, default_value = "5m", value_parser = go_duration)]
     pub snapshot_orphan_sweep_interval: Duration,
 
+    /// Provisioner (ours): how long the rollback of a deleted claim's recorded intent may keep
+    /// failing before it is given up with a VolumeRollbackAbandoned Event naming the volume that
+    /// may be left on the driver (0: never give up).
+    #[arg(long, default_value = "24h", value_parser = go_duration)]
+    pub intent_rollback_timeout: Duration,
+
     /// Provisioner: publish CSIStorageCapacity objects (GetCapacity per StorageClass and topology
     /// segment) in `$NAMESPACE`.
     #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]

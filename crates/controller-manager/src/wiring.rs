@@ -37,6 +37,7 @@ impl Configs {
             controller_publish_readonly: flags.controller_publish_readonly,
             prevent_volume_mode_conversion: flags.prevent_volume_mode_conversion,
             snapshot_orphan_sweep_interval: flags.snapshot_orphan_sweep_interval,
+            rollback_timeout: flags.intent_rollback_timeout,
             node_deployment: node.clone(),
             ..provisioner::ProvisionerConfig::default()
         };

@@ -149,9 +149,17 @@ pub const REASON_PROVISIONING_SUCCEEDED: &str = "ProvisioningSucceeded";
 pub const REASON_VOLUME_FAILED_DELETE: &str = "VolumeFailedDelete";
 /// Ours (no upstream counterpart): a journal intent's rollback failed; on the journal ConfigMap.
 pub const REASON_ROLLBACK_FAILED: &str = "VolumeRollbackFailed";
+/// Ours: a journal intent whose rollback failed for `--intent-rollback-timeout` was given up; its
+/// volume may be left on the driver. Warning, on the journal ConfigMap.
+pub const REASON_ROLLBACK_ABANDONED: &str = "VolumeRollbackAbandoned";
 
-/// The reporting controller of our Events (upstream's event source component).
-pub const EVENT_CONTROLLER: &str = "external-provisioner";
+/// The reporting controller (event source component) of our Events, as the provisioner library
+/// names its recorder: `<driver>_<host>_<uuid>`, new for every process (sig-storage-lib-external-
+/// provisioner `NewProvisionController`). Each process thus starts its own Event series, as
+/// upstream's does.
+pub fn event_component(driver: &str, host: &str, id: &uuid::Uuid) -> String {
+    format!("{driver}_{host}_{id}")
+}
 
 // --- Our own names (the no-leak design, see README.md) ----------------------------------------
 

@@ -254,3 +254,10 @@ pub fn rollback_step(result: &ReplayResult) -> RollBackStep {
 
 #[cfg(test)]
 mod tests;
+
+/// Whether the rollback of an intent that has been failing for `failing_for` (since its first
+/// failure; the caller never gives up on the first) is given up: after `--intent-rollback-timeout`
+/// (`timeout`; zero never gives up).
+pub fn give_up_rollback(failing_for: std::time::Duration, timeout: std::time::Duration) -> bool {
+    !timeout.is_zero() && failing_for >= timeout
+}

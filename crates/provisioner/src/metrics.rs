@@ -43,6 +43,8 @@ pub struct ProvisionerMetrics {
     delete_duration: Family<VolumeLabels, Histogram>,
     /// Ours: failed rollbacks of journal intents whose claim is gone.
     rollback_failed: Counter,
+    /// Ours: journal intents given up after `--intent-rollback-timeout` of failed rollbacks.
+    rollback_abandoned: Counter,
 }
 
 impl ProvisionerMetrics {
@@ -56,7 +58,13 @@ impl ProvisionerMetrics {
             delete_failed: Family::default(),
             delete_duration: Family::new_with_constructor(histogram),
             rollback_failed: Counter::default(),
+            rollback_abandoned: Counter::default(),
         };
+        registry.register(
+            "csi_provisioner_intent_rollback_abandoned",
+            "Journal intents given up after --intent-rollback-timeout of failed rollbacks; their volume may be left on the driver (each is also a VolumeRollbackAbandoned Event on the journal ConfigMap naming it).",
+            m.rollback_abandoned.clone(),
+        );
         registry.register(
             "csi_provisioner_intent_rollback_failed",
             "Failed attempts to roll back the volume of a journal intent whose claim is gone (each is also a VolumeRollbackFailed Event on the journal ConfigMap).",
@@ -120,6 +128,11 @@ impl ProvisionerMetrics {
     /// A failed rollback attempt.
     pub fn rollback_failed(&self) {
         self.rollback_failed.inc();
+    }
+
+    /// An intent given up.
+    pub fn rollback_abandoned(&self) {
+        self.rollback_abandoned.inc();
     }
 
     /// A failed deletion attempt.

@@ -53,7 +53,14 @@ pub struct ProvisionerConfig {
     pub capacity: Option<crate::capacity::CapacityConfig>,
     /// `--node-deployment` and its settings (`None`: central).
     pub node_deployment: Option<crate::node::NodeDeployment>,
+    /// `--intent-rollback-timeout` (default 24 h; zero: never give up): how long the rollback of
+    /// a deleted claim's intent may keep failing before the intent is given up, reported, and
+    /// its volume left to the operator.
+    pub rollback_timeout: std::time::Duration,
 }
+
+/// Default of `--intent-rollback-timeout`.
+pub const DEFAULT_ROLLBACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 impl Default for ProvisionerConfig {
     fn default() -> Self {
@@ -71,6 +78,7 @@ impl Default for ProvisionerConfig {
             snapshot_orphan_sweep_interval: std::time::Duration::from_secs(300),
             capacity: None,
             node_deployment: None,
+            rollback_timeout: DEFAULT_ROLLBACK_TIMEOUT,
         }
     }
 }

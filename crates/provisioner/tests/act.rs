@@ -484,6 +484,102 @@ async fn a_failing_rollback_is_reported_and_not_found_ends_it() {
     eventually("the intent to be released", || h.journal().is_empty()).await;
 }
 
+/// Issue 10, item 3: a rollback that keeps failing for `--intent-rollback-timeout` is given up:
+/// the intent leaves the journal, an Event names the volume that may be left on the driver, and
+/// a counter says so.
+#[tokio::test]
+async fn a_rollback_failing_past_the_timeout_is_given_up_and_reported() {
+    let config = provisioner::ProvisionerConfig {
+        rollback_timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let h = Harness::start_with(config, Duration::from_secs(1), |api, driver| {
+        api.insert(&class("fast", driver));
+    })
+    .await;
+    h.driver.inject(
+        Method::CreateVolume,
+        Fault::error(Code::Unavailable, "backend down").times(1_000),
+    );
+    h.api.insert(&claim("c10", "fast", &h.name));
+    eventually("the intent", || !h.journal().is_empty()).await;
+    let volume = h.journal().remove(0);
+    h.api.remove::<PersistentVolumeClaim>(Some(NS), "c10");
+    eventually("the intent to be given up", || h.journal().is_empty()).await;
+    let abandoned = h.events(REASON_ROLLBACK_ABANDONED);
+    assert_eq!(abandoned.len(), 1, "{abandoned:?}");
+    let message = abandoned[0].message.clone().unwrap_or_default();
+    assert!(
+        message.contains(&format!("a volume named {volume} may be left"))
+            && message.contains("backend down"),
+        "{message}"
+    );
+    assert!(
+        !h.events(REASON_ROLLBACK_FAILED).is_empty(),
+        "the failures before were reported"
+    );
+    assert!(
+        h.metrics
+            .encode()
+            .lines()
+            .any(|l| l == "csi_provisioner_intent_rollback_abandoned_total 1"),
+        "the counter says one intent was given up"
+    );
+}
+
+/// Issue 10, item 8: a claim held back after an infeasible error is forgotten when it is deleted
+/// (not only when `--retry-interval-max` has passed).
+#[tokio::test]
+async fn a_deleted_claim_is_no_longer_held_back() {
+    let h = Harness::start_with(
+        provisioner::ProvisionerConfig::default(),
+        Duration::from_secs(120),
+        |api, driver| {
+            api.insert(&class("fast", driver));
+        },
+    )
+    .await;
+    h.driver.inject(
+        Method::CreateVolume,
+        Fault::error(Code::InvalidArgument, "no such tier").once(),
+    );
+    let stored = h.api.insert(&claim("c11", "fast", &h.name));
+    eventually("a ProvisioningFailed event", || {
+        !h.events(REASON_PROVISIONING_FAILED).is_empty()
+    })
+    .await;
+    h.api.remove::<PersistentVolumeClaim>(Some(NS), "c11");
+    // The same object again (same UID, as a restore from a backup brings it back): provisioned
+    // at once, not after two minutes.
+    h.api.insert(&stored);
+    eventually("the volume", || h.driver.state().volumes.len() == 1).await;
+}
+
+/// Issue 10, item 8: Events report as the provisioner library's recorder does:
+/// `<driver>_<host>_<uuid>`.
+#[tokio::test]
+async fn events_carry_upstreams_source_component() {
+    let h = Harness::start(|api, driver| {
+        api.insert(&class("fast", driver));
+    })
+    .await;
+    h.api.insert(&claim("c12", "fast", &h.name));
+    eventually("a ProvisioningSucceeded event", || {
+        !h.events(REASON_PROVISIONING_SUCCEEDED).is_empty()
+    })
+    .await;
+    let event = h.events(REASON_PROVISIONING_SUCCEEDED).remove(0);
+    let component = event.source.and_then(|s| s.component).unwrap_or_default();
+    let rest = component
+        .strip_prefix(&format!("{}_test-0_", h.name))
+        .unwrap_or_else(|| panic!("{component}"));
+    assert!(uuid::Uuid::parse_str(rest).is_ok(), "{component}");
+    assert_eq!(
+        event.reporting_component.as_deref(),
+        Some(component.as_str())
+    );
+}
+
 fn other_attachers_va(name: &str, pv: &str) -> k8s_openapi::api::storage::v1::VolumeAttachment {
     use k8s_openapi::api::storage::v1::{
         VolumeAttachment, VolumeAttachmentSource, VolumeAttachmentSpec,

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use controller_kit::patch::PatchKind;
 use controller_kit::{NamespacedName, Outcome};
@@ -502,30 +503,99 @@ impl Shared {
     /// [`Shared::roll_back_once`], and each failure made visible: a Warning `VolumeRollbackFailed`
     /// Event on the journal ConfigMap (the claim is gone) and
     /// `csi_provisioner_intent_rollback_failed`, so a stuck entry is seen, not only logged.
+    /// Failures for longer than `--intent-rollback-timeout` give the intent up
+    /// ([`Shared::abandon`]): an entry that can never be resolved does not stay for ever.
     pub(super) async fn roll_back(
         &self,
         pvc: Option<&PersistentVolumeClaim>,
         intent: &Intent,
     ) -> Result<Outcome, Error> {
         let result = self.roll_back_once(pvc, intent).await;
-        if let Err(e) = &result {
-            self.metrics.rollback_failed();
-            let journal = k8s_openapi::api::core::v1::ObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("ConfigMap".into()),
-                namespace: Some(self.ctx.namespace.clone()),
-                name: Some(self.journal.object_name().to_string()),
-                ..Default::default()
-            };
-            let note = format!(
-                "volume {} of claim {}/{} (uid {}): {e}",
-                intent.volume_name, intent.claim_namespace, intent.claim_name, intent.claim_uid
-            );
-            self.events
-                .warning(&journal, REASON_ROLLBACK_FAILED, "RollBack", &note)
-                .await;
+        // How long it has been failing before this attempt (`None`: this is the first failure).
+        let failing_for = {
+            let mut failing = self
+                .rollback_failing
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            match &result {
+                Ok(_) => {
+                    failing.remove(&intent.claim_uid);
+                    None
+                }
+                Err(_) => match failing.get(&intent.claim_uid) {
+                    Some(since) => Some(since.elapsed()),
+                    None => {
+                        failing.insert(intent.claim_uid.clone(), Instant::now());
+                        None
+                    }
+                },
+            }
+        };
+        let Err(e) = &result else {
+            return result;
+        };
+        self.metrics.rollback_failed();
+        let note = format!(
+            "volume {} of claim {}/{} (uid {}): {e}",
+            intent.volume_name, intent.claim_namespace, intent.claim_name, intent.claim_uid
+        );
+        if let Some(failing_for) = failing_for
+            && intent::give_up_rollback(failing_for, self.config.rollback_timeout)
+        {
+            return self.abandon(pvc, intent, failing_for, &note).await;
         }
+        self.events
+            .warning(
+                &self.journal_ref(),
+                REASON_ROLLBACK_FAILED,
+                "RollBack",
+                &note,
+            )
+            .await;
         result
+    }
+
+    /// Gives up an intent whose rollback kept failing: releases it, and says which volume may be
+    /// left on the driver (Event, error log, `csi_provisioner_intent_rollback_abandoned`).
+    async fn abandon(
+        &self,
+        pvc: Option<&PersistentVolumeClaim>,
+        intent: &Intent,
+        failing_for: Duration,
+        last: &str,
+    ) -> Result<Outcome, Error> {
+        self.release(pvc, intent, false).await?;
+        self.rollback_failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&intent.claim_uid);
+        self.metrics.rollback_abandoned();
+        let note = format!(
+            "gave up rolling back after {}s of failures (--intent-rollback-timeout); a volume named {} may be left on the driver and must be deleted there by hand. Last failure: {last}",
+            failing_for.as_secs(),
+            intent.volume_name
+        );
+        tracing::error!(volume = %intent.volume_name, claim_uid = %intent.claim_uid, "{note}");
+        self.events
+            .warning(
+                &self.journal_ref(),
+                REASON_ROLLBACK_ABANDONED,
+                "RollBack",
+                &note,
+            )
+            .await;
+        Ok(Outcome::Done)
+    }
+
+    /// The journal ConfigMap, which rollback Events are about (the claim is gone).
+    fn journal_ref(&self) -> k8s_openapi::api::core::v1::ObjectReference {
+        k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("ConfigMap".into()),
+            namespace: Some(self.ctx.namespace.clone()),
+            name: Some(self.journal.object_name().to_string()),
+            ..Default::default()
+        }
     }
 
     async fn roll_back_once(

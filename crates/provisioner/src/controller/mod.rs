@@ -90,7 +90,8 @@ struct Shared {
     events: EventRecorder,
     /// Claims held back after INVALID_ARGUMENT, by UID, for `--retry-interval-max`: the UID of
     /// the StorageClass they failed with.
-    infeasible: Expiring<String, String>,
+    /// Forgotten when the claim is deleted.
+    infeasible: Arc<Expiring<String, String>>,
     /// PVs (by UID) this process deleted, and how far: a pass that finds such a PV again
     /// (its own deletion and finalizer removal raise events) neither repeats DeleteVolume nor
     /// the API calls already done. After a restart they are repeated, which is idempotent.
@@ -98,6 +99,9 @@ struct Shared {
     /// PVs this process created: a claim pass that runs before the PV reaches the cache
     /// releases the intent instead of replaying CreateVolume and the PV create.
     created_pvs: Expiring<String, ()>,
+    /// Intents (by claim UID) whose rollback has been failing, and since when (as seen by this
+    /// process: a restart starts the clock again, which only lengthens the bound).
+    rollback_failing: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
 }
 
 /// The provisioner controller (see the crate docs).
@@ -139,10 +143,12 @@ pub fn build(
         ctx.workers,
     ));
 
+    let infeasible = Arc::new(Expiring::new(ctx.backoff.max));
     let pvcs = {
         let d = name.clone();
         let q = claims.clone();
         let j = journal.clone();
+        let held = infeasible.clone();
         informers
             .for_type::<PersistentVolumeClaim>()
             // A claim with our intent stays in memory even if its annotations change. A claim
@@ -158,6 +164,9 @@ pub fn build(
             })
             .on_change(move |change: &Change<'_, PersistentVolumeClaim>| {
                 let pvc = change.object();
+                if let (Change::Deleted(_), Some(uid)) = (change, &pvc.metadata.uid) {
+                    held.remove(uid);
+                }
                 if let Some(key) = NamespacedName::of(&pvc.metadata) {
                     // A clone that changes may free its source's cloning-protection finalizer.
                     if let Some(src) = source::clone_source_name(pvc) {
@@ -236,10 +245,9 @@ pub fn build(
     });
     let events = EventRecorder::new(
         ctx.client.clone(),
-        EVENT_CONTROLLER,
+        &event_component(&name, &ctx.identity, &uuid::Uuid::new_v4()),
         Some(ctx.identity.clone()),
     );
-    let infeasible_memory = ctx.backoff.max;
     let writes = crate::api::Writes::new(ctx.client.clone());
     Arc::new(Provisioner {
         shared: Arc::new(Shared {
@@ -264,9 +272,10 @@ pub fn build(
             metrics,
             competing: Expiring::new(COMPETITION_MEMORY),
             events,
-            infeasible: Expiring::new(infeasible_memory),
+            infeasible,
             deletions: Expiring::new(DELETION_MEMORY),
             created_pvs: Expiring::new(DELETION_MEMORY),
+            rollback_failing: Default::default(),
         }),
     })
 }

@@ -324,3 +324,23 @@ fn after_a_create_error(
 ) {
     assert_eq!(after_create_error(state, code), want);
 }
+
+#[rstest]
+#[case::before_the_timeout(59, 60, false)]
+#[case::at_the_timeout(60, 60, true)]
+#[case::after_the_timeout(3_600, 60, true)]
+#[case::zero_never_gives_up(1_000_000, 0, false)]
+fn a_failing_rollback_is_given_up_after_the_timeout(
+    #[case] failing_for: u64,
+    #[case] timeout: u64,
+    #[case] want: bool,
+) {
+    use std::time::Duration;
+    assert_eq!(
+        give_up_rollback(
+            Duration::from_secs(failing_for),
+            Duration::from_secs(timeout)
+        ),
+        want
+    );
+}

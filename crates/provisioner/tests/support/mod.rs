@@ -42,6 +42,16 @@ impl Harness {
     /// Starts csi-mock, the fake API server (`seed` gets it and the driver's name before the
     /// informers start, so what it adds is in their first list) and the provisioner.
     pub async fn start(seed: impl FnOnce(&FakeApiServer, &str)) -> Self {
+        Self::start_with(ProvisionerConfig::default(), Duration::from_secs(1), seed).await
+    }
+
+    /// [`Harness::start`] with `config` and `retry_max` (`--retry-interval-max`, which also
+    /// holds back a claim after an infeasible error).
+    pub async fn start_with(
+        config: ProvisionerConfig,
+        retry_max: Duration,
+        seed: impl FnOnce(&FakeApiServer, &str),
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let endpoint = format!("unix://{}", dir.path().join("csi.sock").display());
         let driver = MockDriver::new(MockConfig::default());
@@ -64,7 +74,7 @@ impl Harness {
             metrics: metrics.clone(),
             backoff: Backoff {
                 start: Duration::from_millis(100),
-                max: Duration::from_secs(1),
+                max: retry_max,
             },
             workers: 4,
             identity: "test-0".into(),
@@ -77,7 +87,7 @@ impl Harness {
                 client: csi.clone(),
                 discovery,
             },
-            ProvisionerConfig::default(),
+            config,
             &mut informers,
             None,
         );
