@@ -263,15 +263,16 @@ async fn the_standby_takes_over_on_sigterm_and_sigkill_and_provisions_once() {
     leases.delete().await;
 }
 
-/// Our process runs every controller it has (the resizer is not part of this build), so it holds
-/// the provisioner's and the attacher's Leases and leaves the resizer's: an upstream csi-resizer
-/// beside it, with leader election on, becomes leader and expands a claim.
+/// Our process runs the provisioner and the attacher only (`--controllers`), so it holds their
+/// Leases and leaves the resizer's: an upstream csi-resizer beside it, with leader election on,
+/// becomes leader and expands a claim.
 #[tokio::test]
 async fn an_upstream_resizer_beside_us_takes_its_lease_and_expands() {
     let own = OwnDriver::start(
         "le-resizer",
         |_| {},
         &[
+            "--controllers=provisioner,attacher",
             "--leader-election",
             "--leader-election-lease-duration=4s",
             "--leader-election-renew-deadline=3s",

@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 
+use controller_kit::patch::merge_diff;
 use k8s_openapi::api::storage::v1::{VolumeAttachment, VolumeAttachmentStatus};
 use serde_json::{Map, Value, json};
 
@@ -88,35 +89,6 @@ pub fn remove_va_finalizer(va: &VolumeAttachment, finalizer: &str) -> Option<Val
 
 fn status_of(va: &VolumeAttachment) -> VolumeAttachmentStatus {
     va.status.clone().unwrap_or_default()
-}
-
-/// The RFC 7386 merge patch that turns `old` into `new`, as Go's `jsonpatch.CreateMergePatch`
-/// builds it: objects are compared key by key, recursively, and a key gone from `new` is sent as
-/// `null` at whatever depth (so a removed `attachmentMetadata` key or `errorCode` is removed on the
-/// server, not kept); anything else that differs is sent whole. `None` when nothing differs.
-fn merge_diff(old: &Value, new: &Value) -> Option<Value> {
-    match (old, new) {
-        (Value::Object(old), Value::Object(new)) => {
-            let mut diff = Map::new();
-            for (k, v) in new {
-                match old.get(k) {
-                    Some(o) => {
-                        if let Some(d) = merge_diff(o, v) {
-                            diff.insert(k.clone(), d);
-                        }
-                    }
-                    None => {
-                        diff.insert(k.clone(), v.clone());
-                    }
-                }
-            }
-            for k in old.keys().filter(|k| !new.contains_key(*k)) {
-                diff.insert(k.clone(), Value::Null);
-            }
-            (!diff.is_empty()).then_some(Value::Object(diff))
-        }
-        _ => (old != new).then(|| new.clone()),
-    }
 }
 
 /// A merge patch from the status `old` to `new` (what Go's `createMergePatch` of two

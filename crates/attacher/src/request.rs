@@ -4,10 +4,9 @@
 //! Every error is a `String` with upstream's exact text, because it ends up verbatim in
 //! `status.attachError.message` / `status.detachError.message`, which users and runbooks read.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 use csi::v1;
-use csi::v1::volume_capability::access_mode::Mode;
 use k8s_openapi::api::core::v1::{
     CSIPersistentVolumeSource, PersistentVolume, PersistentVolumeSpec,
 };
@@ -91,46 +90,6 @@ pub fn secret_error(r: &SecretRef, error: &dyn std::fmt::Display) -> String {
     )
 }
 
-/// Upstream's access-mode mapping (csi-lib-utils `accessmodes.ToCSIAccessMode`).
-pub fn access_mode(modes: &[String], single_node_multi_writer: bool) -> Result<Mode, String> {
-    let set: BTreeSet<&str> = modes.iter().map(String::as_str).collect();
-    let has = |m: &str| set.contains(m);
-    if has("ReadWriteOncePod") {
-        if set.len() > 1 {
-            return Err("Kubernetes does not support use of ReadWriteOncePod with other access modes on the same PersistentVolume".to_string());
-        }
-        return Ok(if single_node_multi_writer {
-            Mode::SingleNodeSingleWriter
-        } else {
-            Mode::SingleNodeWriter
-        });
-    }
-    if has("ReadWriteMany") {
-        return Ok(Mode::MultiNodeMultiWriter);
-    }
-    if has("ReadOnlyMany") && has("ReadWriteOnce") {
-        return Err(
-            "CSI does not support ReadOnlyMany and ReadWriteOnce on the same PersistentVolume"
-                .to_string(),
-        );
-    }
-    if has("ReadOnlyMany") {
-        return Ok(Mode::MultiNodeReaderOnly);
-    }
-    if has("ReadWriteOnce") {
-        return Ok(if single_node_multi_writer {
-            Mode::SingleNodeMultiWriter
-        } else {
-            Mode::SingleNodeWriter
-        });
-    }
-    // Go prints the slice with %+v: `[A B]`.
-    Err(format!(
-        "unsupported AccessMode combination: [{}]",
-        modes.join(" ")
-    ))
-}
-
 /// The volume capability (`GetVolumeCapabilities`): block for Block mode, else mount with
 /// `spec.csi.fsType`, or `--default-fstype` when that is empty, and the PV's mount options.
 pub fn volume_capability(
@@ -152,7 +111,7 @@ pub fn volume_capability(
             ..Default::default()
         })
     };
-    let mode = access_mode(
+    let mode = csi::access_mode::from_kubernetes(
         spec.access_modes.as_deref().unwrap_or_default(),
         driver.single_node_multi_writer,
     )?;
@@ -272,22 +231,6 @@ mod tests {
             }),
             ..Default::default()
         }
-    }
-
-    #[rstest]
-    #[case(&["ReadWriteOnce"], false, Ok(Mode::SingleNodeWriter))]
-    #[case(&["ReadWriteOnce"], true, Ok(Mode::SingleNodeMultiWriter))]
-    #[case(&["ReadWriteOncePod"], false, Ok(Mode::SingleNodeWriter))]
-    #[case(&["ReadWriteOncePod"], true, Ok(Mode::SingleNodeSingleWriter))]
-    #[case(&["ReadWriteMany", "ReadOnlyMany", "ReadWriteOnce"], false, Ok(Mode::MultiNodeMultiWriter))]
-    #[case(&["ReadOnlyMany"], true, Ok(Mode::MultiNodeReaderOnly))]
-    #[case(&["ReadOnlyMany", "ReadWriteOnce"], false, Err("CSI does not support ReadOnlyMany and ReadWriteOnce on the same PersistentVolume"))]
-    #[case(&["ReadWriteOncePod", "ReadWriteOnce"], true, Err("Kubernetes does not support use of ReadWriteOncePod with other access modes on the same PersistentVolume"))]
-    #[case(&[], false, Err("unsupported AccessMode combination: []"))]
-    #[case(&["Bogus", "Other"], false, Err("unsupported AccessMode combination: [Bogus Other]"))]
-    fn access_modes(#[case] modes: &[&str], #[case] smmw: bool, #[case] want: Result<Mode, &str>) {
-        let modes: Vec<String> = modes.iter().map(|m| m.to_string()).collect();
-        assert_eq!(access_mode(&modes, smmw), want.map_err(str::to_string));
     }
 
     #[rstest]

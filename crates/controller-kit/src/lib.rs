@@ -32,12 +32,14 @@ pub mod leader;
 pub mod meta;
 pub mod metrics;
 pub mod patch;
+pub mod quantity;
 pub mod queue;
 pub mod secrets;
 pub mod shutdown;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod worker;
+pub mod written;
 
 pub use controller::{Controller, ControllerContext};
 pub use informer::{Change, Informers};

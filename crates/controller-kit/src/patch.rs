@@ -67,6 +67,35 @@ pub fn apply(kind: PatchKind, target: &mut Value, patch: &Value) -> Result<(), P
     Ok(())
 }
 
+/// The RFC 7386 merge patch that turns `old` into `new`, as Go's `jsonpatch.CreateMergePatch`
+/// builds it: objects are compared key by key, recursively, and a key gone from `new` is sent as
+/// `null` at whatever depth (so a removed `attachmentMetadata` key or `errorCode` is removed on the
+/// server, not kept); anything else that differs is sent whole. `None` when nothing differs.
+pub fn merge_diff(old: &Value, new: &Value) -> Option<Value> {
+    match (old, new) {
+        (Value::Object(old), Value::Object(new)) => {
+            let mut diff = Map::new();
+            for (k, v) in new {
+                match old.get(k) {
+                    Some(o) => {
+                        if let Some(d) = merge_diff(o, v) {
+                            diff.insert(k.clone(), d);
+                        }
+                    }
+                    None => {
+                        diff.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            for k in old.keys().filter(|k| !new.contains_key(*k)) {
+                diff.insert(k.clone(), Value::Null);
+            }
+            (!diff.is_empty()).then_some(Value::Object(diff))
+        }
+        _ => (old != new).then(|| new.clone()),
+    }
+}
+
 fn merge(target: &mut Value, patch: &Value) {
     let Value::Object(patch) = patch else {
         *target = patch.clone();

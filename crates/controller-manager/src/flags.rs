@@ -130,6 +130,11 @@ pub struct Flags {
     #[arg(long, default_value = "24h", value_parser = go_duration)]
     pub intent_rollback_timeout: Duration,
 
+    /// Resizer: after an expansion fails with FAILED_PRECONDITION (an offline-only driver), hold
+    /// further attempts while a running Pod uses the claim.
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub handle_volume_inuse_error: bool,
+
     /// Provisioner: publish CSIStorageCapacity objects (GetCapacity per StorageClass and topology
     /// segment) in `$NAMESPACE`.
     #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]

@@ -16,6 +16,7 @@ use crate::flags::{ControllerKind, Flags};
 pub struct Configs {
     pub attacher: attacher::AttacherConfig,
     pub provisioner: provisioner::ProvisionerConfig,
+    pub resizer: resizer::ResizerConfig,
 }
 
 impl Configs {
@@ -54,9 +55,14 @@ impl Configs {
                     pod_name: std::env::var("POD_NAME").unwrap_or_default(),
                     node: node.as_ref().map(|n| (n.node.clone(), n.segment.clone())),
                 });
+        let resizer = resizer::ResizerConfig {
+            handle_volume_inuse_error: flags.handle_volume_inuse_error,
+            ..resizer::ResizerConfig::default()
+        };
         Self {
             attacher,
             provisioner,
+            resizer,
         }
     }
 
@@ -84,7 +90,8 @@ impl Configs {
                         namespace,
                     ));
                 }
-                ControllerKind::Resizer | ControllerKind::Snapshotter => {}
+                ControllerKind::Resizer => wanted.extend(resizer::access::needed(&self.resizer)),
+                ControllerKind::Snapshotter => {}
             }
         }
         if leader_election && !kinds.is_empty() {
@@ -119,6 +126,15 @@ impl Configs {
                 "the attacher may not watch Nodes: every node is taken to exist, as upstream does"
             );
             self.attacher.watch_nodes = false;
+        }
+        let pods_denied = denied
+            .iter()
+            .any(|p| p.controller == "resizer" && p.resource == "pods");
+        if pods_denied && self.resizer.handle_volume_inuse_error {
+            tracing::warn!(
+                "the resizer may not list Pods: expansions of an offline-only driver are retried while the volume is in use, as with --handle-volume-inuse-error=false"
+            );
+            self.resizer.handle_volume_inuse_error = false;
         }
     }
 }
@@ -181,7 +197,11 @@ pub fn build_controllers(
                     provisioner::build(context, driver, config, informers, capacity),
                 ));
             }
-            ControllerKind::Resizer | ControllerKind::Snapshotter => {
+            ControllerKind::Resizer => {
+                let config = configs.resizer.clone();
+                built.push((*kind, resizer::build(context, driver, config, informers)));
+            }
+            ControllerKind::Snapshotter => {
                 tracing::warn!(
                     controller = kind.name(),
                     lease = %kind.lease_name(&driver.discovery.driver_name),

@@ -10,6 +10,7 @@
 //! [`CsiClient::wait_for_driver`] waits, logging, until the socket answers; a [`DriverWatch`] keeps
 //! probing so that readiness follows the driver through restarts.
 
+pub mod access_mode;
 pub mod client;
 pub mod endpoint;
 pub mod error;

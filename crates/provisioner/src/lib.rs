@@ -28,7 +28,6 @@ pub mod node;
 pub mod params;
 pub mod patch;
 pub mod pv;
-pub mod quantity;
 pub mod request;
 pub mod source;
 pub mod topology;

@@ -14,9 +14,9 @@ use kube::api::ObjectMeta;
 
 use crate::constants::*;
 use crate::params::{self, ClaimFields, SecretKind, SecretRef};
-use crate::quantity;
 use crate::request::Intent;
 use crate::topology;
+use controller_kit::quantity;
 
 /// The PV's capacity from CreateVolume's answer: 0 means "the requested size"; less than
 /// requested is an error (upstream then deletes the volume and retries).

@@ -20,9 +20,9 @@ use crate::claim;
 use crate::constants::*;
 use crate::error::{ProvisionError, ProvisioningState};
 use crate::params::{self, ClaimFields, SecretKind, SecretRef};
-use crate::quantity;
 use crate::source::{self, RecordedSource};
 use crate::topology::{self, ClusterTopology, TopologyError, TopologyInput};
+use controller_kit::quantity;
 
 /// The provisioner's settings (upstream flags).
 #[derive(Clone, Debug, PartialEq, Eq)]

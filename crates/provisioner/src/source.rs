@@ -11,7 +11,7 @@ use crate::constants::{
     ANN_ALLOW_VOLUME_MODE_CHANGE, FINALIZER_CLONE_PROTECTION, FINALIZER_SNAPSHOT_SOURCE_PROTECTION,
     PVC_KIND, SNAPSHOT_KIND,
 };
-use crate::quantity;
+use controller_kit::quantity;
 
 /// `volume_content_source` of a CreateVolume request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

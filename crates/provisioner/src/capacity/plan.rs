@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use serde_json::{Value, json};
 
-use crate::quantity::{format_binary_si, parse_bytes};
+use controller_kit::quantity::{format_binary_si, parse_bytes};
 
 /// Label naming the driver of a CSIStorageCapacity.
 pub const LABEL_DRIVER: &str = "csi.storage.k8s.io/drivername";

@@ -56,7 +56,7 @@ impl Shared {
             .spec
             .as_ref()
             .and_then(|s| s.resources.as_ref()?.requests.as_ref()?.get("storage"))
-            .and_then(|q| crate::quantity::parse_bytes(&q.0))
+            .and_then(|q| controller_kit::quantity::parse_bytes(&q.0))
             .unwrap_or(0);
         let request = v1::GetCapacityRequest {
             volume_capabilities: Vec::new(),

@@ -1,0 +1,68 @@
+//! The volume expansion controller of csi-controller-manager: a drop-in for external-resizer
+//! v2.2 (`kubernetes-csi/external-resizer`) with recovery from expansion failure
+//! (RecoverVolumeExpansionFailure, GA): the same annotations, conditions,
+//! `allocatedResources`/`allocatedResourceStatuses` values, patches, events and error texts.
+//!
+//! # Shape
+//! - [`constants`]: the strings other software reads;
+//! - [`plan`]: the pure decisions (update filter, selection, the recovery table, error classes,
+//!   condition merging);
+//! - [`request`], [`patch`]: pure builders of the CSI request and the API patches;
+//! - `controller`: informer handlers, the worker pass and its API and CSI calls (thin);
+//! - [`access`]: the API permissions it uses, checked at start-up.
+//!
+//! # Beyond upstream
+//! - Every failure carries a machine-readable class ([`plan::ErrorClass::reason`]): the `reason`
+//!   of the `ControllerResizeError` condition and the `action` of the `VolumeResizeFailed` Event
+//!   (`ResizeInfeasible`, `ResizeFailed`, `ResizeTransientError`, `ResizeVolumeInUse`), and
+//!   `csi_resizer_expansion_failures_total{class}`.
+//! - No cache of Pods: the in-use check of an offline-only driver lists the claim's namespace's
+//!   Pods on demand, and only for a claim whose last expansion failed with FAILED_PRECONDITION.
+//! - Claims are cached only if they may be this driver's (see `controller`).
+//!
+//! # Not built yet
+//! The modify controller (VolumeAttributesClass), the legacy path without
+//! RecoverVolumeExpansionFailure (GA in Kubernetes 1.34; always on here), the trivial resizer of
+//! node-only drivers, and CSI migration of in-tree PVs.
+
+pub mod access;
+pub mod constants;
+mod controller;
+pub mod patch;
+pub mod plan;
+pub mod request;
+
+use std::sync::Arc;
+
+pub use controller::Resizer;
+
+/// The resizer's settings beyond those in [`controller_kit::ControllerContext`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResizerConfig {
+    /// `--handle-volume-inuse-error` (default true): after FAILED_PRECONDITION, hold expansion
+    /// while a running Pod uses the claim.
+    pub handle_volume_inuse_error: bool,
+    /// Feature gate `AnnotateFsResize` (default true): the PV's pre-resize-capacity annotation.
+    pub annotate_fs_resize: bool,
+}
+
+impl Default for ResizerConfig {
+    fn default() -> Self {
+        Self {
+            handle_volume_inuse_error: true,
+            annotate_fs_resize: true,
+        }
+    }
+}
+
+/// Builds the resizer: registers its informers (PersistentVolumeClaim, PersistentVolume) and
+/// handlers, and returns the controller whose [`run`](controller_kit::Controller::run) starts
+/// the workers for one leader term.
+pub fn build(
+    ctx: controller_kit::ControllerContext,
+    driver: &csi::Driver,
+    config: ResizerConfig,
+    informers: &mut controller_kit::Informers,
+) -> Arc<dyn controller_kit::Controller> {
+    Arc::new(controller::build(ctx, driver, config, informers))
+}
