@@ -39,6 +39,30 @@ pub const PROVISIONER_WORKERS: usize = 100;
 /// external-attacher, -resizer and csi-snapshotter.
 pub const WORKERS: usize = 10;
 
+/// The feature gates `--feature-gates` knows.
+pub const FEATURE_GATES: [&str; 5] = [
+    "Topology",
+    "VolumeAttributesClass",
+    "AnnotateFsResize",
+    "RecoverVolumeExpansionFailure",
+    "ReleaseLeaderElectionOnExit",
+];
+
+fn feature_gate(s: &str) -> Result<(String, bool), String> {
+    let (name, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("missing bool value for {s}"))?;
+    let name = name.trim();
+    if !FEATURE_GATES.contains(&name) {
+        return Err(format!("unrecognized feature gate: {name}"));
+    }
+    let value = value
+        .trim()
+        .parse::<bool>()
+        .map_err(|_| format!("invalid value of {name}={value}, err: invalid syntax"))?;
+    Ok((name.to_string(), value))
+}
+
 fn go_duration(s: &str) -> Result<Duration, String> {
     duration::parse(s)
 }
@@ -75,7 +99,8 @@ pub struct Flags {
     /// Workers per controller queue. Default: upstream's for each controller, 100 for the
     /// provisioner (each worker waits out a whole CreateVolume or DeleteVolume, which takes
     /// seconds with real storage, and its journal write) and 10 for the attacher.
-    #[arg(long)]
+    /// (`--workers` is the resizer's name for it.)
+    #[arg(long, alias = "workers")]
     pub worker_threads: Option<usize>,
 
     /// First retry delay of a failed object; doubles per failure.
@@ -187,9 +212,16 @@ pub struct Flags {
     #[arg(long, default_value = "1m", value_parser = go_duration)]
     pub reconcile_sync: Duration,
 
-    /// Period of the full resync of every cached object (0 turns it off).
-    #[arg(long, default_value = "10m", value_parser = go_duration)]
+    /// Period of the full resync of every cached object (0 turns it off; `--resync-period` is
+    /// the resizer's name for it).
+    #[arg(long, alias = "resync-period", default_value = "10m", value_parser = go_duration)]
     pub resync: Duration,
+
+    /// Feature gates, `Name=true|false,…`, as the sidecars take them: `Topology`,
+    /// `VolumeAttributesClass`, `AnnotateFsResize`; `RecoverVolumeExpansionFailure` and
+    /// `ReleaseLeaderElectionOnExit` are accepted and always on. An unknown gate is an error.
+    #[arg(long, value_delimiter = ',', value_parser = feature_gate)]
+    pub feature_gates: Vec<(String, bool)>,
 
     /// Elect a leader among replicas on Leases; only the leader runs controllers.
     #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
@@ -260,6 +292,15 @@ impl Flags {
         })
     }
 
+    /// The value `--feature-gates` gives gate `name`, if any (the last one wins).
+    pub fn gate(&self, name: &str) -> Option<bool> {
+        self.feature_gates
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| *v)
+    }
+
     /// Checks what clap cannot: combinations and value ranges.
     pub fn validate(&self) -> Result<(), String> {
         if !self.http_endpoint.is_empty() && !self.metrics_address.is_empty() {
@@ -271,6 +312,16 @@ impl Flags {
             return Err(
                 "--retry-interval-start must be positive and at most --retry-interval-max".into(),
             );
+        }
+        for gate in [
+            "RecoverVolumeExpansionFailure",
+            "ReleaseLeaderElectionOnExit",
+        ] {
+            if self.gate(gate) == Some(false) {
+                return Err(format!(
+                    "feature gate {gate} cannot be turned off: this build always has it on"
+                ));
+            }
         }
         if self.worker_threads == Some(0) {
             return Err("--worker-threads must be at least 1".into());
@@ -379,6 +430,28 @@ mod tests {
         assert_eq!(f.http_address(), Some(":8080"));
         assert_eq!(f.verbosity, Some(5));
         f.validate().unwrap();
+    }
+
+    #[test]
+    fn the_resizers_flags_and_feature_gates_are_accepted() {
+        let f = parse(&[
+            "--workers=7",
+            "--resync-period=5m",
+            "--handle-volume-inuse-error=false",
+            "--feature-gates=AnnotateFsResize=false,RecoverVolumeExpansionFailure=true",
+        ]);
+        assert_eq!(f.worker_threads, Some(7));
+        assert_eq!(f.resync, Duration::from_secs(300));
+        assert!(!f.handle_volume_inuse_error);
+        assert_eq!(f.gate("AnnotateFsResize"), Some(false));
+        assert_eq!(f.gate("Topology"), None);
+        f.validate().unwrap();
+        let mut all = vec!["csi-controller-manager", "--feature-gates=Bogus=true"];
+        let e = Flags::try_parse_from(&all).unwrap_err().to_string();
+        assert!(e.contains("unrecognized feature gate: Bogus"), "{e}");
+        all[1] = "--feature-gates=RecoverVolumeExpansionFailure=false";
+        let off = Flags::try_parse_from(&all).unwrap();
+        assert!(off.validate().unwrap_err().contains("cannot be turned off"));
     }
 
     #[test]

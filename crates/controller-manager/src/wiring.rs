@@ -40,6 +40,8 @@ impl Configs {
             snapshot_orphan_sweep_interval: flags.snapshot_orphan_sweep_interval,
             rollback_timeout: flags.intent_rollback_timeout,
             node_deployment: node.clone(),
+            topology_gate: flags.gate("Topology").unwrap_or(true),
+            volume_attributes_class_gate: flags.gate("VolumeAttributesClass").unwrap_or(true),
             ..provisioner::ProvisionerConfig::default()
         };
         provisioner.capacity =
@@ -57,7 +59,7 @@ impl Configs {
                 });
         let resizer = resizer::ResizerConfig {
             handle_volume_inuse_error: flags.handle_volume_inuse_error,
-            ..resizer::ResizerConfig::default()
+            annotate_fs_resize: flags.gate("AnnotateFsResize").unwrap_or(true),
         };
         Self {
             attacher,
