@@ -6,6 +6,8 @@
 //! - The node's part handed to kubelet (the test plays kubelet), and the PV's pre-resize
 //!   annotation removed once the claim has caught up.
 //! - An offline-only driver with the claim in use by a pod, then not.
+//! - Side by side too: a VolumeAttributesClass applied, one the driver refuses (Infeasible),
+//!   then back to the one that works.
 //! - Driver errors, then recovery; the manager killed mid-expansion, and the expansion finished
 //!   by the restarted one.
 #![cfg(feature = "cluster")]
@@ -16,7 +18,7 @@ use std::time::Duration;
 use csi_mock::{Fault, Method};
 use e2e::{ManagerProcess, OwnDriver, clients, eventually, storage_class};
 use k8s_openapi::api::core::v1::{Event, PersistentVolume, PersistentVolumeClaim, Pod};
-use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::api::storage::v1::{StorageClass, VolumeAttributesClass};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -282,6 +284,150 @@ async fn expansions_leave_what_the_upstream_resizer_leaves() {
             side.own.driver.calls(Method::ControllerExpandVolume) <= 4,
             "{} calls",
             side.own.driver.calls(Method::ControllerExpandVolume)
+        );
+    }
+    upstream.stop().await;
+    ours.stop().await;
+}
+
+/// What a modification left, with the side's own names replaced by `X`.
+async fn observe_modify(side: &Side, name: &str) -> Vec<String> {
+    let x = |s: &str| s.replace(&side.own.name, "X");
+    let pvc = side.claim(name).await;
+    let status = pvc.status.clone().unwrap_or_default();
+    let mut seen = vec![
+        format!(
+            "modify={:?}",
+            status.modify_volume_status.as_ref().map(|m| (
+                m.status.clone(),
+                m.target_volume_attributes_class_name.as_deref().map(x)
+            ))
+        ),
+        format!(
+            "current={:?}",
+            status
+                .current_volume_attributes_class_name
+                .as_deref()
+                .map(x)
+        ),
+    ];
+    for c in status.conditions.unwrap_or_default() {
+        seen.push(format!(
+            "condition {} {} {:?} {}",
+            c.type_,
+            c.status,
+            c.reason,
+            x(&c.message.unwrap_or_default())
+        ));
+    }
+    let volume = pvc.spec.and_then(|s| s.volume_name).unwrap_or_default();
+    let pv = side.pvs.get(&volume).await.unwrap();
+    seen.push(format!(
+        "pv class={:?}",
+        pv.spec
+            .and_then(|s| s.volume_attributes_class_name)
+            .as_deref()
+            .map(x)
+    ));
+    let reasons: BTreeSet<String> = side
+        .events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.involved_object.name.as_deref() == Some(name))
+        .filter_map(|e| e.reason)
+        .filter(|r| r.contains("Modify"))
+        .collect();
+    seen.push(format!("events {reasons:?}"));
+    seen
+}
+
+/// The modify scenarios on one side: a class applied, a class the driver refuses (Infeasible),
+/// then back to the class that works.
+async fn modifications(side: &Side) -> Vec<Vec<String>> {
+    let c = clients().await;
+    let vacs: Api<VolumeAttributesClass> = Api::all(c.main.clone());
+    for (suffix, key) in [("gold", "iops"), ("bad", "speed")] {
+        let class = VolumeAttributesClass {
+            metadata: kube::api::ObjectMeta {
+                name: Some(format!("{}-{suffix}", side.own.name)),
+                ..Default::default()
+            },
+            driver_name: side.own.driver_name.clone(),
+            parameters: Some([(key.to_string(), "500".to_string())].into()),
+        };
+        vacs.create(&PostParams::default(), &class).await.unwrap();
+    }
+    let set_class = |suffix: &str| {
+        let patch = json!({ "spec": { "volumeAttributesClassName": format!("{}-{suffix}", side.own.name) } });
+        async move {
+            side.pvcs
+                .patch("mod", &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .unwrap();
+        }
+    };
+    let gold = format!("{}-gold", side.own.name);
+    let current_is = |class: String| {
+        move |pvc: &PersistentVolumeClaim| {
+            let s = pvc.status.as_ref();
+            s.and_then(|s| s.current_volume_attributes_class_name.as_deref())
+                == Some(class.as_str())
+                && s.is_some_and(|s| s.modify_volume_status.is_none())
+        }
+    };
+    let mut seen = Vec::new();
+    side.bound_claim("mod", "1Mi").await;
+    set_class("gold").await;
+    side.wait("mod", "the gold class", current_is(gold.clone()))
+        .await;
+    side.wait_event("mod", "VolumeModifySuccessful").await;
+    seen.push(observe_modify(side, "mod").await);
+    set_class("bad").await;
+    side.wait("mod", "Infeasible", |pvc| {
+        pvc.status
+            .as_ref()
+            .and_then(|s| s.modify_volume_status.as_ref())
+            .is_some_and(|m| m.status == "Infeasible")
+    })
+    .await;
+    side.wait_event("mod", "VolumeModifyFailed").await;
+    seen.push(observe_modify(side, "mod").await);
+    set_class("gold").await;
+    side.wait("mod", "the rollback to gold", current_is(gold))
+        .await;
+    seen.push(observe_modify(side, "mod").await);
+    for suffix in ["gold", "bad"] {
+        let _ = vacs
+            .delete(
+                &format!("{}-{suffix}", side.own.name),
+                &DeleteParams::default(),
+            )
+            .await;
+    }
+    seen
+}
+
+#[tokio::test]
+async fn modifications_leave_what_the_upstream_resizer_leaves() {
+    let upstream = Side::start("rsm-up", true, |_| {}, &[]).await;
+    let ours = Side::start("rsm-ours", false, |_| {}, &[]).await;
+    let (theirs, mine) = tokio::join!(modifications(&upstream), modifications(&ours));
+    assert_eq!(mine, theirs, "ours (left) and upstream's (right) differ");
+    for side in [&upstream, &ours] {
+        let volume = side
+            .own
+            .driver
+            .state()
+            .volumes
+            .into_values()
+            .next()
+            .unwrap();
+        assert_eq!(
+            volume.mutable_parameters.get("iops").map(String::as_str),
+            Some("500")
         );
     }
     upstream.stop().await;

@@ -164,6 +164,16 @@ pub async fn run(flags: Flags) -> Result<(), AppError> {
         .await
         .map_err(AppError::NodeInfo)?;
     let mut configs = Configs::new(&flags, node);
+    if kinds.contains(&ControllerKind::Resizer)
+        && flags.gate("VolumeAttributesClass").is_none()
+        && configs.resizer.modify
+        && !crate::wiring::serves_volume_attributes_classes(&clients.main).await
+    {
+        tracing::info!(
+            "the API server serves no storage.k8s.io/v1 VolumeAttributesClass: the modify controller is off"
+        );
+        configs.resizer.modify = false;
+    }
     let wanted = configs.permissions(
         &kinds,
         &discovery,

@@ -160,6 +160,11 @@ pub struct Flags {
     #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub handle_volume_inuse_error: bool,
 
+    /// Resizer: add the claim's name and namespace and the PV's name to ControllerModifyVolume's
+    /// mutable parameters.
+    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub extra_modify_metadata: bool,
+
     /// Provisioner: publish CSIStorageCapacity objects (GetCapacity per StorageClass and topology
     /// segment) in `$NAMESPACE`.
     #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]

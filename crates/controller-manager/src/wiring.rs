@@ -60,6 +60,9 @@ impl Configs {
         let resizer = resizer::ResizerConfig {
             handle_volume_inuse_error: flags.handle_volume_inuse_error,
             annotate_fs_resize: flags.gate("AnnotateFsResize").unwrap_or(true),
+            // Refined by [`serves_volume_attributes_classes`] when the gate is not set.
+            modify: flags.gate("VolumeAttributesClass").unwrap_or(true),
+            extra_modify_metadata: flags.extra_modify_metadata,
         };
         Self {
             attacher,
@@ -137,6 +140,22 @@ impl Configs {
                 "the resizer may not list Pods: expansions of an offline-only driver are retried while the volume is in use, as with --handle-volume-inuse-error=false"
             );
             self.resizer.handle_volume_inuse_error = false;
+        }
+    }
+}
+
+/// Whether the API server serves `storage.k8s.io/v1` VolumeAttributesClass: without it the
+/// modify controller is off, unless the `VolumeAttributesClass` gate is set explicitly (as
+/// upstream's resizer decides). A discovery error is logged and leaves it on.
+pub async fn serves_volume_attributes_classes(client: &kube::Client) -> bool {
+    match client.list_api_group_resources("storage.k8s.io/v1").await {
+        Ok(list) => list
+            .resources
+            .iter()
+            .any(|r| r.kind == "VolumeAttributesClass"),
+        Err(error) => {
+            tracing::warn!(%error, "cannot discover storage.k8s.io/v1; the modify controller stays on");
+            true
         }
     }
 }

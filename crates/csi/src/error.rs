@@ -98,6 +98,16 @@ impl CsiError {
         }
     }
 
+    /// The driver's own message (the gRPC status message, `desc` of [`go_message`](Self::go_message));
+    /// our own timeout reads as grpc-go's `context deadline exceeded`.
+    pub fn status_message(&self) -> String {
+        match self {
+            Self::Status { status, .. } => status.message().to_string(),
+            Self::Timeout { .. } => "context deadline exceeded".to_string(),
+            other => other.to_string(),
+        }
+    }
+
     /// The label value used for `grpc_status_code` in metrics and for Event messages.
     pub fn code_label(&self) -> &'static str {
         match self.code() {

@@ -40,11 +40,19 @@ pub fn needed(config: &ResizerConfig) -> Vec<Permission> {
             ),
         ));
     }
+    if config.modify {
+        p.extend(all(
+            "storage.k8s.io",
+            "volumeattributesclasses",
+            &["get", "list", "watch"],
+            Need::Required,
+        ));
+    }
     p.extend(all(
         "",
         "secrets",
         &["get"],
-        Need::Optional("volumes whose PV names a controller-expand secret"),
+        Need::Optional("volumes whose PV names a controller-expand or controller-modify secret"),
     ));
     p
 }

@@ -67,3 +67,44 @@ pub fn event_component(driver: &str) -> String {
 pub fn queue_name(driver: &str) -> String {
     format!("{driver}-pvc")
 }
+
+// --- The modify controller (VolumeAttributesClass) ------------------------------------------
+
+/// PV annotation naming the Secret of ControllerModifyVolume (with the namespace annotation).
+pub const ANN_MODIFY_SECRET_NAME: &str = "volume.kubernetes.io/controller-modify-secret-name";
+/// PV annotation naming the namespace of that Secret.
+pub const ANN_MODIFY_SECRET_NAMESPACE: &str =
+    "volume.kubernetes.io/controller-modify-secret-namespace";
+/// `--extra-modify-metadata` keys added to the mutable parameters.
+pub const PARAM_PVC_NAME: &str = "csi.storage.k8s.io/pvc/name";
+/// See [`PARAM_PVC_NAME`].
+pub const PARAM_PVC_NAMESPACE: &str = "csi.storage.k8s.io/pvc/namespace";
+/// See [`PARAM_PVC_NAME`].
+pub const PARAM_PV_NAME: &str = "csi.storage.k8s.io/pv/name";
+
+/// Condition: a modification is under way (or waits for a retry).
+pub const COND_MODIFYING_VOLUME: &str = "ModifyingVolume";
+/// Condition: the last ControllerModifyVolume failed; its reason is the gRPC code's name.
+pub const COND_MODIFY_VOLUME_ERROR: &str = "ModifyVolumeError";
+
+/// `status.modifyVolumeStatus.status`: the class does not exist (yet).
+pub const MODIFY_PENDING: &str = "Pending";
+/// The modification is under way, or failed and is retried.
+pub const MODIFY_IN_PROGRESS: &str = "InProgress";
+/// The driver refused the class's parameters (INVALID_ARGUMENT).
+pub const MODIFY_INFEASIBLE: &str = "Infeasible";
+
+/// Normal: a modification is sent to the driver.
+pub const REASON_MODIFY: &str = "VolumeModify";
+/// Warning: a modification failed, or its class does not exist.
+pub const REASON_MODIFY_FAILED: &str = "VolumeModifyFailed";
+/// Normal: the volume has the class's parameters.
+pub const REASON_MODIFY_SUCCESSFUL: &str = "VolumeModifySuccessful";
+/// Normal: the user cleared the class while the modification waited (upstream's spelling).
+pub const REASON_MODIFY_CANCELED: &str = "VolumeModifyCanceled";
+
+/// The modify controller's queue. Upstream names it `<driver>-pvc` as the resize controller's,
+/// so their metrics mix; ours are told apart.
+pub fn modify_queue_name(driver: &str) -> String {
+    format!("{driver}-pvc-modify")
+}

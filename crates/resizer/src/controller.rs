@@ -28,6 +28,7 @@ use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{
     ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod, Secret,
 };
+use k8s_openapi::api::storage::v1::VolumeAttributesClass;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -62,17 +63,22 @@ impl std::fmt::Debug for Resizer {
     }
 }
 
-struct Shared {
-    ctx: ControllerContext,
-    csi: csi::CsiClient,
-    config: ResizerConfig,
-    driver: String,
+pub(crate) struct Shared {
+    pub(crate) ctx: ControllerContext,
+    pub(crate) csi: csi::CsiClient,
+    pub(crate) config: ResizerConfig,
+    pub(crate) driver: String,
     single_node_multi_writer: bool,
-    pvcs: Store<PersistentVolumeClaim>,
-    pvs: Store<PersistentVolume>,
-    queue: WorkQueue<NamespacedName>,
-    written_pvcs: Written<PersistentVolumeClaim>,
-    written_pvs: Written<PersistentVolume>,
+    pub(crate) pvcs: Store<PersistentVolumeClaim>,
+    pub(crate) pvs: Store<PersistentVolume>,
+    /// The resize controller's queue, with EXPAND_VOLUME.
+    queue: Option<WorkQueue<NamespacedName>>,
+    /// The modify controller's queue, with MODIFY_VOLUME and [`ResizerConfig::modify`].
+    modify_queue: Option<WorkQueue<NamespacedName>>,
+    /// VolumeAttributesClasses, for the modify controller.
+    pub(crate) vacs: Option<Store<VolumeAttributesClass>>,
+    pub(crate) written_pvcs: Written<PersistentVolumeClaim>,
+    pub(crate) written_pvs: Written<PersistentVolume>,
     /// Claims whose expansion was infeasible, with when that was first seen; remembered for
     /// `--retry-interval-max` (upstream's slow set).
     slow: Expiring<String, Instant>,
@@ -80,15 +86,19 @@ struct Shared {
     final_errors: Mutex<HashSet<String>>,
     /// Claims whose last expansion failed with FAILED_PRECONDITION (in use, offline-only driver).
     in_use_errors: Mutex<HashSet<String>>,
-    events: EventRecorder,
+    /// Claims whose last modification may still run on the driver: its target is kept.
+    pub(crate) uncertain: Mutex<HashSet<String>>,
+    /// Claims whose modification was infeasible, with when that was first seen.
+    pub(crate) modify_slow: Expiring<String, Instant>,
+    pub(crate) events: EventRecorder,
     failures: Family<ClassLabels, Counter>,
 }
 
-fn set_has(set: &Mutex<HashSet<String>>, key: &str) -> bool {
+pub(crate) fn set_has(set: &Mutex<HashSet<String>>, key: &str) -> bool {
     set.lock().unwrap_or_else(|e| e.into_inner()).contains(key)
 }
 
-fn set_put(set: &Mutex<HashSet<String>>, key: &str, on: bool) {
+pub(crate) fn set_put(set: &Mutex<HashSet<String>>, key: &str, on: bool) {
     let mut s = set.lock().unwrap_or_else(|e| e.into_inner());
     if on {
         s.insert(key.to_string());
@@ -129,10 +139,15 @@ pub(crate) fn build(
     informers: &mut Informers,
 ) -> Resizer {
     let name = driver.discovery.driver_name.clone();
-    let queue = WorkQueue::new(queue_name(&name), ctx.backoff, ctx.metrics.queues());
+    let queue = driver
+        .discovery
+        .has_controller(Cap::ExpandVolume)
+        .then(|| WorkQueue::new(queue_name(&name), ctx.backoff, ctx.metrics.queues()));
+    let modify_queue = (config.modify && driver.discovery.has_controller(Cap::ModifyVolume))
+        .then(|| WorkQueue::new(modify_queue_name(&name), ctx.backoff, ctx.metrics.queues()));
     let pvs = {
         let d = name.clone();
-        let q = queue.clone();
+        let queues: Vec<_> = queue.iter().chain(modify_queue.iter()).cloned().collect();
         informers
             .for_type::<PersistentVolume>()
             .keep(move |pv| pv_is_ours(pv, &d))
@@ -145,7 +160,9 @@ pub(crate) fn build(
                     && let Some(r) = object.spec.as_ref().and_then(|s| s.claim_ref.as_ref())
                     && let (Some(ns), Some(n)) = (&r.namespace, &r.name)
                 {
-                    q.add(NamespacedName::new(ns, n));
+                    for q in &queues {
+                        q.add(NamespacedName::new(ns, n));
+                    }
                 }
             })
             .store()
@@ -156,7 +173,7 @@ pub(crate) fn build(
         let pvs_synced = informers.for_type::<PersistentVolume>().synced();
         let handler_synced = pvs_synced.clone();
         let (d2, ours2) = (name.clone(), pvs.clone());
-        let q = queue.clone();
+        let (resize, modify) = (queue.clone(), modify_queue.clone());
         informers
             .for_type::<PersistentVolumeClaim>()
             .keep(move |pvc| !*pvs_synced.borrow() || may_be_ours(pvc, &d, &ours))
@@ -169,21 +186,69 @@ pub(crate) fn build(
                         if *handler_synced.borrow() && !may_be_ours(object, &d2, &ours2) {
                             return;
                         }
-                        if previous.is_none_or(|p| plan::should_enqueue(p, object)) {
-                            q.add(key);
+                        if let Some(q) = &resize
+                            && previous.is_none_or(|p| plan::should_enqueue(p, object))
+                        {
+                            q.add(key.clone());
+                        }
+                        if let Some(q) = &modify {
+                            let queued = previous.is_none_or(|p| {
+                                let pv = p.spec.as_ref().and_then(|s| s.volume_name.as_deref());
+                                let cached =
+                                    pv.is_some_and(|v| ours2.get(&ObjectRef::new(v)).is_some());
+                                crate::modify::should_enqueue(p, object, cached)
+                            });
+                            if queued {
+                                q.add(key);
+                            }
                         }
                     }
-                    // The worker forgets the claim's memory when it finds it gone.
-                    Change::Deleted(_) => q.add(key),
+                    // The workers forget the claim's memory when they find it gone.
+                    Change::Deleted(_) => {
+                        for q in resize.iter().chain(modify.iter()) {
+                            q.add(key.clone());
+                        }
+                    }
                 }
             })
             .store()
     };
+    // Beyond upstream: a class created after a claim asked for it (status Pending) is applied at
+    // once; upstream waits for the claim's next change or resync.
+    let vacs = modify_queue.clone().map(|q| {
+        let claims = pvcs.clone();
+        informers
+            .for_type::<VolumeAttributesClass>()
+            .keep(|_| true)
+            .on_change(move |change: &Change<'_, VolumeAttributesClass>| {
+                let Change::Applied {
+                    object,
+                    previous: None,
+                } = change
+                else {
+                    return;
+                };
+                let Some(class) = object.metadata.name.as_deref() else {
+                    return;
+                };
+                for pvc in claims.state() {
+                    let pending = crate::modify::modify_status(&pvc)
+                        .is_some_and(|m| m.status == MODIFY_PENDING);
+                    if pending
+                        && crate::modify::spec_class(&pvc) == class
+                        && let Some(key) = NamespacedName::of(&pvc.metadata)
+                    {
+                        q.add(key);
+                    }
+                }
+            })
+            .store()
+    });
     let failures = ctx.metrics.register(|registry| {
         let family = Family::<ClassLabels, Counter>::default();
         registry.register(
-            "csi_resizer_expansion_failures",
-            "Failed ControllerExpandVolume attempts (and attempts held because the volume is in use), by class: ResizeInfeasible, ResizeFailed, ResizeTransientError, ResizeVolumeInUse.",
+            "csi_resizer_failures",
+            "Failed expansion and modification attempts (and expansions held because the volume is in use), by class: ResizeInfeasible, ResizeFailed, ResizeTransientError, ResizeVolumeInUse, ModifyInfeasible, ModifyFailed, ModifyTransientError.",
             family.clone(),
         );
         family
@@ -204,11 +269,15 @@ pub(crate) fn build(
             pvcs,
             pvs,
             queue,
+            modify_queue,
+            vacs,
             written_pvcs: Written::default(),
             written_pvs: Written::default(),
             slow: Expiring::new(slow_memory),
             final_errors: Mutex::default(),
             in_use_errors: Mutex::default(),
+            uncertain: Mutex::default(),
+            modify_slow: Expiring::new(slow_memory),
             events,
             failures,
         }),
@@ -223,24 +292,55 @@ impl controller_kit::Controller for Resizer {
     fn run(&self, token: CancellationToken) -> BoxFuture<'static, ()> {
         let s = self.shared.clone();
         Box::pin(async move {
-            let workers = controller_kit::Workers {
+            let workers = || controller_kit::Workers {
                 controller: CONTROLLER_NAME,
                 count: s.ctx.workers,
                 metrics: s.ctx.metrics.controllers(),
             };
-            controller_kit::run_workers(
-                workers,
-                s.queue.clone(),
-                s.clone(),
-                |s, key| async move { s.reconcile(key).await },
-                token,
-            )
-            .await;
+            let resize = s.queue.clone().map(|queue| {
+                controller_kit::run_workers(
+                    workers(),
+                    queue,
+                    s.clone(),
+                    |s, key| async move { s.reconcile(key).await },
+                    token.clone(),
+                )
+            });
+            let modify = s.modify_queue.clone().map(|queue| {
+                // After a restart, a modification found in progress may still run on the
+                // driver: its target is kept until it ends (`initUncertainPVCs`).
+                for pvc in s.pvcs.state() {
+                    if crate::modify::modify_status(&pvc)
+                        .is_some_and(|m| m.status == MODIFY_IN_PROGRESS)
+                        && let Some(key) = NamespacedName::of(&pvc.metadata)
+                    {
+                        set_put(&s.uncertain, &key.to_string(), true);
+                    }
+                }
+                controller_kit::run_workers(
+                    workers(),
+                    queue,
+                    s.clone(),
+                    |s, key| async move { s.reconcile_modify(key).await },
+                    token.clone(),
+                )
+            });
+            let resize = async move {
+                if let Some(r) = resize {
+                    r.await;
+                }
+            };
+            let modify = async move {
+                if let Some(m) = modify {
+                    m.await;
+                }
+            };
+            futures::join!(resize, modify);
         })
     }
 }
 
-fn pvc_ref(pvc: &PersistentVolumeClaim) -> ObjectReference {
+pub(crate) fn pvc_ref(pvc: &PersistentVolumeClaim) -> ObjectReference {
     ObjectReference {
         api_version: Some("v1".into()),
         kind: Some("PersistentVolumeClaim".into()),
@@ -488,7 +588,7 @@ impl Shared {
         }
     }
 
-    async fn secret(
+    pub(crate) async fn secret(
         &self,
         r: &request::SecretRef,
     ) -> Result<std::collections::BTreeMap<String, String>, String> {
@@ -532,15 +632,20 @@ impl Shared {
         }))
     }
 
-    async fn failed_event(&self, pvc: &PersistentVolumeClaim, class: &'static str, message: &str) {
+    /// Counts a failure of `class`.
+    pub(crate) fn count_failure(&self, class: &'static str) {
         self.failures.get_or_create(&ClassLabels { class }).inc();
+    }
+
+    async fn failed_event(&self, pvc: &PersistentVolumeClaim, class: &'static str, message: &str) {
+        self.count_failure(class);
         self.events
             .warning(&pvc_ref(pvc), REASON_RESIZE_FAILED, class, message)
             .await;
     }
 
     /// Merge patch of the claim's `/status`; the answer is what later passes read.
-    async fn patch_claim(
+    pub(crate) async fn patch_claim(
         &self,
         pvc: &PersistentVolumeClaim,
         body: &Value,
@@ -560,7 +665,7 @@ impl Shared {
     }
 
     /// Strategic merge patch of the PV; the answer is what later passes read.
-    async fn patch_pv(
+    pub(crate) async fn patch_pv(
         &self,
         pv: &PersistentVolume,
         body: &Value,

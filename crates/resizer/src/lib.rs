@@ -1,33 +1,39 @@
-//! The volume expansion controller of csi-controller-manager: a drop-in for external-resizer
-//! v2.2 (`kubernetes-csi/external-resizer`) with recovery from expansion failure
-//! (RecoverVolumeExpansionFailure, GA): the same annotations, conditions,
-//! `allocatedResources`/`allocatedResourceStatuses` values, patches, events and error texts.
+//! The volume expansion and modification controllers of csi-controller-manager: a drop-in for
+//! external-resizer v2.2 (`kubernetes-csi/external-resizer`) with recovery from expansion
+//! failure (RecoverVolumeExpansionFailure, GA) and VolumeAttributesClass (GA): the same
+//! annotations, conditions, `allocatedResources`/`allocatedResourceStatuses` and
+//! `modifyVolumeStatus` values, patches, events and error texts.
 //!
 //! # Shape
 //! - [`constants`]: the strings other software reads;
 //! - [`plan`]: the pure decisions (update filter, selection, the recovery table, error classes,
 //!   condition merging);
 //! - [`request`], [`patch`]: pure builders of the CSI request and the API patches;
+//! - [`modify`]: the modify controller (VolumeAttributesClass, ControllerModifyVolume): its pure
+//!   plan and patches, and its pass (`modify::act`);
 //! - `controller`: informer handlers, the worker pass and its API and CSI calls (thin);
 //! - [`access`]: the API permissions it uses, checked at start-up.
 //!
 //! # Beyond upstream
-//! - Every failure carries a machine-readable class ([`plan::ErrorClass::reason`]): the `reason`
-//!   of the `ControllerResizeError` condition and the `action` of the `VolumeResizeFailed` Event
-//!   (`ResizeInfeasible`, `ResizeFailed`, `ResizeTransientError`, `ResizeVolumeInUse`), and
-//!   `csi_resizer_expansion_failures_total{class}`.
+//! - Every failure carries a machine-readable class ([`plan::ErrorClass::reason`],
+//!   [`modify::ModifyErrorClass::reason`]): the `reason` of the `ControllerResizeError`
+//!   condition and the `action` of the `VolumeResizeFailed`/`VolumeModifyFailed` Event
+//!   (`ResizeInfeasible`, `ResizeFailed`, `ResizeTransientError`, `ResizeVolumeInUse`,
+//!   `ModifyInfeasible`, `ModifyFailed`, `ModifyTransientError`), and
+//!   `csi_resizer_failures_total{class}`.
 //! - No cache of Pods: the in-use check of an offline-only driver lists the claim's namespace's
 //!   Pods on demand, and only for a claim whose last expansion failed with FAILED_PRECONDITION.
 //! - Claims are cached only if they may be this driver's (see `controller`).
 //!
 //! # Not built yet
-//! The modify controller (VolumeAttributesClass), the legacy path without
+//! The legacy path without
 //! RecoverVolumeExpansionFailure (GA in Kubernetes 1.34; always on here), the trivial resizer of
 //! node-only drivers, and CSI migration of in-tree PVs.
 
 pub mod access;
 pub mod constants;
 mod controller;
+pub mod modify;
 pub mod patch;
 pub mod plan;
 pub mod request;
@@ -44,6 +50,12 @@ pub struct ResizerConfig {
     pub handle_volume_inuse_error: bool,
     /// Feature gate `AnnotateFsResize` (default true): the PV's pre-resize-capacity annotation.
     pub annotate_fs_resize: bool,
+    /// The modify controller: feature gate `VolumeAttributesClass`, off when the API server
+    /// serves no `storage.k8s.io/v1` VolumeAttributesClass (default true). It runs only for a
+    /// driver with MODIFY_VOLUME.
+    pub modify: bool,
+    /// `--extra-modify-metadata`: the claim's and PV's names among the mutable parameters.
+    pub extra_modify_metadata: bool,
 }
 
 impl Default for ResizerConfig {
@@ -51,13 +63,17 @@ impl Default for ResizerConfig {
         Self {
             handle_volume_inuse_error: true,
             annotate_fs_resize: true,
+            modify: true,
+            extra_modify_metadata: false,
         }
     }
 }
 
-/// Builds the resizer: registers its informers (PersistentVolumeClaim, PersistentVolume) and
-/// handlers, and returns the controller whose [`run`](controller_kit::Controller::run) starts
-/// the workers for one leader term.
+/// Builds the resizer: registers its informers (PersistentVolumeClaim, PersistentVolume, and
+/// VolumeAttributesClass for the modify controller) and handlers, and returns the controller
+/// whose [`run`](controller_kit::Controller::run) starts the workers for one leader term. The
+/// resize controller runs for a driver with EXPAND_VOLUME, the modify controller for one with
+/// MODIFY_VOLUME and [`ResizerConfig::modify`].
 pub fn build(
     ctx: controller_kit::ControllerContext,
     driver: &csi::Driver,

@@ -43,7 +43,7 @@ fn written(pvc: &PersistentVolumeClaim) -> Value {
 }
 
 /// The merge patch from `old` to `new`, with `old`'s resourceVersion when `check_version`.
-fn claim_diff(
+pub(crate) fn claim_diff(
     old: &PersistentVolumeClaim,
     new: &PersistentVolumeClaim,
     check_version: bool,
