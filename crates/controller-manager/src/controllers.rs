@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use controller_kit::leader::sanitize_name;
 use csi::Discovery;
 use csi::v1::controller_service_capability::rpc::Type as Cap;
+use csi::v1::node_service_capability::rpc::Type as NodeCap;
 
 use crate::flags::ControllerKind;
 
@@ -36,7 +37,9 @@ impl ControllerKind {
             ControllerKind::Provisioner => driver.has_controller(Cap::CreateDeleteVolume),
             ControllerKind::Attacher => driver.has_controller(Cap::PublishUnpublishVolume),
             ControllerKind::Resizer => {
-                driver.has_controller(Cap::ExpandVolume) || driver.has_controller(Cap::ModifyVolume)
+                driver.has_controller(Cap::ExpandVolume)
+                    || driver.has_controller(Cap::ModifyVolume)
+                    || driver.has_node(NodeCap::ExpandVolume)
             }
             ControllerKind::Snapshotter => driver.has_controller(Cap::CreateDeleteSnapshot),
         };
@@ -46,7 +49,9 @@ impl ControllerKind {
         Err(match self {
             ControllerKind::Provisioner => "the driver lacks CREATE_DELETE_VOLUME",
             ControllerKind::Attacher => "the driver lacks PUBLISH_UNPUBLISH_VOLUME",
-            ControllerKind::Resizer => "the driver lacks EXPAND_VOLUME and MODIFY_VOLUME",
+            ControllerKind::Resizer => {
+                "the driver lacks EXPAND_VOLUME (controller or node) and MODIFY_VOLUME"
+            }
             ControllerKind::Snapshotter => "the driver lacks CREATE_DELETE_SNAPSHOT",
         })
     }

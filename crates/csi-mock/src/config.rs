@@ -109,6 +109,9 @@ pub struct MockConfig {
     pub online_expansion: bool,
     /// `ControllerExpandVolume` answers `node_expansion_required` with this value.
     pub node_expansion_required: bool,
+    /// `NodeGetCapabilities` reports EXPAND_VOLUME (a node-only expansion driver is one with
+    /// this and without the controller's EXPAND_VOLUME).
+    pub node_expand_volume: bool,
     /// Where state is persisted as JSON after every change and loaded from at start.
     pub state_file: Option<PathBuf>,
     /// Secrets CreateVolume and DeleteVolume must carry (key and value), like a driver that needs
@@ -138,6 +141,7 @@ impl Default for MockConfig {
             snapshot_ready_delay: Duration::ZERO,
             online_expansion: true,
             node_expansion_required: false,
+            node_expand_volume: false,
             state_file: None,
             required_secrets: BTreeMap::new(),
         }

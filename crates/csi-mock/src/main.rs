@@ -74,6 +74,9 @@ struct Args {
     /// ControllerExpandVolume reports node_expansion_required = true.
     #[arg(long)]
     node_expansion_required: bool,
+    /// NodeGetCapabilities reports EXPAND_VOLUME.
+    #[arg(long)]
+    node_expand_volume: bool,
     /// Probe reports not ready (until PUT /ready on the control API).
     #[arg(long)]
     not_ready: bool,
@@ -169,6 +172,7 @@ fn config_from(args: &Args) -> Result<MockConfig, String> {
         snapshot_ready_delay: Duration::from_millis(args.snapshot_ready_delay_ms),
         online_expansion: !args.offline_expansion,
         node_expansion_required: args.node_expansion_required,
+        node_expand_volume: args.node_expand_volume,
         state_file: args.state_file.clone(),
         required_secrets: args.required_secrets.iter().cloned().collect(),
     })

@@ -36,14 +36,22 @@ impl Backend<'_> {
         })
     }
 
-    /// NodeGetCapabilities: none.
+    /// NodeGetCapabilities: EXPAND_VOLUME when configured (`node_expand_volume`), else none.
     pub fn node_get_capabilities(
         &mut self,
         _req: pb::NodeGetCapabilitiesRequest,
     ) -> Result<pb::NodeGetCapabilitiesResponse, Status> {
-        Ok(pb::NodeGetCapabilitiesResponse {
-            capabilities: Vec::new(),
-        })
+        use pb::node_service_capability::{Rpc, Type, rpc};
+        let capabilities = if self.config.node_expand_volume {
+            vec![pb::NodeServiceCapability {
+                r#type: Some(Type::Rpc(Rpc {
+                    r#type: rpc::Type::ExpandVolume as i32,
+                })),
+            }]
+        } else {
+            Vec::new()
+        };
+        Ok(pb::NodeGetCapabilitiesResponse { capabilities })
     }
 
     /// NodeStageVolume: records the staging path (idempotent).

@@ -57,6 +57,10 @@ pub struct Discovery {
     pub controller: BTreeSet<i32>,
     /// GroupController service capabilities; empty when the driver has none.
     pub group_controller: BTreeSet<i32>,
+    /// Node service capabilities as the controller's socket answers them; asked only when the
+    /// Controller service cannot expand volumes (upstream's resizer then looks for node-only
+    /// expansion). Empty when not asked, or when the socket has no Node service.
+    pub node: BTreeSet<i32>,
 }
 
 impl Discovery {
@@ -68,6 +72,12 @@ impl Discovery {
     /// Whether the driver's Controller service has this capability.
     pub fn has_controller(&self, capability: ControllerCapability) -> bool {
         self.controller.contains(&(capability as i32))
+    }
+
+    /// Whether the Node service on the controller's socket has this capability (see
+    /// [`Discovery::node`]).
+    pub fn has_node(&self, capability: v1::node_service_capability::rpc::Type) -> bool {
+        self.node.contains(&(capability as i32))
     }
 
     /// Whether the driver's GroupController service has this capability.
@@ -234,6 +244,9 @@ impl CsiClient {
         controller_client::ControllerClient::controller_get_volume("Controller", "ControllerGetVolume", v1::ControllerGetVolumeRequest) -> v1::ControllerGetVolumeResponse;
         /// Controller.ControllerModifyVolume.
         controller_client::ControllerClient::controller_modify_volume("Controller", "ControllerModifyVolume", v1::ControllerModifyVolumeRequest) -> v1::ControllerModifyVolumeResponse;
+        /// Node.NodeGetCapabilities (on the controller's socket: whether a driver without
+        /// controller expansion expands on the node, as upstream's resizer asks).
+        node_client::NodeClient::node_get_capabilities("Node", "NodeGetCapabilities", v1::NodeGetCapabilitiesRequest) -> v1::NodeGetCapabilitiesResponse;
         /// Node.NodeGetInfo (the provisioner's node deployment asks its node's topology).
         node_client::NodeClient::node_get_info("Node", "NodeGetInfo", v1::NodeGetInfoRequest) -> v1::NodeGetInfoResponse;
         /// GroupController.GroupControllerGetCapabilities.
@@ -298,6 +311,28 @@ impl CsiClient {
                     _ => None,
                 })
                 .collect();
+        }
+        if !discovery.has_controller(ControllerCapability::ExpandVolume) {
+            // Node-only expansion (upstream's trivial resizer). A socket without a Node service
+            // answers UNIMPLEMENTED: no node capabilities.
+            match self
+                .node_get_capabilities(v1::NodeGetCapabilitiesRequest {})
+                .await
+            {
+                Ok(caps) => {
+                    discovery.node = caps
+                        .capabilities
+                        .iter()
+                        .filter_map(|c| match &c.r#type {
+                            Some(v1::node_service_capability::Type::Rpc(rpc)) => Some(rpc.r#type),
+                            _ => None,
+                        })
+                        .collect();
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "no node capabilities on the controller's socket");
+                }
+            }
         }
         if discovery.has_plugin_service(PluginService::GroupControllerService) {
             let caps = self

@@ -24,6 +24,7 @@ use controller_kit::expiring::Expiring;
 use controller_kit::written::Written;
 use controller_kit::{Change, ControllerContext, Informers, NamespacedName, Outcome, WorkQueue};
 use csi::v1::controller_service_capability::rpc::Type as Cap;
+use csi::v1::node_service_capability::rpc::Type as NodeCap;
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{
     ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod, Secret,
@@ -69,6 +70,9 @@ pub(crate) struct Shared {
     pub(crate) config: ResizerConfig,
     pub(crate) driver: String,
     single_node_multi_writer: bool,
+    /// The driver expands on the node only (upstream's trivial resizer): no ControllerExpandVolume,
+    /// the PV takes the requested size and the node's part is always required.
+    node_only: bool,
     pub(crate) pvcs: Store<PersistentVolumeClaim>,
     pub(crate) pvs: Store<PersistentVolume>,
     /// The resize controller's queue, with EXPAND_VOLUME.
@@ -139,9 +143,9 @@ pub(crate) fn build(
     informers: &mut Informers,
 ) -> Resizer {
     let name = driver.discovery.driver_name.clone();
-    let queue = driver
-        .discovery
-        .has_controller(Cap::ExpandVolume)
+    let control_plane = driver.discovery.has_controller(Cap::ExpandVolume);
+    let node_only = !control_plane && driver.discovery.has_node(NodeCap::ExpandVolume);
+    let queue = (control_plane || node_only)
         .then(|| WorkQueue::new(queue_name(&name), ctx.backoff, ctx.metrics.queues()));
     let modify_queue = (config.modify && driver.discovery.has_controller(Cap::ModifyVolume))
         .then(|| WorkQueue::new(modify_queue_name(&name), ctx.backoff, ctx.metrics.queues()));
@@ -263,6 +267,7 @@ pub(crate) fn build(
         shared: Arc::new(Shared {
             csi: driver.client.clone(),
             single_node_multi_writer: driver.discovery.has_controller(Cap::SingleNodeMultiWriter),
+            node_only,
             ctx,
             config,
             driver: name,
@@ -425,6 +430,7 @@ impl Shared {
             final_error: set_has(&self.final_errors, &name),
             in_slow_set,
             fs_resize_pending: plan::has_fs_resize_pending(&pvc),
+            control_plane: !self.node_only,
         });
         match decision {
             Expansion::Wait => Ok(Outcome::Done),
@@ -572,6 +578,10 @@ impl Shared {
         pv: &PersistentVolume,
         size: &Quantity,
     ) -> Result<(Quantity, bool), (Option<csi::Code>, String)> {
+        if self.node_only {
+            // Upstream's trivial resizer: the requested size, and the node does the work.
+            return Ok((size.clone(), true));
+        }
         let secrets = match request::expand_secret(pv) {
             Some(r) => self.secret(&r).await.map_err(|e| (None, e))?,
             None => Default::default(),

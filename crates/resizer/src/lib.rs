@@ -26,9 +26,8 @@
 //! - Claims are cached only if they may be this driver's (see `controller`).
 //!
 //! # Not built yet
-//! The legacy path without
-//! RecoverVolumeExpansionFailure (GA in Kubernetes 1.34; always on here), the trivial resizer of
-//! node-only drivers, and CSI migration of in-tree PVs.
+//! The legacy path without RecoverVolumeExpansionFailure (GA in Kubernetes 1.34; always on
+//! here), and CSI migration of in-tree PVs.
 
 pub mod access;
 pub mod constants;

@@ -150,10 +150,12 @@ pub struct RecoveryInput<'a> {
     pub in_slow_set: bool,
     /// The claim has a `FileSystemResizePending` condition.
     pub fs_resize_pending: bool,
+    /// The driver expands in the control plane (false: node-only, upstream's trivial resizer).
+    pub control_plane: bool,
 }
 
 /// Upstream's recovery table (`expandAndRecover`, RecoverVolumeExpansionFailure on), branch for
-/// branch. A CSI resizer always supports control-plane expansion.
+/// branch.
 pub fn decide(i: &RecoveryInput<'_>) -> Expansion {
     let pv = bytes(i.pv_size);
     let spec = bytes(Some(i.spec));
@@ -175,7 +177,8 @@ pub fn decide(i: &RecoveryInput<'_>) -> Expansion {
     } else {
         match i.status {
             NODE_RESIZE_IN_PROGRESS | NODE_RESIZE_PENDING => return Expansion::Wait,
-            NODE_RESIZE_INFEASIBLE => size = allocated_or(i.spec),
+            NODE_RESIZE_INFEASIBLE if i.control_plane => size = allocated_or(i.spec),
+            NODE_RESIZE_INFEASIBLE => {}
             CONTROLLER_RESIZE_IN_PROGRESS | CONTROLLER_RESIZE_INFEASIBLE => {
                 size = allocated_or(i.spec);
             }

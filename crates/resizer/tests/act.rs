@@ -306,3 +306,37 @@ async fn a_request_below_the_capacity_changes_nothing() {
     );
     assert_eq!(h.expand_calls(), 0);
 }
+
+/// A driver that expands on the node only (upstream's trivial resizer): no ControllerExpandVolume,
+/// the PV takes the requested size, and kubelet is handed the rest.
+#[tokio::test]
+async fn a_node_only_driver_hands_every_expansion_to_kubelet() {
+    let h = Harness::start(
+        |c| {
+            c.controller_capabilities
+                .remove(&csi_mock::ControllerCapability::ExpandVolume);
+            c.node_expand_volume = true;
+        },
+        "2Gi",
+        Duration::from_secs(1),
+        |_, _| {},
+    )
+    .await;
+    eventually("NodeResizePending", || {
+        h.resize_status().as_deref() == Some(NODE_RESIZE_PENDING)
+    })
+    .await;
+    assert_eq!(h.expand_calls(), 0);
+    assert_eq!(
+        h.pv().spec.unwrap().capacity.unwrap()[STORAGE].0,
+        "2Gi",
+        "the requested size, as the claim wrote it"
+    );
+    assert_eq!(
+        h.conditions(),
+        vec![
+            (COND_RESIZING.to_string(), None),
+            (COND_FS_RESIZE_PENDING.to_string(), None)
+        ]
+    );
+}

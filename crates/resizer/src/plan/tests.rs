@@ -79,6 +79,7 @@ fn q(s: &str) -> Quantity {
 )]
 #[case::node_infeasible_retried_with_allocated(2, 2, Some("2G"), NODE_RESIZE_INFEASIBLE, false, false, false, Expansion::Expand { size: q("2G"), update_status: false })]
 #[case::node_infeasible_retried_with_spec(2, 2, None, NODE_RESIZE_INFEASIBLE, false, false, false, Expansion::Expand { size: q("2G"), update_status: true })]
+#[case::node_only_driver_node_infeasible_takes_spec(3, 2, Some("3G"), NODE_RESIZE_INFEASIBLE, false, false, false, Expansion::Expand { size: q("2G"), update_status: true })]
 #[case::controller_in_progress_record_the_done_work(10, 5, Some("10G"), CONTROLLER_RESIZE_IN_PROGRESS, false, false, false, Expansion::Expand { size: q("10G"), update_status: false })]
 #[case::controller_infeasible_shrunk_request(10, 5, Some("10G"), CONTROLLER_RESIZE_INFEASIBLE, false, false, false, Expansion::Expand { size: q("10G"), update_status: false })]
 #[case::no_status_with_allocated(2, 2, Some("2G"), "", false, false, false, Expansion::Expand { size: q("2G"), update_status: false })]
@@ -105,6 +106,8 @@ fn recovery_table(
         final_error,
         in_slow_set,
         fs_resize_pending,
+        // The last case is a node-only driver (upstream's trivial resizer).
+        control_plane: !(status == NODE_RESIZE_INFEASIBLE && pv_g == 3),
     };
     assert_eq!(decide(&input), want);
 }
