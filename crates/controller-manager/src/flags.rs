@@ -103,6 +103,18 @@ pub struct Flags {
     #[arg(long, alias = "workers")]
     pub worker_threads: Option<usize>,
 
+    /// The provisioner's workers (ours; before `--worker-threads`).
+    #[arg(long)]
+    pub provisioner_worker_threads: Option<usize>,
+
+    /// The attacher's workers (ours; before `--worker-threads`).
+    #[arg(long)]
+    pub attacher_worker_threads: Option<usize>,
+
+    /// The resizer's workers, per queue (ours; before `--worker-threads`).
+    #[arg(long)]
+    pub resizer_worker_threads: Option<usize>,
+
     /// First retry delay of a failed object; doubles per failure.
     #[arg(long, default_value = "1s", value_parser = go_duration)]
     pub retry_interval_start: Duration,
@@ -287,9 +299,15 @@ pub struct Flags {
 }
 
 impl Flags {
-    /// Workers per queue of `kind`: `--worker-threads`, else that controller's default.
+    /// Workers per queue of `kind`: its own flag, else `--worker-threads`, else its default.
     pub fn workers(&self, kind: ControllerKind) -> usize {
-        self.worker_threads.unwrap_or(match kind {
+        let own = match kind {
+            ControllerKind::Provisioner => self.provisioner_worker_threads,
+            ControllerKind::Attacher => self.attacher_worker_threads,
+            ControllerKind::Resizer => self.resizer_worker_threads,
+            ControllerKind::Snapshotter => None,
+        };
+        own.or(self.worker_threads).unwrap_or(match kind {
             ControllerKind::Provisioner => PROVISIONER_WORKERS,
             ControllerKind::Attacher | ControllerKind::Resizer | ControllerKind::Snapshotter => {
                 WORKERS
@@ -328,8 +346,18 @@ impl Flags {
                 ));
             }
         }
-        if self.worker_threads == Some(0) {
-            return Err("--worker-threads must be at least 1".into());
+        for (flag, value) in [
+            ("--worker-threads", self.worker_threads),
+            (
+                "--provisioner-worker-threads",
+                self.provisioner_worker_threads,
+            ),
+            ("--attacher-worker-threads", self.attacher_worker_threads),
+            ("--resizer-worker-threads", self.resizer_worker_threads),
+        ] {
+            if value == Some(0) {
+                return Err(format!("{flag} must be at least 1"));
+            }
         }
         if !self.metrics_path.starts_with('/') {
             return Err("--metrics-path must start with /".into());
@@ -473,6 +501,13 @@ mod tests {
         let w = parse(&["--worker-threads=5"]);
         assert_eq!(w.workers(ControllerKind::Provisioner), 5);
         assert_eq!(w.workers(ControllerKind::Attacher), 5);
+        let own = parse(&["--worker-threads=5", "--attacher-worker-threads=50"]);
+        assert_eq!(own.workers(ControllerKind::Attacher), 50);
+        assert_eq!(own.workers(ControllerKind::Resizer), 5);
+        assert_eq!(
+            parse(&["--resizer-worker-threads=3"]).workers(ControllerKind::Resizer),
+            3
+        );
         assert!(!d.leader_election);
         assert!(d.leader_election_release_on_cancel);
         assert_eq!(d.leader_election_renew_deadline, Duration::from_secs(10));

@@ -235,11 +235,11 @@ pub(crate) fn build(
                 let Some(class) = object.metadata.name.as_deref() else {
                     return;
                 };
+                // Every claim that asks for it and does not have it: its cached copy may not
+                // show the Pending status written a moment ago; the pass decides.
                 for pvc in claims.state() {
-                    let pending = crate::modify::modify_status(&pvc)
-                        .is_some_and(|m| m.status == MODIFY_PENDING);
-                    if pending
-                        && crate::modify::spec_class(&pvc) == class
+                    if crate::modify::spec_class(&pvc) == class
+                        && crate::modify::current_class(&pvc) != class
                         && let Some(key) = NamespacedName::of(&pvc.metadata)
                     {
                         q.add(key);
