@@ -11,7 +11,7 @@ REPO_ROOT=$(cd "$HERE/../.." && pwd)
 KIND_CLUSTER=${KIND_CLUSTER:-csi-ccm}
 KIND_NODE_IMAGE=${KIND_NODE_IMAGE:-}                 # e.g. kindest/node:v1.36.1; empty = kind's default
 IMAGE=${IMAGE:-csi-controller-manager:e2e}
-DOCKERFILE=${DOCKERFILE:-$REPO_ROOT/Dockerfile}
+DOCKERFILE=${DOCKERFILE:-$REPO_ROOT/crates/controller-manager/Dockerfile}
 CHART=${CHART:-$REPO_ROOT/charts/csi-controller-manager}
 HELM_VALUES=${HELM_VALUES:-$HERE/values.yaml}
 NAMESPACE=${NAMESPACE:-default}
