@@ -281,6 +281,17 @@ impl OwnDriver {
         configure: impl FnOnce(&mut csi_mock::MockConfig),
         manager_args: &[&str],
     ) -> Self {
+        let mut own = Self::prepare(prefix, configure, manager_args).await;
+        own.manager.start();
+        own
+    }
+
+    /// [`OwnDriver::start`] without starting the manager (`manager.start()` does, later).
+    pub async fn prepare(
+        prefix: &str,
+        configure: impl FnOnce(&mut csi_mock::MockConfig),
+        manager_args: &[&str],
+    ) -> Self {
         let name = unique(prefix);
         let driver_name = format!("{name}.csi.controller-manager.io");
         let dir = std::env::temp_dir().join(&name);
@@ -309,8 +320,7 @@ impl OwnDriver {
             .create(&Default::default(), &ns)
             .await
             .expect("create the test namespace");
-        let mut manager = ManagerProcess::new(&name, &endpoint, manager_args);
-        manager.start();
+        let manager = ManagerProcess::new(&name, &endpoint, manager_args);
         Self {
             name,
             driver_name,

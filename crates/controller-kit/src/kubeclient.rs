@@ -35,6 +35,9 @@ pub enum ClientError {
     /// The client could not be built from the configuration.
     #[error("cannot build a Kubernetes client: {0}")]
     Build(#[from] kube::Error),
+    /// `--master` is not a URL.
+    #[error("invalid --master: {0}")]
+    Master(String),
     /// The budget flags are invalid.
     #[error("--kube-api-qps and --kube-api-burst must be positive")]
     Budget,
@@ -55,15 +58,34 @@ impl std::fmt::Debug for Clients {
     }
 }
 
-/// Loads the configuration (`kubeconfig`, else in-cluster, else the default kubeconfig) and builds
-/// the clients. `qps`/`burst` allow `burst` requests at once and `qps` per second sustained.
+/// Where the API server and credentials come from: `kubeconfig`, else in-cluster, else the
+/// default kubeconfig; `master` (the sidecars' `--master`) replaces the server URL.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Source<'a> {
+    /// `--kubeconfig`.
+    pub kubeconfig: Option<&'a Path>,
+    /// `--master`.
+    pub master: Option<&'a str>,
+}
+
+impl<'a> From<Option<&'a Path>> for Source<'a> {
+    fn from(kubeconfig: Option<&'a Path>) -> Self {
+        Self {
+            kubeconfig,
+            master: None,
+        }
+    }
+}
+
+/// Loads the configuration ([`Source`]) and builds the clients. `qps`/`burst` allow `burst`
+/// requests at once and `qps` per second sustained.
 pub async fn clients(
-    kubeconfig: Option<&Path>,
+    source: impl Into<Source<'_>>,
     qps: f32,
     burst: u32,
 ) -> Result<Clients, ClientError> {
     check_budget(qps, burst)?;
-    let config = load_config(kubeconfig).await?;
+    let config = load_config(source.into()).await?;
     let mut election_config = config.clone();
     election_config
         .headers
@@ -80,12 +102,12 @@ pub async fn clients(
 /// One more rate-limited client with a budget of its own (e.g. the provisioner's
 /// CSIStorageCapacity writes, `--kube-api-capacity-qps`/`-burst`).
 pub async fn client_with_budget(
-    kubeconfig: Option<&Path>,
+    source: impl Into<Source<'_>>,
     qps: f32,
     burst: u32,
 ) -> Result<Client, ClientError> {
     check_budget(qps, burst)?;
-    rate_limited(load_config(kubeconfig).await?, qps, burst)
+    rate_limited(load_config(source.into()).await?, qps, burst)
 }
 
 fn check_budget(qps: f32, burst: u32) -> Result<(), ClientError> {
@@ -95,8 +117,8 @@ fn check_budget(qps: f32, burst: u32) -> Result<(), ClientError> {
     Ok(())
 }
 
-async fn load_config(kubeconfig: Option<&Path>) -> Result<Config, ClientError> {
-    let mut config = match kubeconfig {
+async fn load_config(source: Source<'_>) -> Result<Config, ClientError> {
+    let mut config = match source.kubeconfig {
         Some(path) => {
             let kc = Kubeconfig::read_from(path).map_err(|source| ClientError::Kubeconfig {
                 path: path.display().to_string(),
@@ -111,6 +133,11 @@ async fn load_config(kubeconfig: Option<&Path>) -> Result<Config, ClientError> {
         }
         None => Config::infer().await?,
     };
+    if let Some(master) = source.master.filter(|m| !m.is_empty()) {
+        config.cluster_url = master
+            .parse()
+            .map_err(|e| ClientError::Master(format!("{master}: {e}")))?;
+    }
     // Our own User-Agent, so that audit logs and apiserver metrics name the component.
     config.headers.push((
         http::header::USER_AGENT,

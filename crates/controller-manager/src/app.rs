@@ -99,12 +99,17 @@ pub async fn run(flags: Flags) -> Result<(), AppError> {
         });
     }
 
-    let clients = kubeclient::clients(
-        flags.kubeconfig.as_deref(),
-        flags.kube_api_qps,
-        flags.kube_api_burst,
-    )
-    .await?;
+    let source = kubeclient::Source {
+        kubeconfig: flags.kubeconfig.as_deref(),
+        master: flags.master.as_deref(),
+    };
+    for flag in flags.ignored() {
+        tracing::warn!(
+            flag,
+            "accepted for compatibility with the Go sidecars; it has no effect here"
+        );
+    }
+    let clients = kubeclient::clients(source, flags.kube_api_qps, flags.kube_api_burst).await?;
 
     let discovery = tokio::select! {
         d = driver.discovered() => d,
@@ -135,7 +140,7 @@ pub async fn run(flags: Flags) -> Result<(), AppError> {
     let capacity_client = if flags.enable_capacity {
         Some(
             kubeclient::client_with_budget(
-                flags.kubeconfig.as_deref(),
+                source,
                 flags.kube_api_capacity_qps,
                 flags.kube_api_capacity_burst,
             )

@@ -285,8 +285,8 @@ pub struct Flags {
     #[arg(long, default_value = "/metrics")]
     pub metrics_path: String,
 
-    /// Log format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    /// Log format (`--logging-format` is the sidecars' name for it).
+    #[arg(long, alias = "logging-format", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
     /// Log level (error, warn, info, debug, trace); RUST_LOG, when set, takes precedence.
@@ -296,6 +296,82 @@ pub struct Flags {
     /// klog verbosity, accepted for compatibility: 4 and up mean debug, 6 and up trace.
     #[arg(short = 'v', long = "v")]
     pub verbosity: Option<u8>,
+
+    /// The API server's URL, replacing the kubeconfig's (the sidecars' `--master`).
+    #[arg(long)]
+    pub master: Option<String>,
+
+    /// Attacher: ListVolumes page size for `--reconcile-sync` (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub max_entries: i32,
+
+    /// The sidecars' flags that have no meaning here, accepted so that their manifests run
+    /// unchanged (a warning names each one given).
+    #[command(flatten)]
+    pub ignored: Ignored,
+}
+
+/// Flags of the Go sidecars (klog, Go runtime, pprof, the provisioner's cloning threads) that
+/// have no meaning here: accepted and reported, never an error.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct Ignored {
+    #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "true")]
+    automaxprocs: Option<String>,
+    #[arg(long, hide = true)]
+    cloning_protection_threads: Option<String>,
+    #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "true")]
+    enable_pprof: Option<String>,
+    #[arg(long, hide = true)]
+    max_grpc_log_length: Option<String>,
+    #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "true")]
+    logtostderr: Option<String>,
+    #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "true")]
+    alsologtostderr: Option<String>,
+    #[arg(long, hide = true)]
+    log_flush_frequency: Option<String>,
+    #[arg(long, hide = true)]
+    vmodule: Option<String>,
+    #[arg(long, hide = true)]
+    log_json_info_buffer_size: Option<String>,
+    #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "true")]
+    log_json_split_stream: Option<String>,
+    #[arg(long, hide = true)]
+    log_text_info_buffer_size: Option<String>,
+    #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "true")]
+    log_text_split_stream: Option<String>,
+}
+
+impl Ignored {
+    /// The ignored flags that were given.
+    fn given(&self) -> Vec<&'static str> {
+        [
+            ("--automaxprocs", &self.automaxprocs),
+            (
+                "--cloning-protection-threads",
+                &self.cloning_protection_threads,
+            ),
+            ("--enable-pprof", &self.enable_pprof),
+            ("--max-grpc-log-length", &self.max_grpc_log_length),
+            ("--logtostderr", &self.logtostderr),
+            ("--alsologtostderr", &self.alsologtostderr),
+            ("--log-flush-frequency", &self.log_flush_frequency),
+            ("--vmodule", &self.vmodule),
+            (
+                "--log-json-info-buffer-size",
+                &self.log_json_info_buffer_size,
+            ),
+            ("--log-json-split-stream", &self.log_json_split_stream),
+            (
+                "--log-text-info-buffer-size",
+                &self.log_text_info_buffer_size,
+            ),
+            ("--log-text-split-stream", &self.log_text_split_stream),
+        ]
+        .into_iter()
+        .filter(|(_, v)| v.is_some())
+        .map(|(name, _)| name)
+        .collect()
+    }
 }
 
 impl Flags {
@@ -313,6 +389,11 @@ impl Flags {
                 WORKERS
             }
         })
+    }
+
+    /// The sidecars' flags given that have no effect here (see [`Ignored`]).
+    pub fn ignored(&self) -> Vec<&'static str> {
+        self.ignored.given()
     }
 
     /// The value `--feature-gates` gives gate `name`, if any (the last one wins).
@@ -485,6 +566,36 @@ mod tests {
         all[1] = "--feature-gates=RecoverVolumeExpansionFailure=false";
         let off = Flags::try_parse_from(&all).unwrap();
         assert!(off.validate().unwrap_err().contains("cannot be turned off"));
+    }
+
+    #[test]
+    fn the_sidecars_other_flags_are_accepted() {
+        let f = parse(&[
+            "--master=https://10.0.0.1:6443",
+            "--max-entries=100",
+            "--logging-format=json",
+            "--automaxprocs",
+            "--enable-pprof=false",
+            "--cloning-protection-threads=4",
+            "--max-grpc-log-length=-1",
+            "--logtostderr",
+            "--vmodule=controller=5",
+        ]);
+        assert_eq!(f.master.as_deref(), Some("https://10.0.0.1:6443"));
+        assert_eq!(f.max_entries, 100);
+        assert_eq!(f.log_format, LogFormat::Json);
+        assert_eq!(
+            f.ignored(),
+            vec![
+                "--automaxprocs",
+                "--cloning-protection-threads",
+                "--enable-pprof",
+                "--max-grpc-log-length",
+                "--logtostderr",
+                "--vmodule"
+            ]
+        );
+        f.validate().unwrap();
     }
 
     #[test]

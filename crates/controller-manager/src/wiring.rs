@@ -26,6 +26,7 @@ impl Configs {
             default_fstype: flags.default_fstype.clone(),
             reconcile_sync: flags.reconcile_sync,
             resync: flags.resync,
+            max_entries: flags.max_entries,
             ..attacher::AttacherConfig::default()
         };
         let mut provisioner = provisioner::ProvisionerConfig {

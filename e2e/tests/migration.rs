@@ -1,0 +1,297 @@
+//! Moving a driver from the upstream sidecars (csi-provisioner, csi-attacher, built from their Go
+//! modules) to csi-controller-manager and back, on one cluster, with leader election on both
+//! sides and the same Lease names: volumes provisioned and attached by one side are attached,
+//! detached and deleted by the other; claims created during each hand-over are provisioned;
+//! at the end the driver holds exactly the volumes the PVs name, one CreateVolume was sent per
+//! claim and one ControllerPublishVolume per attachment, and ours sent each call once.
+#![cfg(feature = "cluster")]
+
+use std::time::Duration;
+
+use csi_mock::Method;
+use e2e::{ManagerProcess, OwnDriver, clients, eventually, storage_class};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::storage::v1::{StorageClass, VolumeAttachment};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+
+const LEASE_NAMESPACE: &str = "default";
+/// The driver calls counted per phase.
+const OPS: [Method; 4] = [
+    Method::CreateVolume,
+    Method::DeleteVolume,
+    Method::ControllerPublishVolume,
+    Method::ControllerUnpublishVolume,
+];
+const ELECTION: [&str; 4] = [
+    "--leader-election",
+    "--leader-election-lease-duration=4s",
+    "--leader-election-renew-deadline=3s",
+    "--leader-election-retry-period=1s",
+];
+
+/// The upstream provisioner and attacher for `own`'s driver.
+fn upstream(own: &OwnDriver) -> Vec<ManagerProcess> {
+    let sidecar = |dir: &str, bin: &str| {
+        let mut args = vec![
+            format!("--kubeconfig={}", e2e::env("KUBECONFIG")),
+            format!(
+                "--csi-address={}",
+                own.endpoint.trim_start_matches("unix://")
+            ),
+            format!("--leader-election-namespace={LEASE_NAMESPACE}"),
+        ];
+        args.extend(ELECTION.iter().map(|a| a.to_string()));
+        let mut p = ManagerProcess::other(
+            &format!("{}-{bin}", own.name),
+            std::path::PathBuf::from(e2e::env(dir)).join(bin),
+            args,
+        );
+        p.start();
+        p
+    };
+    vec![
+        sidecar("PROVISIONER_DIR", "csi-provisioner"),
+        sidecar("ATTACHER_DIR", "csi-attacher"),
+    ]
+}
+
+struct Cluster {
+    pvcs: Api<PersistentVolumeClaim>,
+    pvs: Api<PersistentVolume>,
+    pods: Api<Pod>,
+    vas: Api<VolumeAttachment>,
+    class: String,
+}
+
+impl Cluster {
+    async fn claim(&self, name: &str) {
+        self.pvcs
+            .create(
+                &PostParams::default(),
+                &e2e::claim(name, &self.class, "1Mi"),
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn bound(&self, name: &str) -> String {
+        eventually(
+            &format!("claim {name} to be Bound"),
+            Duration::from_secs(90),
+            || async {
+                let pvc = self.pvcs.get(name).await.ok()?;
+                (pvc.status?.phase.as_deref() == Some("Bound")).then_some(pvc.spec?.volume_name?)
+            },
+        )
+        .await
+    }
+
+    /// Deletes claim `name` and waits until its PV is gone.
+    async fn delete(&self, name: &str, pv: &str) {
+        self.pvcs
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+        eventually(
+            &format!("PV {pv} to be deleted"),
+            Duration::from_secs(90),
+            || async { self.pvs.get_opt(pv).await.ok()?.is_none().then_some(()) },
+        )
+        .await;
+    }
+
+    /// Whether a VolumeAttachment of `pv` is attached (`Some(true)`), exists unattached
+    /// (`Some(false)`) or is absent (`None`).
+    async fn attached(&self, pv: &str) -> Option<bool> {
+        let list = self.vas.list(&ListParams::default()).await.ok()?;
+        list.items
+            .into_iter()
+            .find(|va| va.spec.source.persistent_volume_name.as_deref() == Some(pv))
+            .map(|va| va.status.is_some_and(|s| s.attached))
+    }
+}
+
+async fn holder(leases: &Api<Lease>, name: &str) -> Option<String> {
+    leases.get_opt(name).await.ok()??.spec?.holder_identity
+}
+
+#[tokio::test]
+async fn from_the_sidecars_to_us_and_back() {
+    let mut args = vec![
+        "--controllers=provisioner,attacher",
+        "--leader-election-identity=ours",
+    ];
+    let ns_arg = format!("--leader-election-namespace={LEASE_NAMESPACE}");
+    args.push(&ns_arg);
+    args.extend(ELECTION);
+    let mut own = OwnDriver::prepare("migrate", |_| {}, &args).await;
+    let marks = e2e::mark_nodes(
+        &own.driver_name,
+        &format!("topology.{}/zone", own.name),
+        |_| "z".into(),
+    )
+    .await;
+    let c = clients().await;
+    let classes: Api<StorageClass> = Api::all(c.main.clone());
+    classes
+        .create(
+            &PostParams::default(),
+            &storage_class(&own.name, &own.driver_name, "Delete", Default::default()),
+        )
+        .await
+        .unwrap();
+    let k = Cluster {
+        pvcs: Api::namespaced(c.main.clone(), &own.name),
+        pvs: Api::all(c.main.clone()),
+        pods: Api::namespaced(c.main.clone(), &own.name),
+        vas: Api::all(c.main.clone()),
+        class: own.name.clone(),
+    };
+    let leases: Api<Lease> = Api::namespaced(c.main.clone(), LEASE_NAMESPACE);
+    let provisioner_lease = controller_kit::leader::sanitize_name(&own.driver_name);
+
+    // 1. The sidecars provision two volumes and attach one to a pod.
+    let mut sidecars = upstream(&own);
+    k.claim("up-a").await;
+    k.claim("up-b").await;
+    let up_a = k.bound("up-a").await;
+    let up_b = k.bound("up-b").await;
+    k.pods
+        .create(
+            &PostParams::default(),
+            &e2e::pod_using("user", "up-a", None),
+        )
+        .await
+        .unwrap();
+    eventually(
+        "the upstream attacher to attach",
+        Duration::from_secs(120),
+        || async { (k.attached(&up_a).await == Some(true)).then_some(()) },
+    )
+    .await;
+    let calls = |m| own.driver.calls(m);
+    let after_upstream: Vec<u64> = OPS.iter().map(|m| calls(*m)).collect();
+    let sidecar_holder = holder(&leases, &provisioner_lease)
+        .await
+        .unwrap_or_default();
+    assert!(!sidecar_holder.is_empty() && sidecar_holder != "ours");
+
+    // 2. Ours starts beside them (a rolling update's new pod) and waits for the Leases; the
+    //    sidecars stop (the old pod goes) and ours takes over. A claim made meanwhile is served.
+    own.manager.start();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        holder(&leases, &provisioner_lease).await.as_deref(),
+        Some(sidecar_holder.as_str()),
+        "ours waits while the sidecars lead"
+    );
+    k.claim("during-1").await;
+    for s in &mut sidecars {
+        s.terminate(Duration::from_secs(10)).await;
+    }
+    let during_1 = k.bound("during-1").await;
+    eventually("ours to lead", Duration::from_secs(30), || async {
+        (holder(&leases, &provisioner_lease).await.as_deref() == Some("ours")).then_some(())
+    })
+    .await;
+
+    // 3. Ours works with what the sidecars made: the attachment stays, a new claim is
+    //    provisioned, an upstream volume is deleted, the pod goes and its volume is detached;
+    //    each call once.
+    let before: Vec<u64> = OPS.iter().map(|m| calls(*m)).collect();
+    k.claim("ours-a").await;
+    let ours_a = k.bound("ours-a").await;
+    k.delete("up-b", &up_b).await;
+    assert_eq!(
+        k.attached(&up_a).await,
+        Some(true),
+        "the attachment survived the hand-over"
+    );
+    k.pods
+        .delete(
+            "user",
+            &DeleteParams {
+                grace_period_seconds: Some(0),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    eventually("ours to detach", Duration::from_secs(120), || async {
+        k.attached(&up_a).await.is_none().then_some(())
+    })
+    .await;
+    let ours: Vec<u64> = OPS
+        .iter()
+        .zip(&before)
+        .map(|(m, b)| calls(*m) - b)
+        .collect();
+    assert_eq!(
+        ours,
+        vec![1, 1, 0, 1],
+        "ours: CreateVolume, DeleteVolume, ControllerPublishVolume, ControllerUnpublishVolume"
+    );
+
+    // 4. Roll back: the sidecars come back, ours stops (and releases its Leases); a claim made
+    //    meanwhile is served, and the sidecars delete a volume ours provisioned.
+    let mut sidecars = upstream(&own);
+    k.claim("during-2").await;
+    assert!(
+        own.manager.terminate(Duration::from_secs(10)).await,
+        "ours stops on SIGTERM"
+    );
+    let during_2 = k.bound("during-2").await;
+    eventually("the sidecars to lead", Duration::from_secs(30), || async {
+        let h = holder(&leases, &provisioner_lease).await?;
+        (h != "ours" && !h.is_empty()).then_some(())
+    })
+    .await;
+    k.claim("up-c").await;
+    let up_c = k.bound("up-c").await;
+    k.delete("ours-a", &ours_a).await;
+
+    // 5. Nothing lost, nothing leaked, nothing done twice.
+    let mut named: Vec<String> = Vec::new();
+    for claim in ["up-a", "during-1", "during-2", "up-c"] {
+        let pv = k.pvs.get(&k.bound(claim).await).await.unwrap();
+        named.push(pv.spec.unwrap().csi.unwrap().volume_handle);
+    }
+    named.sort();
+    let mut volumes: Vec<String> = own.driver.state().volumes.into_keys().collect();
+    volumes.sort();
+    assert_eq!(
+        volumes, named,
+        "the driver holds exactly the volumes the PVs name"
+    );
+    let end: Vec<u64> = OPS.iter().map(|m| calls(*m)).collect();
+    let phases = format!(
+        "calls (CreateVolume, DeleteVolume, ControllerPublishVolume, ControllerUnpublishVolume): after the sidecars {after_upstream:?}, before ours' phase {before:?}, at the end {end:?}"
+    );
+    assert_eq!(end[0], 6, "one CreateVolume per claim; {phases}");
+    // Nothing was published between the sidecars' attach and ours' detach: ours took the
+    // attachment over as it was. (Upstream's sidecars may repeat an idempotent call of their
+    // own when their status write races; ours sent each call once, above.)
+    assert_eq!(before[2], after_upstream[2], "{phases}");
+    assert!(end[1] >= 2 && end[3] >= 1, "{phases}");
+    let _ = (during_1, during_2, up_c);
+
+    for s in &mut sidecars {
+        s.kill().await;
+    }
+    for claim in ["up-a", "during-1", "during-2", "up-c"] {
+        let _ = k.pvcs.delete(claim, &DeleteParams::default()).await;
+    }
+    marks.remove().await;
+    let _ = classes.delete(&own.name, &DeleteParams::default()).await;
+    for name in [
+        provisioner_lease.clone(),
+        controller_kit::leader::sanitize_name(&format!(
+            "external-attacher-leader-{}",
+            own.driver_name
+        )),
+    ] {
+        let _ = leases.delete(&name, &DeleteParams::default()).await;
+    }
+    own.stop().await;
+}
