@@ -182,6 +182,12 @@ pub async fn serve(
             "/readyz",
             get(|State(s): State<AppState>| async move { reply(s.health.readiness()) }),
         )
+        // What each controller waits on: the keys that keep failing, with their last error and
+        // next retry, and the passes that run long (docs/troubleshooting.md).
+        .route(
+            "/debug/queues",
+            get(|State(s): State<AppState>| async move { axum::Json(s.metrics.queues().stuck()) }),
+        )
         .with_state(AppState { metrics, health });
     tracing::info!(address = %listener.local_addr()?, "serving metrics and health");
     axum::serve(listener, app)

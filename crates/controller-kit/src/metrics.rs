@@ -90,6 +90,7 @@ struct QueueLabel {
 }
 
 type StatsFn = Box<dyn Fn() -> Option<QueueStats> + Send + Sync>;
+type StuckFn = Box<dyn Fn() -> Option<Vec<crate::queue::StuckKey>> + Send + Sync>;
 
 /// Metrics of every work queue. Cheap to clone.
 #[derive(Clone)]
@@ -99,6 +100,7 @@ pub struct QueueMetrics {
     queue_duration: Family<QueueLabel, Histogram>,
     work_duration: Family<QueueLabel, Histogram>,
     stats: Arc<Mutex<Vec<(String, StatsFn)>>>,
+    stuck: Arc<Mutex<Vec<(String, StuckFn)>>>,
 }
 
 impl fmt::Debug for QueueMetrics {
@@ -120,6 +122,7 @@ impl QueueMetrics {
             queue_duration: Family::new_with_constructor(duration_histogram),
             work_duration: Family::new_with_constructor(duration_histogram),
             stats: Arc::default(),
+            stuck: Arc::default(),
         };
         registry.register(
             "workqueue_adds",
@@ -153,11 +156,22 @@ impl QueueMetrics {
         }
     }
 
-    pub(crate) fn register_queue(&self, name: String, stats: StatsFn) {
+    pub(crate) fn register_queue(&self, name: String, stats: StatsFn, stuck: StuckFn) {
         let mut all = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         // A queue re-created under the same name replaces the old one.
         all.retain(|(n, _)| n != &name);
-        all.push((name, stats));
+        all.push((name.clone(), stats));
+        let mut all = self.stuck.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|(n, _)| n != &name);
+        all.push((name, stuck));
+    }
+
+    /// Every queue's stuck keys ([`crate::queue::WorkQueue::stuck`]), by queue name.
+    pub fn stuck(&self) -> std::collections::BTreeMap<String, Vec<crate::queue::StuckKey>> {
+        let all = self.stuck.lock().unwrap_or_else(|e| e.into_inner());
+        all.iter()
+            .filter_map(|(name, f)| f().map(|s| (name.clone(), s)))
+            .collect()
     }
 
     pub(crate) fn added(&self, queue: &str) {

@@ -99,6 +99,8 @@ struct State<K> {
     waiting_index: HashMap<K, Instant>,
     /// Consecutive failures per key.
     failures: HashMap<K, u32>,
+    /// The last error of each key that has failures (for the stuck-object view).
+    last_error: HashMap<K, String>,
 }
 
 impl<K> Default for State<K> {
@@ -110,6 +112,7 @@ impl<K> Default for State<K> {
             waiting: BTreeMap::new(),
             waiting_index: HashMap::new(),
             failures: HashMap::new(),
+            last_error: HashMap::new(),
         }
     }
 }
@@ -148,6 +151,29 @@ impl<K: QueueKey> State<K> {
     }
 }
 
+/// A key that keeps failing or runs long, for the stuck-object view (`/debug/queues`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct StuckKey {
+    /// The key (`namespace/name` or `name`).
+    pub key: String,
+    /// Consecutive failed passes.
+    pub failures: u32,
+    /// The last pass's error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Seconds until the next pass, if one is scheduled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_in_seconds: Option<f64>,
+    /// Seconds the current pass has run, if a worker is on it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub running_for_seconds: Option<f64>,
+}
+
+/// How many keys of one queue the stuck-object view shows.
+const STUCK_SHOWN: usize = 20;
+/// A pass running longer than this shows in the stuck-object view even without failures.
+const LONG_PASS: Duration = Duration::from_secs(60);
+
 /// Statistics of one queue at one instant, for metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct QueueStats {
@@ -165,7 +191,7 @@ pub struct QueueStats {
     pub unfinished_work: Duration,
 }
 
-impl<K: QueueKey> WorkQueue<K> {
+impl<K: QueueKey + std::fmt::Display> WorkQueue<K> {
     /// Creates a queue named `name` (the `name` label of the `workqueue_*` metrics).
     pub fn new(name: impl Into<String>, backoff: Backoff, metrics: QueueMetrics) -> Self {
         let name = name.into();
@@ -179,13 +205,49 @@ impl<K: QueueKey> WorkQueue<K> {
             }),
         };
         let weak = Arc::downgrade(&queue.inner);
+        let stuck = weak.clone();
         metrics.register_queue(
             name,
             Box::new(move || weak.upgrade().map(|inner| WorkQueue { inner }.stats())),
+            Box::new(move || stuck.upgrade().map(|inner| WorkQueue { inner }.stuck())),
         );
         queue
     }
 
+    /// The keys that keep failing (most failures first) and the passes running for over a
+    /// minute, at most twenty.
+    pub fn stuck(&self) -> Vec<StuckKey> {
+        let state = self.state();
+        let now = Instant::now();
+        let mut keys: Vec<&K> = state.failures.keys().collect();
+        for (k, started) in &state.processing {
+            if now.duration_since(*started) >= LONG_PASS && !state.failures.contains_key(k) {
+                keys.push(k);
+            }
+        }
+        let mut out: Vec<StuckKey> = keys
+            .into_iter()
+            .map(|k| StuckKey {
+                key: k.to_string(),
+                failures: state.failures.get(k).copied().unwrap_or(0),
+                last_error: state.last_error.get(k).cloned(),
+                retry_in_seconds: state
+                    .waiting_index
+                    .get(k)
+                    .map(|due| due.saturating_duration_since(now).as_secs_f64()),
+                running_for_seconds: state
+                    .processing
+                    .get(k)
+                    .map(|t| now.duration_since(*t).as_secs_f64()),
+            })
+            .collect();
+        out.sort_by(|a, b| b.failures.cmp(&a.failures).then_with(|| a.key.cmp(&b.key)));
+        out.truncate(STUCK_SHOWN);
+        out
+    }
+}
+
+impl<K: QueueKey> WorkQueue<K> {
     /// The queue's name.
     pub fn name(&self) -> &str {
         &self.inner.name
@@ -248,7 +310,15 @@ impl<K: QueueKey> WorkQueue<K> {
 
     /// Forgets the failures of `key`, so its next backoff starts over.
     pub fn forget(&self, key: &K) {
-        self.state().failures.remove(key);
+        let mut state = self.state();
+        state.failures.remove(key);
+        state.last_error.remove(key);
+    }
+
+    /// Records the error of `key`'s last pass (shown by [`WorkQueue::stuck`] until
+    /// [`forget`](Self::forget)).
+    pub fn record_error(&self, key: &K, error: String) {
+        self.state().last_error.insert(key.clone(), error);
     }
 
     /// How many consecutive failures `key` has had.
@@ -455,6 +525,30 @@ mod tests {
         q.add_after(key("soon"), Duration::from_secs(2));
         let (k, waited) = waiter.await.unwrap();
         assert_eq!((k.as_str(), waited), ("soon", 3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stuck_keys_show_their_failures_error_and_retry_until_forgotten() {
+        let q = queue(Backoff {
+            start: Duration::from_secs(10),
+            max: Duration::from_secs(60),
+        });
+        q.add_rate_limited(key("a"));
+        q.add_rate_limited(key("a"));
+        q.record_error(&key("a"), "driver down".into());
+        q.add_rate_limited(key("b"));
+        let stuck = q.stuck();
+        assert_eq!(stuck.len(), 2);
+        assert_eq!(stuck[0].key, "a");
+        assert_eq!(stuck[0].failures, 2);
+        assert_eq!(stuck[0].last_error.as_deref(), Some("driver down"));
+        assert!(stuck[0].retry_in_seconds.is_some_and(|s| s > 0.0));
+        assert_eq!(stuck[1].key, "b");
+        q.forget(&key("a"));
+        assert_eq!(q.stuck().len(), 1);
+        let json = serde_json::to_value(q.stuck()).unwrap();
+        assert_eq!(json[0]["key"], "b");
+        assert!(json[0].get("last_error").is_none());
     }
 
     #[tokio::test(start_paused = true)]

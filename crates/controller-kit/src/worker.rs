@@ -101,11 +101,13 @@ pub async fn run_workers<C, K, Fut, E>(
                     }
                     Ok(Err(error)) => {
                         let failures = queue.failures(&key) + 1;
+                        queue.record_error(&key, error.to_string());
                         tracing::warn!(controller, key = %key, %error, failures, "reconcile failed; will retry with backoff");
                         queue.add_rate_limited(key.clone());
                         metrics.reconciled(controller, "error");
                     }
                     Err(panic) => {
+                        queue.record_error(&key, format!("panicked: {}", panic_message(&*panic)));
                         tracing::error!(controller, key = %key, panic = %panic_message(&*panic), "reconcile panicked; will retry with backoff");
                         metrics.panicked(controller);
                         queue.add_rate_limited(key.clone());

@@ -114,5 +114,10 @@ async fn waits_for_the_driver_then_becomes_ready() {
     let took = appeared.elapsed();
     assert!(took < Duration::from_secs(2), "ready only after {took:?}");
     assert_eq!(get(port, "/metrics"), 200);
+    assert_eq!(
+        get(port, "/debug/queues"),
+        200,
+        "the stuck-object view is served"
+    );
     server.shutdown().await.unwrap();
 }
