@@ -98,6 +98,18 @@ pub(crate) struct Shared {
     failures: Family<ClassLabels, Counter>,
 }
 
+/// What [`Shared::lookup`] found.
+pub(crate) enum Lookup {
+    /// The claim is gone.
+    Gone,
+    /// The claim names no volume yet.
+    Unbound,
+    /// The claim's PV is not in the cache (not this driver's, or not seen yet).
+    NoPv(Arc<PersistentVolumeClaim>, String),
+    /// The claim and its PV.
+    Found(Arc<PersistentVolumeClaim>, Arc<PersistentVolume>),
+}
+
 pub(crate) fn set_has(set: &Mutex<HashSet<String>>, key: &str) -> bool {
     set.lock().unwrap_or_else(|e| e.into_inner()).contains(key)
 }
@@ -371,16 +383,12 @@ impl Shared {
             .map_err(api_error)
     }
 
-    /// One pass over claim `key`.
-    async fn reconcile(self: Arc<Self>, key: NamespacedName) -> Result<Outcome, String> {
+    /// The claim `key` and its PV, as this controller last wrote or the caches hold them.
+    pub(crate) fn lookup(&self, key: &NamespacedName) -> Lookup {
         let name = key.to_string();
         let cached = self.pvcs.get(&key.object_ref());
         let Some(pvc) = self.written_pvcs.read(&name, cached) else {
-            // Deleted: forget it (upstream only forgets the queue's backoff).
-            self.slow.remove(&name);
-            set_put(&self.final_errors, &name, false);
-            set_put(&self.in_use_errors, &name, false);
-            return Ok(Outcome::Done);
+            return Lookup::Gone;
         };
         let Some(volume) = pvc
             .spec
@@ -388,17 +396,38 @@ impl Shared {
             .and_then(|s| s.volume_name.clone())
             .filter(|v| !v.is_empty())
         else {
-            return Ok(Outcome::Done);
+            return Lookup::Unbound;
         };
         let cached_pv = self.pvs.get(&ObjectRef::new(&volume));
-        let Some(mut pv) = self.written_pvs.read(&volume, cached_pv) else {
+        match self.written_pvs.read(&volume, cached_pv) {
+            Some(pv) => Lookup::Found(pvc, pv),
+            None => Lookup::NoPv(pvc, volume),
+        }
+    }
+
+    /// One pass over claim `key`.
+    async fn reconcile(self: Arc<Self>, key: NamespacedName) -> Result<Outcome, String> {
+        let name = key.to_string();
+        let (pvc, mut pv) = match self.lookup(&key) {
+            Lookup::Gone => {
+                // Deleted: forget it (upstream only forgets the queue's backoff).
+                self.slow.remove(&name);
+                set_put(&self.final_errors, &name, false);
+                set_put(&self.in_use_errors, &name, false);
+                return Ok(Outcome::Done);
+            }
+            Lookup::Unbound => return Ok(Outcome::Done),
             // Not ours, or not in the cache yet: upstream requeues with backoff. A PV of
             // another driver is not kept, so a claim of another driver ends here quietly.
-            if may_be_ours(&pvc, &self.driver, &self.pvs) {
-                return Err(format!("PV {volume:?} bound to pvc {name:?} not found"));
+            Lookup::NoPv(pvc, volume) => {
+                if may_be_ours(&pvc, &self.driver, &self.pvs) {
+                    return Err(format!("PV {volume:?} bound to pvc {name:?} not found"));
+                }
+                return Ok(Outcome::Done);
             }
-            return Ok(Outcome::Done);
+            Lookup::Found(pvc, pv) => (pvc, pv),
         };
+        let volume = pv.metadata.name.clone().unwrap_or_default();
         if self.config.annotate_fs_resize && plan::pre_resize_annotation_done(&pvc, &pv) {
             pv = self
                 .patch_pv(&pv, &patch::remove_pre_resize_annotation())

@@ -56,7 +56,8 @@ pub(crate) fn claim_diff(
     patch
 }
 
-fn with(
+/// A copy of `pvc` (with a status) changed by `f`: the "after" of a [`claim_diff`].
+pub(crate) fn with(
     pvc: &PersistentVolumeClaim,
     f: impl FnOnce(&mut PersistentVolumeClaim),
 ) -> PersistentVolumeClaim {
@@ -68,14 +69,19 @@ fn with(
     new
 }
 
-fn conditions(pvc: &PersistentVolumeClaim) -> Vec<PersistentVolumeClaimCondition> {
+/// The claim's conditions.
+pub(crate) fn conditions(pvc: &PersistentVolumeClaim) -> Vec<PersistentVolumeClaimCondition> {
     pvc.status
         .as_ref()
         .and_then(|s| s.conditions.clone())
         .unwrap_or_default()
 }
 
-fn set_conditions(pvc: &mut PersistentVolumeClaim, c: Vec<PersistentVolumeClaimCondition>) {
+/// Sets the claim's conditions (none: the field is absent).
+pub(crate) fn set_conditions(
+    pvc: &mut PersistentVolumeClaim,
+    c: Vec<PersistentVolumeClaimCondition>,
+) {
     if let Some(s) = pvc.status.as_mut() {
         s.conditions = (!c.is_empty()).then_some(c);
     }

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::{ModifyError, ModifyErrorClass, ModifyStep};
 use crate::constants::*;
-use crate::controller::{Shared, pvc_ref, set_has, set_put};
+use crate::controller::{Lookup, Shared, pvc_ref, set_has, set_put};
 use crate::request::SecretRef;
 
 /// The Secret of ControllerModifyVolume: the PV's modify-secret annotations when both are set,
@@ -58,25 +58,19 @@ impl Shared {
         key: NamespacedName,
     ) -> Result<Outcome, String> {
         let name = key.to_string();
-        let cached = self.pvcs.get(&key.object_ref());
-        let Some(pvc) = self.written_pvcs.read(&name, cached) else {
-            self.modify_slow.remove(&name);
-            set_put(&self.uncertain, &name, false);
-            return Ok(Outcome::Done);
-        };
-        let Some(volume) = pvc
-            .spec
-            .as_ref()
-            .and_then(|s| s.volume_name.clone())
-            .filter(|v| !v.is_empty())
-        else {
-            return Ok(Outcome::Done);
-        };
-        let cached_pv = self.pvs.get(&ObjectRef::new(&volume));
-        let Some(pv) = self.written_pvs.read(&volume, cached_pv) else {
-            return Err(format!(
-                "Get PV {volume:?} of pvc {name:?} in PVInformer cache failed: not found"
-            ));
+        let (pvc, pv) = match self.lookup(&key) {
+            Lookup::Gone => {
+                self.modify_slow.remove(&name);
+                set_put(&self.uncertain, &name, false);
+                return Ok(Outcome::Done);
+            }
+            Lookup::Unbound => return Ok(Outcome::Done),
+            Lookup::NoPv(_, volume) => {
+                return Err(format!(
+                    "Get PV {volume:?} of pvc {name:?} in PVInformer cache failed: not found"
+                ));
+            }
+            Lookup::Found(pvc, pv) => (pvc, pv),
         };
         let ours = pv
             .spec

@@ -12,7 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::{Value, json};
 
 use crate::constants::*;
-use crate::patch::claim_diff;
+use crate::patch::{claim_diff, conditions, set_conditions, with};
 
 /// `spec.volumeAttributesClassName` (`""` when unset).
 pub fn spec_class(pvc: &PersistentVolumeClaim) -> &str {
@@ -160,13 +160,6 @@ pub struct ModifyError {
     pub message: String,
 }
 
-fn conditions(pvc: &PersistentVolumeClaim) -> Vec<PersistentVolumeClaimCondition> {
-    pvc.status
-        .as_ref()
-        .and_then(|s| s.conditions.clone())
-        .unwrap_or_default()
-}
-
 /// `MergePVCConditions`: conditions of a type in `new` are replaced in place, the transition
 /// time kept unless the reason or status changed (then it is the probe time); other conditions
 /// are kept; the rest of `new` is appended.
@@ -199,18 +192,6 @@ pub fn merge_conditions(
         }
     }
     result
-}
-
-fn with(
-    pvc: &PersistentVolumeClaim,
-    f: impl FnOnce(&mut PersistentVolumeClaim),
-) -> PersistentVolumeClaim {
-    let mut new = pvc.clone();
-    if new.status.is_none() {
-        new.status = Some(Default::default());
-    }
-    f(&mut new);
-    new
 }
 
 fn quoted(name: &str) -> String {
@@ -296,7 +277,7 @@ pub fn mark_completed(pvc: &PersistentVolumeClaim, target: &str) -> Value {
             .into_iter()
             .filter(|c| c.type_ != COND_MODIFYING_VOLUME && c.type_ != COND_MODIFY_VOLUME_ERROR)
             .collect();
-        s.conditions = (!kept.is_empty()).then_some(kept);
+        set_conditions(n, kept);
     });
     claim_diff(pvc, &new, false)
 }
@@ -308,9 +289,7 @@ pub fn mark_rolled_back(pvc: &PersistentVolumeClaim) -> Value {
             .into_iter()
             .filter(|c| c.type_ != COND_MODIFYING_VOLUME)
             .collect();
-        if let Some(s) = n.status.as_mut() {
-            s.conditions = (!kept.is_empty()).then_some(kept);
-        }
+        set_conditions(n, kept);
     });
     claim_diff(pvc, &new, false)
 }
