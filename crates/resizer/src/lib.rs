@@ -11,7 +11,8 @@
 //! - [`request`], [`patch`]: pure builders of the CSI request and the API patches;
 //! - [`modify`]: the modify controller (VolumeAttributesClass, ControllerModifyVolume): its pure
 //!   plan and patches, and its pass (`modify::act`);
-//! - `controller`: informer handlers, the worker pass and its API and CSI calls (thin);
+//! - `controller`: informer handlers, the shared state and API helpers; `expand`: the
+//!   expansion pass and its API and CSI calls (thin);
 //! - [`access`]: the API permissions it uses, checked at start-up.
 //!
 //! # Beyond upstream
@@ -32,6 +33,7 @@
 pub mod access;
 pub mod constants;
 mod controller;
+mod expand;
 pub mod modify;
 pub mod patch;
 pub mod plan;
