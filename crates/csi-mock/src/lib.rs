@@ -48,3 +48,28 @@ pub use state::{
     AccessType, ContentSource, GroupSnapshotRecord, MockState, Publication, SnapshotRecord,
     VolumeHealth, VolumeRecord,
 };
+
+/// Creates a 1 GiB single-node-writer mount volume named `name` through `csi` (any driver, this
+/// one in tests) and returns its ID: the seed most controller tests start from.
+pub async fn create_volume(csi: &csi::CsiClient, name: &str) -> String {
+    use csi::v1::{self, volume_capability};
+    csi.create_volume(v1::CreateVolumeRequest {
+        name: name.into(),
+        capacity_range: Some(v1::CapacityRange {
+            required_bytes: 1 << 30,
+            limit_bytes: 0,
+        }),
+        volume_capabilities: vec![v1::VolumeCapability {
+            access_type: Some(volume_capability::AccessType::Mount(Default::default())),
+            access_mode: Some(volume_capability::AccessMode {
+                mode: volume_capability::access_mode::Mode::SingleNodeWriter as i32,
+            }),
+        }],
+        ..Default::default()
+    })
+    .await
+    .expect("CreateVolume")
+    .volume
+    .expect("a volume in the answer")
+    .volume_id
+}

@@ -4,7 +4,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use csi::v1::{self, volume_capability};
 use csi::{CsiClient, CsiEndpoint, CsiMetrics};
 use csi_mock::fault::CodeSpec;
 use csi_mock::{Fault, Method, MockConfig, MockDriver, MockServer};
@@ -45,24 +44,7 @@ async fn setup(timeout: Duration) -> Setup {
         .await
         .unwrap();
     let csi = client(&sock, timeout);
-    let created = csi
-        .create_volume(v1::CreateVolumeRequest {
-            name: "pvc-1".into(),
-            capacity_range: Some(v1::CapacityRange {
-                required_bytes: 1 << 30,
-                limit_bytes: 0,
-            }),
-            volume_capabilities: vec![v1::VolumeCapability {
-                access_type: Some(volume_capability::AccessType::Mount(Default::default())),
-                access_mode: Some(volume_capability::AccessMode {
-                    mode: volume_capability::access_mode::Mode::SingleNodeWriter as i32,
-                }),
-            }],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let volume_id = created.volume.unwrap().volume_id;
+    let volume_id = csi_mock::create_volume(&csi, "pvc-1").await;
     Setup {
         _dir: dir,
         driver,

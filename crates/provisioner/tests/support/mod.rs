@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use controller_kit::testing::FakeApiServer;
 use controller_kit::{Backoff, ControllerContext, Informers, Metrics};
-use csi::v1::{self, volume_capability};
 use csi::{CsiClient, CsiEndpoint, CsiMetrics};
 use csi_mock::{MockConfig, MockDriver, MockServer};
 use k8s_openapi::api::core::v1::{
@@ -192,25 +191,7 @@ pub fn released_pv(name: &str, driver: &str, volume_id: &str) -> PersistentVolum
 }
 
 pub async fn create_volume(csi: &CsiClient, name: &str) -> String {
-    csi.create_volume(v1::CreateVolumeRequest {
-        name: name.into(),
-        capacity_range: Some(v1::CapacityRange {
-            required_bytes: 1 << 30,
-            limit_bytes: 0,
-        }),
-        volume_capabilities: vec![v1::VolumeCapability {
-            access_type: Some(volume_capability::AccessType::Mount(Default::default())),
-            access_mode: Some(volume_capability::AccessMode {
-                mode: volume_capability::access_mode::Mode::SingleNodeWriter as i32,
-            }),
-        }],
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .volume
-    .unwrap()
-    .volume_id
+    csi_mock::create_volume(csi, name).await
 }
 
 pub fn class(name: &str, driver: &str) -> StorageClass {

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use controller_kit::testing::FakeApiServer;
 use controller_kit::{Backoff, ControllerContext, Informers, Metrics};
-use csi::v1::{self, volume_capability};
 use csi::{CsiClient, CsiEndpoint, CsiMetrics};
 use csi_mock::{Method, MockConfig, MockDriver, MockServer};
 use k8s_openapi::api::core::v1::{
@@ -86,7 +85,7 @@ impl Harness {
         )
         .unwrap();
         let discovery = Arc::new(csi.discover().await.unwrap());
-        let handle = create_volume(&csi).await;
+        let handle = csi_mock::create_volume(&csi, "vol").await;
 
         let api = FakeApiServer::start().await;
         let mut pvc = claim(request);
@@ -226,28 +225,6 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("timed out waiting for {what}");
-}
-
-async fn create_volume(csi: &CsiClient) -> String {
-    csi.create_volume(v1::CreateVolumeRequest {
-        name: "vol".into(),
-        capacity_range: Some(v1::CapacityRange {
-            required_bytes: 1 << 30,
-            limit_bytes: 0,
-        }),
-        volume_capabilities: vec![v1::VolumeCapability {
-            access_type: Some(volume_capability::AccessType::Mount(Default::default())),
-            access_mode: Some(volume_capability::AccessMode {
-                mode: volume_capability::access_mode::Mode::SingleNodeWriter as i32,
-            }),
-        }],
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .volume
-    .unwrap()
-    .volume_id
 }
 
 pub fn claim(request: &str) -> PersistentVolumeClaim {
