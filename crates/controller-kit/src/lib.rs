@@ -36,6 +36,7 @@ pub mod quantity;
 pub mod queue;
 pub mod secrets;
 pub mod shutdown;
+pub mod template;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod worker;
