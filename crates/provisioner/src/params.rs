@@ -7,7 +7,7 @@
 //! Pure functions over plain maps. Upstream iterates Go maps, so when several keys are wrong the
 //! one it reports is random; we report the first in key order.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
