@@ -14,11 +14,12 @@ use crate::flags::ControllerKind;
 
 impl ControllerKind {
     /// Every controller, in Lease order.
-    pub const ALL: [ControllerKind; 4] = [
+    pub const ALL: [ControllerKind; 5] = [
         ControllerKind::Provisioner,
         ControllerKind::Attacher,
         ControllerKind::Resizer,
         ControllerKind::Snapshotter,
+        ControllerKind::SnapshotController,
     ];
 
     /// The name used in logs, metrics and `--controllers`.
@@ -28,6 +29,7 @@ impl ControllerKind {
             ControllerKind::Attacher => "attacher",
             ControllerKind::Resizer => "resizer",
             ControllerKind::Snapshotter => "snapshotter",
+            ControllerKind::SnapshotController => "snapshot-controller",
         }
     }
 
@@ -42,6 +44,8 @@ impl ControllerKind {
                     || driver.has_node(NodeCap::ExpandVolume)
             }
             ControllerKind::Snapshotter => driver.has_controller(Cap::CreateDeleteSnapshot),
+            // Not the driver's business: it serves every driver's snapshots.
+            ControllerKind::SnapshotController => true,
         };
         if ok {
             return Ok(());
@@ -53,6 +57,7 @@ impl ControllerKind {
                 "the driver lacks EXPAND_VOLUME (controller or node) and MODIFY_VOLUME"
             }
             ControllerKind::Snapshotter => "the driver lacks CREATE_DELETE_SNAPSHOT",
+            ControllerKind::SnapshotController => "",
         })
     }
 
@@ -67,6 +72,8 @@ impl ControllerKind {
             ControllerKind::Snapshotter => {
                 sanitize_name(&format!("external-snapshotter-leader-{driver}"))
             }
+            // One per cluster, whatever the driver.
+            ControllerKind::SnapshotController => "snapshot-controller-leader".to_string(),
         }
     }
 }
@@ -96,8 +103,9 @@ impl LeasePlan {
     }
 }
 
-/// The controllers to run: those requested (all when none are), minus those the driver cannot
-/// serve; each one left out is reported with the reason.
+/// The controllers to run: those requested (when none are, all but the common snapshot
+/// controller, which is one per cluster and runs only when asked for), minus those the driver
+/// cannot serve; each one left out is reported with the reason.
 pub fn select(
     requested: &[ControllerKind],
     driver: &Discovery,
@@ -109,7 +117,10 @@ pub fn select(
     let wanted: BTreeSet<ControllerKind> = if explicit {
         requested.iter().copied().collect()
     } else {
-        ControllerKind::ALL.into_iter().collect()
+        ControllerKind::ALL
+            .into_iter()
+            .filter(|k| *k != ControllerKind::SnapshotController)
+            .collect()
     };
     let mut run = BTreeSet::new();
     let mut skipped = Vec::new();
@@ -179,7 +190,8 @@ mod tests {
                 ],
                 left: vec![
                     "external-resizer-hostpath-csi-k8s-io".into(),
-                    "external-snapshotter-leader-hostpath-csi-k8s-io".into()
+                    "external-snapshotter-leader-hostpath-csi-k8s-io".into(),
+                    "snapshot-controller-leader".into()
                 ],
             }
         );
@@ -189,7 +201,11 @@ mod tests {
             ["external-attacher-leader-hostpath-csi-k8s-io"],
             "the attacher's Lease is the primary when it runs alone"
         );
-        assert_eq!(attacher_only.left.len(), 3);
+        assert_eq!(attacher_only.left.len(), 4);
+        assert_eq!(
+            ControllerKind::SnapshotController.lease_name(d),
+            "snapshot-controller-leader"
+        );
     }
 
     #[test]
@@ -200,7 +216,11 @@ mod tests {
             run.into_iter().collect::<Vec<_>>(),
             [ControllerKind::Provisioner, ControllerKind::Attacher]
         );
-        assert_eq!(skipped.len(), 2);
+        assert_eq!(
+            skipped.len(),
+            2,
+            "the common snapshot controller is not a default"
+        );
         let (run, skipped) = select(&[ControllerKind::Attacher, ControllerKind::Snapshotter], &d);
         assert_eq!(
             run.into_iter().collect::<Vec<_>>(),

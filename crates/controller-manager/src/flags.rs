@@ -17,8 +17,11 @@ pub enum ControllerKind {
     Attacher,
     /// Volume expansion and modification (external-resizer).
     Resizer,
-    /// Volume snapshots (csi-snapshotter).
+    /// Volume snapshots on the driver (csi-snapshotter).
     Snapshotter,
+    /// The common snapshot controller (snapshot-controller): cluster-wide, one per cluster, so it
+    /// runs only when named in `--controllers`.
+    SnapshotController,
 }
 
 /// Log output format.
@@ -114,6 +117,23 @@ pub struct Flags {
     /// The resizer's workers, per queue (ours; before `--worker-threads`).
     #[arg(long)]
     pub resizer_worker_threads: Option<usize>,
+
+    /// The CSI snapshot half's workers (ours; before `--worker-threads`).
+    #[arg(long)]
+    pub snapshotter_worker_threads: Option<usize>,
+
+    /// The common snapshot controller's workers, per queue (ours; before `--worker-threads`).
+    #[arg(long)]
+    pub snapshot_controller_worker_threads: Option<usize>,
+
+    /// Prefix of the names of snapshots cut on the driver (`<prefix>-<VolumeSnapshot UID>`).
+    #[arg(long, default_value = "snapshot")]
+    pub snapshot_name_prefix: String,
+
+    /// Characters of the VolumeSnapshot's UID (dashes removed) in snapshot names; -1 keeps the
+    /// whole UID.
+    #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
+    pub snapshot_name_uuid_length: i64,
 
     /// First retry delay of a failed object; doubles per failure.
     #[arg(long, default_value = "1s", value_parser = go_duration)]
@@ -381,13 +401,15 @@ impl Flags {
             ControllerKind::Provisioner => self.provisioner_worker_threads,
             ControllerKind::Attacher => self.attacher_worker_threads,
             ControllerKind::Resizer => self.resizer_worker_threads,
-            ControllerKind::Snapshotter => None,
+            ControllerKind::Snapshotter => self.snapshotter_worker_threads,
+            ControllerKind::SnapshotController => self.snapshot_controller_worker_threads,
         };
         own.or(self.worker_threads).unwrap_or(match kind {
             ControllerKind::Provisioner => PROVISIONER_WORKERS,
-            ControllerKind::Attacher | ControllerKind::Resizer | ControllerKind::Snapshotter => {
-                WORKERS
-            }
+            ControllerKind::Attacher
+            | ControllerKind::Resizer
+            | ControllerKind::Snapshotter
+            | ControllerKind::SnapshotController => WORKERS,
         })
     }
 
@@ -435,10 +457,24 @@ impl Flags {
             ),
             ("--attacher-worker-threads", self.attacher_worker_threads),
             ("--resizer-worker-threads", self.resizer_worker_threads),
+            (
+                "--snapshotter-worker-threads",
+                self.snapshotter_worker_threads,
+            ),
+            (
+                "--snapshot-controller-worker-threads",
+                self.snapshot_controller_worker_threads,
+            ),
         ] {
             if value == Some(0) {
                 return Err(format!("{flag} must be at least 1"));
             }
+        }
+        if self.snapshot_name_prefix.is_empty() {
+            return Err("--snapshot-name-prefix must not be empty".into());
+        }
+        if !(-1..=32).contains(&self.snapshot_name_uuid_length) {
+            return Err("--snapshot-name-uuid-length must be -1 (the whole UID) or 0 to 32".into());
         }
         if !self.metrics_path.starts_with('/') {
             return Err("--metrics-path must start with /".into());

@@ -17,6 +17,8 @@ pub struct Configs {
     pub attacher: attacher::AttacherConfig,
     pub provisioner: provisioner::ProvisionerConfig,
     pub resizer: resizer::ResizerConfig,
+    pub snapshotter: snapshotter::SidecarConfig,
+    pub snapshot_controller: snapshotter::CommonConfig,
 }
 
 impl Configs {
@@ -65,10 +67,20 @@ impl Configs {
             modify: flags.gate("VolumeAttributesClass").unwrap_or(true),
             extra_modify_metadata: flags.extra_modify_metadata,
         };
+        let snapshotter = snapshotter::SidecarConfig {
+            name_prefix: flags.snapshot_name_prefix.clone(),
+            name_uuid_length: usize::try_from(flags.snapshot_name_uuid_length).ok(),
+            extra_create_metadata: flags.extra_create_metadata,
+        };
+        let snapshot_controller = snapshotter::CommonConfig {
+            prevent_volume_mode_conversion: flags.prevent_volume_mode_conversion,
+        };
         Self {
             attacher,
             provisioner,
             resizer,
+            snapshotter,
+            snapshot_controller,
         }
     }
 
@@ -97,7 +109,8 @@ impl Configs {
                     ));
                 }
                 ControllerKind::Resizer => wanted.extend(resizer::access::needed(&self.resizer)),
-                ControllerKind::Snapshotter => {}
+                ControllerKind::Snapshotter => wanted.extend(snapshotter::access::sidecar()),
+                ControllerKind::SnapshotController => wanted.extend(snapshotter::access::common()),
             }
         }
         if leader_election && !kinds.is_empty() {
@@ -172,8 +185,6 @@ pub struct Wiring<'a> {
 
 /// Builds the controllers of `kinds`, registering their informers; returns those built.
 ///
-/// A controller whose crate is not part of this build yet is reported and skipped, and its Lease
-/// is not held: an upstream sidecar kept beside this process for it takes its Lease and runs.
 pub fn build_controllers(
     kinds: &BTreeSet<ControllerKind>,
     configs: Configs,
@@ -224,11 +235,15 @@ pub fn build_controllers(
                 built.push((*kind, resizer::build(context, driver, config, informers)));
             }
             ControllerKind::Snapshotter => {
-                tracing::warn!(
-                    controller = kind.name(),
-                    lease = %kind.lease_name(&driver.discovery.driver_name),
-                    "controller is not part of this build yet; its Lease is left to others"
-                );
+                let config = configs.snapshotter.clone();
+                built.push((
+                    *kind,
+                    snapshotter::build_sidecar(context, driver, config, informers),
+                ));
+            }
+            ControllerKind::SnapshotController => {
+                let config = configs.snapshot_controller.clone();
+                built.push((*kind, snapshotter::build_common(context, config, informers)));
             }
         }
     }
