@@ -108,6 +108,21 @@ args:
   - --extra-modify-metadata={{ .extraModifyMetadata }}
   {{- end }}
   {{- end }}
+  {{- if include "ccm.enabled" (list . "snapshotter") }}
+  {{- with .Values.snapshotter }}
+  {{- if not (kindIs "invalid" .workers) }}
+  - --snapshotter-worker-threads={{ .workers }}
+  {{- end }}
+  - --snapshot-name-prefix={{ .namePrefix }}
+  - --snapshot-name-uuid-length={{ .nameUuidLength }}
+  - --snapshotter-extra-create-metadata={{ .extraCreateMetadata }}
+  {{- end }}
+  {{- end }}
+  {{- if include "ccm.enabled" (list . "snapshot-controller") }}
+  {{- if not (kindIs "invalid" .Values.snapshotController.workers) }}
+  - --snapshot-controller-worker-threads={{ .Values.snapshotController.workers }}
+  {{- end }}
+  {{- end }}
   {{- range .Values.extraArgs }}
   - {{ . | quote }}
   {{- end }}

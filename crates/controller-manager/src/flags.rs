@@ -126,6 +126,11 @@ pub struct Flags {
     #[arg(long)]
     pub snapshot_controller_worker_threads: Option<usize>,
 
+    /// The snapshotter's `--extra-create-metadata` (ours; default: `--extra-create-metadata`):
+    /// the VolumeSnapshot's and content's names among CreateSnapshot parameters.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub snapshotter_extra_create_metadata: Option<bool>,
+
     /// Prefix of the names of snapshots cut on the driver (`<prefix>-<VolumeSnapshot UID>`).
     #[arg(long, default_value = "snapshot")]
     pub snapshot_name_prefix: String,

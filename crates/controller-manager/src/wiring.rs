@@ -70,7 +70,9 @@ impl Configs {
         let snapshotter = snapshotter::SidecarConfig {
             name_prefix: flags.snapshot_name_prefix.clone(),
             name_uuid_length: usize::try_from(flags.snapshot_name_uuid_length).ok(),
-            extra_create_metadata: flags.extra_create_metadata,
+            extra_create_metadata: flags
+                .snapshotter_extra_create_metadata
+                .unwrap_or(flags.extra_create_metadata),
         };
         let snapshot_controller = snapshotter::CommonConfig {
             prevent_volume_mode_conversion: flags.prevent_volume_mode_conversion,
