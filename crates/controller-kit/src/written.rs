@@ -6,9 +6,11 @@
 //! conflict.
 //!
 //! # Invariants
-//! - The written copy is served only while the cache holds a version it superseded (the same
-//!   resourceVersion as before one of its writes); any other cached version (the write itself,
-//!   or a later change by anyone) wins, and the entry is dropped.
+//! - The written copy is served only while the cache holds a version it superseded: the same
+//!   resourceVersion as before one of its writes, or, where resourceVersions are numbers (etcd's
+//!   revisions, as kube-apiserver serves them), a smaller one (a change by someone else that the
+//!   write already includes). Any other cached version (the write itself, or a later change by
+//!   anyone) wins, and the entry is dropped.
 //! - Entries are forgotten after a minute even if never read again.
 
 use std::sync::Arc;
@@ -62,8 +64,15 @@ impl<K: Resource> Written<K> {
         let cached_rv = cached
             .as_ref()
             .and_then(|c| c.meta().resource_version.clone());
+        let older = |rv: &str| {
+            let written_rv = written.meta().resource_version.as_deref();
+            match (rv.parse::<u64>(), written_rv.map(str::parse::<u64>)) {
+                (Ok(cached), Some(Ok(mine))) => cached < mine,
+                _ => false,
+            }
+        };
         match cached_rv {
-            Some(rv) if superseded.contains(&rv) => Some(written),
+            Some(rv) if superseded.contains(&rv) || older(&rv) => Some(written),
             _ => {
                 self.map.remove(key);
                 cached
@@ -110,6 +119,21 @@ mod tests {
             "theirs"
         );
         assert_eq!(value(&w.read("a", Some(Arc::new(cm("1", "old"))))), "old");
+    }
+
+    #[test]
+    fn a_cached_change_older_than_the_write_does_not_win() {
+        let w = Written::default();
+        // Someone else wrote version 2 after we read 1; our write (3) includes it.
+        w.record("a", &cm("1", "old"), cm("3", "mine"));
+        assert_eq!(
+            value(&w.read("a", Some(Arc::new(cm("2", "theirs"))))),
+            "mine"
+        );
+        assert_eq!(
+            value(&w.read("a", Some(Arc::new(cm("5", "later"))))),
+            "later"
+        );
     }
 
     #[test]

@@ -163,7 +163,9 @@ impl Shared {
             group_exists: false,
             now: now(),
         };
-        match plan::live_step(&facts) {
+        let step = plan::live_step(&facts);
+        tracing::debug!(snapshot = %vs.key(), ?step, "snapshot pass");
+        match step {
             SnapshotStep::Done => Ok(Outcome::Done),
             SnapshotStep::Fail(f) => self.fail(&vs, f).await,
             SnapshotStep::AddFinalizers { as_source, bound } => {
@@ -247,7 +249,9 @@ impl Shared {
             group_exists: false,
             now: now(),
         };
-        match plan::deletion_step(&facts) {
+        let step = plan::deletion_step(&facts);
+        tracing::debug!(snapshot = %vs.key(), ?step, "snapshot deletion pass");
+        match step {
             SnapshotStep::Done => Ok(Outcome::Done),
             SnapshotStep::DeletePending { message } => {
                 self.events

@@ -129,6 +129,17 @@ impl Shared {
             .await;
     }
 
+    /// After the being-created guard is removed: a content being deleted is looked at again at
+    /// once, since the watch event of the removal is filtered out (upstream leaves it to the
+    /// next resync, which we do not have).
+    fn after_guard(c: &VolumeSnapshotContent) -> Outcome {
+        if c.metadata.deletion_timestamp.is_some() {
+            Outcome::RequeueAfter(std::time::Duration::ZERO)
+        } else {
+            Outcome::Done
+        }
+    }
+
     /// Polling delay of a content that is not ready: the content's own backoff.
     fn poll_again(&self, name: &str) -> Outcome {
         let n = self.polls.get(name).unwrap_or(0);
@@ -141,7 +152,9 @@ impl Shared {
             self.polls.remove(&name);
             return Ok(Outcome::Done);
         };
-        match plan::next(&c) {
+        let step = plan::next(&c);
+        tracing::debug!(content = %name, ?step, "snapshotter pass");
+        match step {
             SidecarStep::Done | SidecarStep::Wait if !c.is_ready() && plan::is_group_member(&c) => {
                 Ok(self.poll_again(&name))
             }
@@ -164,18 +177,19 @@ impl Shared {
                 Ok(Outcome::Done)
             }
             SidecarStep::ForgetCreating => {
-                self.patch(
-                    &c,
-                    &json!({"metadata": {"annotations": {ANN_BEING_CREATED: null}}}),
-                )
-                .await?;
+                let updated = self
+                    .patch(
+                        &c,
+                        &json!({"metadata": {"annotations": {ANN_BEING_CREATED: null}}}),
+                    )
+                    .await?;
                 self.polls.remove(&name);
-                Ok(Outcome::Done)
+                Ok(Self::after_guard(&updated))
             }
             SidecarStep::Create { first } => match self.create(&c).await {
                 Ok(updated) if updated.is_ready() => {
                     self.polls.remove(&name);
-                    Ok(Outcome::Done)
+                    Ok(Self::after_guard(&updated))
                 }
                 Ok(_) => Ok(self.poll_again(&name)),
                 Err(e) => {
@@ -296,6 +310,7 @@ impl Shared {
             secrets: credentials.into_iter().collect(),
             parameters: parameters.into_iter().collect(),
         };
+        tracing::info!(content = %c.name(), snapshot = %request.name, volume = %volume, "CreateSnapshot");
         let answer = self.csi.create_snapshot(request).await;
         let snapshot = match answer {
             Ok(r) => r.snapshot.unwrap_or_default(),
@@ -443,6 +458,7 @@ impl Shared {
             snapshot_id: c.snapshot_handle().unwrap_or_default().to_string(),
             secrets: credentials.into_iter().collect(),
         };
+        tracing::info!(content = %c.name(), snapshot = %request.snapshot_id, "DeleteSnapshot");
         if let Err(e) = self.csi.delete_snapshot(request).await {
             self.event(c, REASON_DELETE_ERROR, "Failed to delete snapshot")
                 .await;
