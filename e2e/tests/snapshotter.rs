@@ -238,8 +238,10 @@ impl Env {
             .into_iter()
             .chain(cluster_events)
             .filter(|e| {
-                e.involved_object.kind.as_deref() == Some(kind)
-                    && e.involved_object.name.as_deref() == Some(name)
+                let o = &e.involved_object;
+                // Namespaced objects of this test only (other tests' namespaces linger).
+                let ours = o.namespace.as_deref().is_none_or(|ns| ns == self.own.name);
+                o.kind.as_deref() == Some(kind) && o.name.as_deref() == Some(name) && ours
             })
             .filter_map(|e| e.reason)
             .collect();
@@ -743,8 +745,7 @@ async fn dynamic_and_delete(env: &Env) -> Value {
     let class = env.class("class", DeletionPolicy::Delete, &[], true).await;
     let volume = env.source("src").await;
     env.of_claim("snap", "src", Some(&class)).await;
-    let vs = env.ready("snap", Duration::from_secs(90)).await;
-    let content = env.content_of(&vs).await;
+    env.ready("snap", Duration::from_secs(90)).await;
     eventually(
         "the source claim's protection to go",
         Duration::from_secs(30),
@@ -753,6 +754,10 @@ async fn dynamic_and_delete(env: &Env) -> Value {
         },
     )
     .await;
+    // Upstream adds the bound finalizer in a later pass: compare the settled objects.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let vs = env.snapshots.get("snap").await.unwrap();
+    let content = env.content_of(&vs).await;
     let handle = content
         .status
         .as_ref()
@@ -763,7 +768,10 @@ async fn dynamic_and_delete(env: &Env) -> Value {
     let cut = env.own.driver.state().snapshots[&handle].clone();
     assert_eq!(cut.source_volume_id, volume);
     let content_name = content.metadata.name.clone().unwrap();
-    let reasons_ready = env.reasons("VolumeSnapshot", "snap").await;
+    // Upstream now and then reports a lost write race as SnapshotFinalizerError (seen: adding
+    // the bound finalizer once the deletion had begun): not part of the comparison.
+    let mut reasons_ready = env.reasons("VolumeSnapshot", "snap").await;
+    reasons_ready.retain(|r| r != REASON_FINALIZER_ERROR);
     env.snapshots
         .delete("snap", &DeleteParams::default())
         .await

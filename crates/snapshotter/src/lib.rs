@@ -62,7 +62,7 @@ pub fn build_sidecar(
 #[derive(Debug)]
 pub(crate) struct PassError {
     message: String,
-    conflict: bool,
+    pub(crate) conflict: bool,
 }
 
 impl PassError {

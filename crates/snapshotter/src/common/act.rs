@@ -177,6 +177,10 @@ impl Shared {
                     finalizers.push(FIN_SNAPSHOT_BOUND.into());
                 }
                 if let Err(e) = self.set_snapshot_finalizers(&vs, finalizers).await {
+                    // A lost race is retried quietly (upstream reports it as an Event too).
+                    if e.conflict {
+                        return Err(e);
+                    }
                     let note = format!("Failed to check and update snapshot: {e}");
                     self.events
                         .warning(

@@ -537,7 +537,9 @@ pub fn content_step(
     (ContentStep::Done, sync)
 }
 
-/// Upstream `needsUpdateSnapshotStatus`, comparing values.
+/// Upstream `needsUpdateSnapshotStatus`, comparing values, and also the error of a snapshot not
+/// ready yet (upstream's pointer comparison of `readyToUse` makes every content change sync the
+/// snapshot, which is how its errors reach the snapshot there).
 pub fn needs_status_sync(vs: &VolumeSnapshot, content: &VolumeSnapshotContent) -> bool {
     let Some(cs) = &content.status else {
         return false;
@@ -553,6 +555,7 @@ pub fn needs_status_sync(vs: &VolumeSnapshot, content: &VolumeSnapshotContent) -
             && s.ready_to_use != cs.ready_to_use)
         || (s.restore_size.is_none() && cs.restore_size.is_some())
         || (s.restore_size.as_ref().is_some_and(is_zero) && cs.restore_size.is_some_and(|n| n > 0))
+        || (!vs.is_ready() && s.error != cs.error)
 }
 
 /// Whether `class` is a default class: annotation exactly `"true"`.

@@ -301,6 +301,13 @@ fn content_steps() {
     // The content is ahead of its snapshot: sync the snapshot.
     let ready = with_status(held.clone(), true, Some(1), Some(1));
     assert_eq!(content_step(&ready, Some(&vs)), (ContentStep::Done, true));
+    // The content's error reaches a snapshot that is not ready.
+    let mut failing = with_status(held.clone(), false, None, None);
+    failing.status.as_mut().unwrap().error = Some(VolumeSnapshotError {
+        time: Some(t(2)),
+        message: Some("boom".into()),
+    });
+    assert_eq!(content_step(&failing, Some(&vs)), (ContentStep::Done, true));
     // Its snapshot is being deleted: mark it, once.
     assert_eq!(
         content_step(&held, Some(&deleting(vs.clone()))),
