@@ -9,7 +9,8 @@
 //!   readiness polling, ListSnapshots for pre-provisioned contents, DeleteSnapshot; one driver.
 //! - [`types`]: the `snapshot.storage.k8s.io/v1` kinds; [`constants`]: the strings other
 //!   software reads; [`params`]: class parameters, secrets and names; [`metrics`]: upstream's
-//!   operation metrics; [`access`]: the permissions each half uses.
+//!   operation metrics; [`access`]: the permissions each half uses; [`crd`]: the CRDs,
+//!   generated from [`types`].
 //!
 //! # Beyond upstream
 //! - Paginated initial lists (kube's watcher), no periodic resync, per-content polling backoff.
@@ -19,12 +20,13 @@
 //! - A class created after a snapshot asked for it is used at once.
 //!
 //! # Not built yet
-//! Group snapshots (`groupsnapshot.storage.k8s.io`), distributed snapshotting (node
-//! deployment), and CRD manifests generated from [`types`].
+//! Group snapshots (`groupsnapshot.storage.k8s.io`) and distributed snapshotting (node
+//! deployment).
 
 pub mod access;
 pub mod common;
 pub mod constants;
+pub mod crd;
 pub mod metrics;
 pub mod params;
 pub mod sidecar;

@@ -9,6 +9,9 @@
 //! (`DeletionPolicy::Other`) for the same reason.
 //!
 //! `apiVersion` and `kind` are written on every serialization, as kube's derived types do.
+//!
+//! The CRDs are generated from these types ([`crate::crd`]): the validation rules of upstream's
+//! CRDs are attached to the fields they constrain (`x-kubernetes-validations`).
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -16,6 +19,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use schemars::JsonSchema;
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -38,38 +42,60 @@ pub struct VolumeSnapshot {
     pub status: Option<VolumeSnapshotStatus>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// What to snapshot, and how.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VolumeSnapshotSpec {
     #[serde(default)]
     pub source: VolumeSnapshotSource,
+    /// The VolumeSnapshotClass; the default class of the source's driver when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"message": "volumeSnapshotClassName must not be the empty string when set", "rule": "size(self) > 0"}
+    ]))]
     pub volume_snapshot_class_name: Option<String>,
 }
 
 /// Exactly one of the two is set (CEL in the CRD).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"message": "persistentVolumeClaimName is required once set", "rule": "!has(oldSelf.persistentVolumeClaimName) || has(self.persistentVolumeClaimName)"},
+    {"message": "volumeSnapshotContentName is required once set", "rule": "!has(oldSelf.volumeSnapshotContentName) || has(self.volumeSnapshotContentName)"},
+    {"message": "exactly one of volumeSnapshotContentName and persistentVolumeClaimName must be set", "rule": "(has(self.volumeSnapshotContentName) && !has(self.persistentVolumeClaimName)) || (!has(self.volumeSnapshotContentName) && has(self.persistentVolumeClaimName))"}
+]))]
 pub struct VolumeSnapshotSource {
     /// A claim in the snapshot's namespace: a dynamic snapshot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"message": "persistentVolumeClaimName is immutable", "rule": "self == oldSelf"}
+    ]))]
     pub persistent_volume_claim_name: Option<String>,
     /// An existing content: a pre-provisioned snapshot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"message": "volumeSnapshotContentName is immutable", "rule": "self == oldSelf"}
+    ]))]
     pub volume_snapshot_content_name: Option<String>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// What the controllers observed.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VolumeSnapshotStatus {
+    /// The VolumeSnapshotContent this snapshot binds to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bound_volume_snapshot_content_name: Option<String>,
-    /// Seconds precision on the wire.
+    /// When the storage system took the snapshot (seconds precision on the wire).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "date_time")]
     pub creation_time: Option<Time>,
+    /// The snapshot can restore a volume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_to_use: Option<bool>,
+    /// The smallest volume the snapshot restores into.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "quantity")]
     pub restore_size: Option<Quantity>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<VolumeSnapshotError>,
@@ -78,23 +104,25 @@ pub struct VolumeSnapshotStatus {
 }
 
 /// The last error of an operation, shared by every snapshot kind.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VolumeSnapshotError {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "date_time")]
     pub time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
 
 /// What happens to the snapshot on the storage system when its content is released.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum DeletionPolicy {
     #[default]
     Delete,
     Retain,
     /// A value the CRD would refuse; kept so that the object is still read and reported.
     #[serde(other)]
+    #[schemars(skip)]
     Other,
 }
 
@@ -110,10 +138,16 @@ pub struct VolumeSnapshotContent {
     pub status: Option<VolumeSnapshotContentStatus>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// The snapshot on the storage system and the VolumeSnapshot it belongs to.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"message": "sourceVolumeMode is required once set", "rule": "!has(oldSelf.sourceVolumeMode) || has(self.sourceVolumeMode)"}
+]))]
 pub struct VolumeSnapshotContentSpec {
+    /// The VolumeSnapshot this content is bound to (its UID once bound).
     #[serde(default)]
+    #[schemars(schema_with = "object_reference")]
     pub volume_snapshot_ref: ObjectReference,
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
@@ -123,23 +157,39 @@ pub struct VolumeSnapshotContentSpec {
     pub volume_snapshot_class_name: Option<String>,
     #[serde(default)]
     pub source: VolumeSnapshotContentSource,
+    /// The source volume's mode (`Filesystem` or `Block`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"message": "sourceVolumeMode is immutable", "rule": "self == oldSelf"}
+    ]))]
     pub source_volume_mode: Option<String>,
 }
 
 /// Exactly one of the two is set (CEL in the CRD).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"message": "volumeHandle is required once set", "rule": "!has(oldSelf.volumeHandle) || has(self.volumeHandle)"},
+    {"message": "snapshotHandle is required once set", "rule": "!has(oldSelf.snapshotHandle) || has(self.snapshotHandle)"},
+    {"message": "exactly one of volumeHandle and snapshotHandle must be set", "rule": "(has(self.volumeHandle) && !has(self.snapshotHandle)) || (!has(self.volumeHandle) && has(self.snapshotHandle))"}
+]))]
 pub struct VolumeSnapshotContentSource {
     /// The volume to snapshot: a dynamic content.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"message": "volumeHandle is immutable", "rule": "self == oldSelf"}
+    ]))]
     pub volume_handle: Option<String>,
     /// An existing snapshot: a pre-provisioned content.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"message": "snapshotHandle is immutable", "rule": "self == oldSelf"}
+    ]))]
     pub snapshot_handle: Option<String>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// What the CSI half observed on the driver.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VolumeSnapshotContentStatus {
     /// The driver's `snapshot_id`.
@@ -150,6 +200,7 @@ pub struct VolumeSnapshotContentStatus {
     pub creation_time: Option<i64>,
     /// Bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("minimum" = 0))]
     pub restore_size: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_to_use: Option<bool>,
@@ -161,17 +212,53 @@ pub struct VolumeSnapshotContentStatus {
 }
 
 /// How snapshots of one driver are taken (cluster-scoped; no `spec`).
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VolumeSnapshotClass {
     #[serde(default)]
+    #[schemars(skip)]
     pub metadata: ObjectMeta,
+    /// The CSI driver that takes the snapshots.
     #[serde(default)]
     pub driver: String,
+    /// Parameters of CreateSnapshot (and, under `csi.storage.k8s.io/`, the secrets).
     #[serde(default)]
     pub parameters: Option<BTreeMap<String, String>>,
+    /// Whether contents made through this class are deleted with their VolumeSnapshot.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+}
+
+fn date_time(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "string", "format": "date-time"})
+}
+
+fn quantity(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "x-kubernetes-int-or-string": true,
+        "pattern": "^(\\+|-)?(([0-9]+(\\.[0-9]*)?)|(\\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\\+|-)?(([0-9]+(\\.[0-9]*)?)|(\\.[0-9]+))))?$"
+    })
+}
+
+fn object_reference(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let field = |d: &str| serde_json::json!({"type": "string", "description": d});
+    schemars::json_schema!({
+        "type": "object",
+        "properties": {
+            "apiVersion": field("API version of the referent."),
+            "fieldPath": field("A piece of the referent, if any."),
+            "kind": field("Kind of the referent."),
+            "name": field("Name of the referent."),
+            "namespace": field("Namespace of the referent."),
+            "resourceVersion": field("The referent's resourceVersion when the reference was made."),
+            "uid": field("UID of the referent."),
+        },
+        "x-kubernetes-map-type": "atomic",
+        "x-kubernetes-validations": [
+            {"message": "both spec.volumeSnapshotRef.name and spec.volumeSnapshotRef.namespace must be set", "rule": "has(self.name) && has(self.__namespace__)"}
+        ]
+    })
 }
 
 /// Implements `kube::Resource` and a `Serialize` that writes `apiVersion` and `kind` first.

@@ -1,0 +1,331 @@
+//! The CustomResourceDefinitions of [`crate::types`], generated from the types: their schemas
+//! come from the structs (`schemars`), with upstream's validation rules (CEL) attached to the
+//! fields they constrain, and upstream's names, printer columns and subresources
+//! (`client/config/crd` of external-snapshotter v8.6, version `v1` only).
+//!
+//! The chart ships them (`charts/csi-controller-manager/files/snapshot-crds/`, checked against
+//! this module by a test: `UPDATE_CRDS=1 cargo test -p snapshotter crd` rewrites them), and the
+//! e2e suite checks that the API server accepts and refuses the same objects with ours as with
+//! upstream's.
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use schemars::JsonSchema;
+use schemars::generate::SchemaSettings;
+use serde_json::{Value, json};
+
+use crate::types::*;
+
+/// The upstream API review of the snapshot API (required for a `*.k8s.io` group).
+const APPROVED: &str = "https://github.com/kubernetes-csi/external-snapshotter/pull/814";
+const APPROVED_CONTENTS: &str = "https://github.com/kubernetes-csi/external-snapshotter/pull/955";
+
+/// The schema of `T` as a structural CRD schema: subschemas inlined, no `nullable` or
+/// `default` (the API server would default fields upstream's CRDs leave unset).
+fn schema<T: JsonSchema>() -> Value {
+    let generator = SchemaSettings::openapi3()
+        .with(|s| {
+            s.inline_subschemas = true;
+            s.meta_schema = None;
+        })
+        .into_generator();
+    let mut v = generator.into_root_schema_for::<T>().to_value();
+    clean(&mut v);
+    v
+}
+
+fn clean(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            for key in [
+                "nullable",
+                "default",
+                "title",
+                "$schema",
+                "definitions",
+                "$defs",
+            ] {
+                map.remove(key);
+            }
+            // An enum with a skipped variant comes as a `oneOf` of one schema: inline it.
+            if let Some(Value::Array(one)) = map.get("oneOf")
+                && let [Value::Object(only)] = one.as_slice()
+            {
+                let only = only.clone();
+                map.remove("oneOf");
+                map.extend(only);
+            }
+            for (_, child) in map.iter_mut() {
+                clean(child);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(clean),
+        _ => {}
+    }
+}
+
+/// Marks `fields` of the object schema at `path` (property names) required.
+fn require(root: &mut Value, path: &[&str], fields: &[&str]) {
+    let mut at = root;
+    for p in path {
+        at = &mut at["properties"][*p];
+    }
+    at["required"] = json!(fields);
+}
+
+/// The root schema of a kind with `spec` and `status`.
+fn with_spec<S: JsonSchema, T: JsonSchema>() -> Value {
+    json!({
+        "type": "object",
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": schema::<S>(),
+            "status": schema::<T>(),
+        }
+    })
+}
+
+/// A kind's names and scope.
+struct Names {
+    kind: &'static str,
+    plural: &'static str,
+    short: &'static [&'static str],
+    scope: &'static str,
+    approved: &'static str,
+}
+
+fn definition(names: Names, root: Value, columns: Value, status: bool) -> CustomResourceDefinition {
+    let Names {
+        kind,
+        plural,
+        short,
+        scope,
+        approved,
+    } = names;
+    let mut version = json!({
+        "name": VERSION,
+        "served": true,
+        "storage": true,
+        "schema": {"openAPIV3Schema": root},
+        "additionalPrinterColumns": columns,
+    });
+    if status {
+        version["subresources"] = json!({"status": {}});
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": format!("{plural}.{GROUP}"),
+            "annotations": {"api-approved.kubernetes.io": approved},
+            "labels": {"app.kubernetes.io/part-of": "csi-controller-manager"},
+        },
+        "spec": {
+            "group": GROUP,
+            "names": {
+                "kind": kind,
+                "listKind": format!("{kind}List"),
+                "plural": plural,
+                "singular": kind.to_lowercase(),
+                "shortNames": short,
+            },
+            "scope": scope,
+            "versions": [version],
+        }
+    }))
+    .expect("a CustomResourceDefinition")
+}
+
+fn age() -> Value {
+    json!({"jsonPath": ".metadata.creationTimestamp", "name": "Age", "type": "date"})
+}
+
+/// `volumesnapshots.snapshot.storage.k8s.io`.
+pub fn volume_snapshot() -> CustomResourceDefinition {
+    let mut root = with_spec::<VolumeSnapshotSpec, VolumeSnapshotStatus>();
+    require(&mut root, &["spec"], &["source"]);
+    let columns = json!([
+        {"jsonPath": ".status.readyToUse", "name": "ReadyToUse", "type": "boolean",
+         "description": "Indicates if the snapshot is ready to be used to restore a volume."},
+        {"jsonPath": ".spec.source.persistentVolumeClaimName", "name": "SourcePVC", "type": "string",
+         "description": "The claim the snapshot is (or will be) taken of."},
+        {"jsonPath": ".spec.source.volumeSnapshotContentName", "name": "SourceSnapshotContent", "type": "string",
+         "description": "The pre-provisioned VolumeSnapshotContent."},
+        {"jsonPath": ".status.restoreSize", "name": "RestoreSize", "type": "string",
+         "description": "The minimum size of a volume restored from this snapshot."},
+        {"jsonPath": ".spec.volumeSnapshotClassName", "name": "SnapshotClass", "type": "string",
+         "description": "The VolumeSnapshotClass requested."},
+        {"jsonPath": ".status.boundVolumeSnapshotContentName", "name": "SnapshotContent", "type": "string",
+         "description": "The VolumeSnapshotContent this snapshot binds to (verify both sides)."},
+        {"jsonPath": ".status.creationTime", "name": "CreationTime", "type": "date",
+         "description": "When the storage system took the snapshot."},
+        age(),
+    ]);
+    let names = Names {
+        kind: "VolumeSnapshot",
+        plural: "volumesnapshots",
+        short: &["vs"],
+        scope: "Namespaced",
+        approved: APPROVED,
+    };
+    definition(names, root, columns, true)
+}
+
+/// `volumesnapshotcontents.snapshot.storage.k8s.io`.
+pub fn volume_snapshot_content() -> CustomResourceDefinition {
+    let mut root = with_spec::<VolumeSnapshotContentSpec, VolumeSnapshotContentStatus>();
+    require(
+        &mut root,
+        &["spec"],
+        &["deletionPolicy", "driver", "source", "volumeSnapshotRef"],
+    );
+    let columns = json!([
+        {"jsonPath": ".status.readyToUse", "name": "ReadyToUse", "type": "boolean",
+         "description": "Indicates if the snapshot is ready to be used to restore a volume."},
+        {"jsonPath": ".status.restoreSize", "name": "RestoreSize", "type": "integer",
+         "description": "The size of the snapshot in bytes."},
+        {"jsonPath": ".spec.deletionPolicy", "name": "DeletionPolicy", "type": "string",
+         "description": "Whether the snapshot on the storage system is deleted with its VolumeSnapshot."},
+        {"jsonPath": ".spec.driver", "name": "Driver", "type": "string",
+         "description": "The CSI driver of the snapshot."},
+        {"jsonPath": ".spec.volumeSnapshotClassName", "name": "VolumeSnapshotClass", "type": "string",
+         "description": "The VolumeSnapshotClass of the snapshot."},
+        {"jsonPath": ".spec.volumeSnapshotRef.name", "name": "VolumeSnapshot", "type": "string",
+         "description": "The VolumeSnapshot bound to this content."},
+        {"jsonPath": ".spec.volumeSnapshotRef.namespace", "name": "VolumeSnapshotNamespace", "type": "string",
+         "description": "The namespace of the VolumeSnapshot bound to this content."},
+        age(),
+    ]);
+    let names = Names {
+        kind: "VolumeSnapshotContent",
+        plural: "volumesnapshotcontents",
+        short: &["vsc", "vscs"],
+        scope: "Cluster",
+        approved: APPROVED_CONTENTS,
+    };
+    definition(names, root, columns, true)
+}
+
+/// `volumesnapshotclasses.snapshot.storage.k8s.io` (no `spec`: the fields are top-level).
+pub fn volume_snapshot_class() -> CustomResourceDefinition {
+    let mut root = schema::<VolumeSnapshotClass>();
+    let props = root["properties"]
+        .as_object_mut()
+        .expect("class properties");
+    props.insert("apiVersion".into(), json!({"type": "string"}));
+    props.insert("kind".into(), json!({"type": "string"}));
+    props.insert("metadata".into(), json!({"type": "object"}));
+    root["required"] = json!(["deletionPolicy", "driver"]);
+    let columns = json!([
+        {"jsonPath": ".driver", "name": "Driver", "type": "string"},
+        {"jsonPath": ".deletionPolicy", "name": "DeletionPolicy", "type": "string",
+         "description": "Whether contents made through this class are deleted with their VolumeSnapshot."},
+        age(),
+    ]);
+    let names = Names {
+        kind: "VolumeSnapshotClass",
+        plural: "volumesnapshotclasses",
+        short: &["vsclass", "vsclasses"],
+        scope: "Cluster",
+        approved: APPROVED,
+    };
+    definition(names, root, columns, false)
+}
+
+/// Every CRD of this crate.
+pub fn all() -> Vec<CustomResourceDefinition> {
+    vec![
+        volume_snapshot(),
+        volume_snapshot_content(),
+        volume_snapshot_class(),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v1_schema(crd: &CustomResourceDefinition) -> Value {
+        serde_json::to_value(
+            &crd.spec.versions[0]
+                .schema
+                .as_ref()
+                .unwrap()
+                .open_api_v3_schema,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn schemas_carry_upstreams_rules() {
+        let vs = v1_schema(&volume_snapshot());
+        let source = &vs["properties"]["spec"]["properties"]["source"];
+        let rules: Vec<&str> = source["x-kubernetes-validations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["message"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            rules,
+            [
+                "persistentVolumeClaimName is required once set",
+                "volumeSnapshotContentName is required once set",
+                "exactly one of volumeSnapshotContentName and persistentVolumeClaimName must be set",
+            ]
+        );
+        assert_eq!(vs["properties"]["spec"]["required"], json!(["source"]));
+        assert_eq!(
+            vs["properties"]["status"]["properties"]["restoreSize"]["x-kubernetes-int-or-string"],
+            json!(true)
+        );
+        let vsc = v1_schema(&volume_snapshot_content());
+        let spec = &vsc["properties"]["spec"];
+        assert_eq!(
+            spec["properties"]["deletionPolicy"]["enum"],
+            json!(["Delete", "Retain"])
+        );
+        assert_eq!(
+            spec["properties"]["volumeSnapshotRef"]["x-kubernetes-map-type"],
+            json!("atomic")
+        );
+        assert_eq!(
+            vsc["properties"]["status"]["properties"]["restoreSize"]["minimum"].as_f64(),
+            Some(0.0)
+        );
+        let class = v1_schema(&volume_snapshot_class());
+        assert_eq!(
+            class["properties"]["parameters"]["additionalProperties"],
+            json!({"type": "string"})
+        );
+        // Structural: no references, nothing nullable or defaulted.
+        let text = serde_json::to_string(&[vs, vsc, class]).unwrap();
+        for banned in ["$ref", "nullable", "\"default\"", "anyOf"] {
+            assert!(!text.contains(banned), "{banned} in a schema");
+        }
+    }
+
+    /// The chart's copies are the generated ones (`UPDATE_CRDS=1` rewrites them).
+    #[test]
+    fn the_charts_crds_are_current() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../charts/csi-controller-manager/files/snapshot-crds");
+        for crd in all() {
+            let name = crd.metadata.name.clone().unwrap();
+            let path = dir.join(format!("{name}.json"));
+            let text = serde_json::to_string_pretty(&crd).unwrap() + "\n";
+            if std::env::var_os("UPDATE_CRDS").is_some() {
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(&path, &text).unwrap();
+            }
+            let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(
+                on_disk == text,
+                "{} is stale: run UPDATE_CRDS=1 cargo test -p snapshotter crd",
+                path.display()
+            );
+        }
+    }
+}
