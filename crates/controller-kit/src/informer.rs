@@ -23,6 +23,10 @@
 //! version. During a (re)list, notifications are held back until the new list is complete and
 //! swapped in; objects that vanished during a relist are reported as deleted. Deletes are always
 //! delivered (unlike kube-runtime's shared streams).
+//!
+//! # Memory
+//! Objects are cached without `metadata.managedFields` (no controller reads them; an update
+//! sent without them leaves the server's as they are).
 
 use std::any::{Any, TypeId};
 use std::collections::{HashMap, HashSet};
@@ -184,7 +188,7 @@ impl<K: Watchable> Running<K> {
     }
 
     fn handle(&mut self, event: Event<K>) {
-        match event {
+        match slim(event) {
             Event::Init => {
                 self.listing = Some(HashSet::new());
                 self.writer.apply_watcher_event(&Event::Init);
@@ -241,6 +245,22 @@ impl<K: Watchable> Running<K> {
                 }
             }
         }
+    }
+}
+
+/// Drops `metadata.managedFields` (server-side apply bookkeeping, often the larger part of an
+/// object) before anything is cached or handed to a handler: no controller reads it, and an
+/// update sent without it leaves the server's copy as it is.
+fn slim<K: Watchable>(event: Event<K>) -> Event<K> {
+    let strip = |mut obj: K| {
+        obj.meta_mut().managed_fields = None;
+        obj
+    };
+    match event {
+        Event::InitApply(obj) => Event::InitApply(strip(obj)),
+        Event::Apply(obj) => Event::Apply(strip(obj)),
+        Event::Delete(obj) => Event::Delete(strip(obj)),
+        other => other,
     }
 }
 
@@ -430,6 +450,19 @@ mod tests {
 
     fn take(log: &Log) -> Vec<String> {
         std::mem::take(&mut *log.lock().unwrap())
+    }
+
+    #[test]
+    fn managed_fields_are_not_cached() {
+        let (mut r, _log, _synced) = running();
+        let mut obj = pv("a", "ours");
+        obj.metadata.managed_fields = Some(vec![Default::default()]);
+        r.handle(Event::Init);
+        r.handle(Event::InitApply(obj.clone()));
+        r.handle(Event::InitDone);
+        r.handle(Event::Apply(obj));
+        let cached = r.store.get(&ObjectRef::new("a")).unwrap();
+        assert_eq!(cached.metadata.managed_fields, None);
     }
 
     #[test]
