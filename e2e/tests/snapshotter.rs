@@ -213,6 +213,19 @@ impl Env {
         .await;
     }
 
+    /// Waits for the claim's `pvc-as-source-protection` to go.
+    async fn claim_released(&self, claim: &str) {
+        eventually(
+            &format!("claim {claim}'s snapshot protection to go"),
+            Duration::from_secs(30),
+            || async {
+                let pvc = self.pvcs.get(claim).await.ok()?;
+                (!has(&pvc.metadata, FIN_PVC_AS_SOURCE)).then_some(())
+            },
+        )
+        .await;
+    }
+
     async fn content_of(&self, vs: &VolumeSnapshot) -> VolumeSnapshotContent {
         self.contents
             .get(vs.bound_content().expect("a bound content"))
@@ -277,6 +290,15 @@ impl Env {
     }
 }
 
+/// The driver's snapshot of a content that has one.
+fn handle_of(content: &VolumeSnapshotContent) -> String {
+    content
+        .status
+        .as_ref()
+        .and_then(|s| s.snapshot_handle.clone())
+        .expect("a snapshot handle")
+}
+
 fn has(meta: &ObjectMeta, finalizer: &str) -> bool {
     meta.finalizers.iter().flatten().any(|f| f == finalizer)
 }
@@ -311,13 +333,7 @@ async fn a_dynamic_snapshot_is_cut_restored_and_deleted_and_retain_keeps_it() {
         content.spec.source.volume_handle.as_deref(),
         Some(volume.as_str())
     );
-    let handle = content
-        .status
-        .as_ref()
-        .unwrap()
-        .snapshot_handle
-        .clone()
-        .unwrap();
+    let handle = handle_of(&content);
     let cut = env.own.driver.state().snapshots[&handle].clone();
     assert_eq!(cut.source_volume_id, volume);
     assert_eq!(
@@ -328,14 +344,7 @@ async fn a_dynamic_snapshot_is_cut_restored_and_deleted_and_retain_keeps_it() {
         controller_kit::meta::annotation(&content.metadata, ANN_BEING_CREATED).is_none(),
         "the creation guard is removed"
     );
-    eventually(
-        "the source claim's protection to go",
-        Duration::from_secs(30),
-        || async {
-            (!has(&env.pvcs.get("src").await.ok()?.metadata, FIN_PVC_AS_SOURCE)).then_some(())
-        },
-    )
-    .await;
+    env.claim_released("src").await;
     assert_eq!(
         env.reasons("VolumeSnapshot", "snap").await,
         [REASON_CREATING, REASON_CREATED, REASON_READY]
@@ -418,13 +427,7 @@ async fn a_dynamic_snapshot_is_cut_restored_and_deleted_and_retain_keeps_it() {
         "no bound finalizer under Retain"
     );
     let content = env.content_of(&vs).await;
-    let kept = content
-        .status
-        .as_ref()
-        .unwrap()
-        .snapshot_handle
-        .clone()
-        .unwrap();
+    let kept = handle_of(&content);
     env.snapshots
         .delete("kept", &DeleteParams::default())
         .await
@@ -746,25 +749,12 @@ async fn dynamic_and_delete(env: &Env) -> Value {
     let volume = env.source("src").await;
     env.of_claim("snap", "src", Some(&class)).await;
     env.ready("snap", Duration::from_secs(90)).await;
-    eventually(
-        "the source claim's protection to go",
-        Duration::from_secs(30),
-        || async {
-            (!has(&env.pvcs.get("src").await.ok()?.metadata, FIN_PVC_AS_SOURCE)).then_some(())
-        },
-    )
-    .await;
+    env.claim_released("src").await;
     // Upstream adds the bound finalizer in a later pass: compare the settled objects.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let vs = env.snapshots.get("snap").await.unwrap();
     let content = env.content_of(&vs).await;
-    let handle = content
-        .status
-        .as_ref()
-        .unwrap()
-        .snapshot_handle
-        .clone()
-        .unwrap();
+    let handle = handle_of(&content);
     let cut = env.own.driver.state().snapshots[&handle].clone();
     assert_eq!(cut.source_volume_id, volume);
     let content_name = content.metadata.name.clone().unwrap();

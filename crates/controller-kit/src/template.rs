@@ -93,6 +93,37 @@ fn shell_name(s: &str) -> (&str, usize) {
     (&s[..n], n)
 }
 
+/// A resolved namespace template, checked as a namespace name (DNS-1123 label), with the
+/// sidecars' message when it is not one.
+pub fn checked_namespace(template: &str, resolved: String) -> Result<String, String> {
+    checked(template, resolved, is_dns1123_label, "namespace")
+}
+
+/// A resolved name template, checked as a Secret name (DNS-1123 subdomain), with the sidecars'
+/// message when it is not one.
+pub fn checked_secret_name(template: &str, resolved: String) -> Result<String, String> {
+    checked(template, resolved, is_dns1123_subdomain, "secret")
+}
+
+fn checked(
+    template: &str,
+    resolved: String,
+    valid: fn(&str) -> bool,
+    what: &str,
+) -> Result<String, String> {
+    if valid(&resolved) {
+        Ok(resolved)
+    } else if resolved != template {
+        Err(format!(
+            "{} resolved to {} which is not a valid {what} name",
+            go_quote(template),
+            go_quote(&resolved)
+        ))
+    } else {
+        Err(format!("{} is not a valid {what} name", go_quote(template)))
+    }
+}
+
 /// Go's `%q` of a string (enough of it for names and templates).
 pub fn go_quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);

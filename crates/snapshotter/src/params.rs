@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use controller_kit::template::{
-    go_quote, is_dns1123_label, is_dns1123_subdomain, resolve_template,
+    checked_namespace, checked_secret_name, go_quote, resolve_template,
 };
 
 use crate::constants::*;
@@ -90,37 +90,14 @@ pub fn secret_reference(
             go_quote(&namespace_template)
         )
     })?;
-    if !is_dns1123_label(&namespace) {
-        return Err(if namespace != namespace_template {
-            format!(
-                "{} resolved to {} which is not a valid namespace name",
-                go_quote(&namespace_template),
-                go_quote(&namespace)
-            )
-        } else {
-            format!(
-                "{} is not a valid namespace name",
-                go_quote(&namespace_template)
-            )
-        });
-    }
+    let namespace = checked_namespace(&namespace_template, namespace)?;
     let mut name_params = ns_params;
     if let Some(s) = snapshot {
         name_params.insert(TOKEN_SNAPSHOT_NAME.to_string(), s.name.to_string());
     }
     let name = resolve_template(&name_template, &name_params)
         .map_err(|e| format!("error resolving value {}: {e}", go_quote(&name_template)))?;
-    if !is_dns1123_subdomain(&name) {
-        return Err(if name != name_template {
-            format!(
-                "{} resolved to {} which is not a valid secret name",
-                go_quote(&name_template),
-                go_quote(&name)
-            )
-        } else {
-            format!("{} is not a valid secret name", go_quote(&name_template))
-        });
-    }
+    let name = checked_secret_name(&name_template, name)?;
     Ok(Some(SecretRef { name, namespace }))
 }
 

@@ -22,18 +22,6 @@ fn now() -> Time {
     Time(jiff::Timestamp::now())
 }
 
-fn snapshot_ref(vs: &VolumeSnapshot) -> ObjectReference {
-    ObjectReference {
-        api_version: Some(API_VERSION.into()),
-        kind: Some("VolumeSnapshot".into()),
-        name: vs.metadata.name.clone(),
-        namespace: vs.metadata.namespace.clone(),
-        uid: vs.metadata.uid.clone(),
-        resource_version: vs.metadata.resource_version.clone(),
-        field_path: None,
-    }
-}
-
 pub(crate) fn content_ref(c: &VolumeSnapshotContent) -> ObjectReference {
     ObjectReference {
         api_version: Some(API_VERSION.into()),
@@ -90,7 +78,7 @@ impl Shared {
             if let Err(e) = self.release_claim(&vs, &claim).await {
                 self.events
                     .warning(
-                        &snapshot_ref(&vs),
+                        &plan::snapshot_reference(&vs),
                         REASON_PVC_FINALIZER_ERROR,
                         "Finalizer",
                         "Error check and remove PVC Finalizer for VolumeSnapshot",
@@ -184,7 +172,7 @@ impl Shared {
                     let note = format!("Failed to check and update snapshot: {e}");
                     self.events
                         .warning(
-                            &snapshot_ref(&vs),
+                            &plan::snapshot_reference(&vs),
                             REASON_FINALIZER_ERROR,
                             "Finalizer",
                             &note,
@@ -259,7 +247,12 @@ impl Shared {
             SnapshotStep::Done => Ok(Outcome::Done),
             SnapshotStep::DeletePending { message } => {
                 self.events
-                    .warning(&snapshot_ref(vs), REASON_DELETE_PENDING, "Delete", &message)
+                    .warning(
+                        &plan::snapshot_reference(vs),
+                        REASON_DELETE_PENDING,
+                        "Delete",
+                        &message,
+                    )
                     .await;
                 Err(format!(
                     "snapshot {} is in use (being used to restore a PVC), will retry deletion",
@@ -287,7 +280,7 @@ impl Shared {
                     Err(e) => {
                         self.events
                             .warning(
-                                &snapshot_ref(vs),
+                                &plan::snapshot_reference(vs),
                                 REASON_CONTENT_DELETE_ERROR,
                                 "Delete",
                                 "Failed to delete snapshot content API object",
@@ -306,7 +299,7 @@ impl Shared {
                 {
                     self.events
                         .warning(
-                            &snapshot_ref(vs),
+                            &plan::snapshot_reference(vs),
                             REASON_PVC_FINALIZER_ERROR,
                             "Finalizer",
                             "Error check and remove PVC Finalizer for VolumeSnapshot",
@@ -341,7 +334,12 @@ impl Shared {
         if let Some(status) = plan::error_status(vs, &f.message, f.not_ready, now()) {
             let written = self.replace_status(vs, status).await;
             self.events
-                .warning(&snapshot_ref(vs), f.reason, "Snapshot", &f.message)
+                .warning(
+                    &plan::snapshot_reference(vs),
+                    f.reason,
+                    "Snapshot",
+                    &f.message,
+                )
                 .await;
             written?;
         }
@@ -359,7 +357,7 @@ impl Shared {
     ) -> Result<(), PassError> {
         let uid = vs.metadata.uid.clone().unwrap_or_default();
         let key = vs.key();
-        let r = snapshot_ref(vs);
+        let r = plan::snapshot_reference(vs);
         let created = update.created;
         let ready = update.ready;
         self.replace_status(vs, update.status).await?;
@@ -662,7 +660,7 @@ impl Shared {
                 );
                 self.events
                     .warning(
-                        &snapshot_ref(vs),
+                        &plan::snapshot_reference(vs),
                         REASON_CREATE_CONTENT_FAILED,
                         "Snapshot",
                         &note,
@@ -676,7 +674,12 @@ impl Shared {
             vs.key()
         );
         self.events
-            .normal(&snapshot_ref(vs), REASON_CREATING, "Snapshot", &note)
+            .normal(
+                &plan::snapshot_reference(vs),
+                REASON_CREATING,
+                "Snapshot",
+                &note,
+            )
             .await;
         if let Some(update) = plan::status_update(vs, &created)
             && let Err(e) = self.write_status(vs, update).await

@@ -408,6 +408,20 @@ pub fn error_status(
     Some(st)
 }
 
+/// A full reference to the snapshot (`ref.GetReference`): the content's `volumeSnapshotRef`, and
+/// the object of the snapshot's Events.
+pub fn snapshot_reference(vs: &VolumeSnapshot) -> ObjectReference {
+    ObjectReference {
+        api_version: Some(API_VERSION.into()),
+        kind: Some("VolumeSnapshot".into()),
+        name: vs.metadata.name.clone(),
+        namespace: vs.metadata.namespace.clone(),
+        uid: vs.metadata.uid.clone(),
+        resource_version: vs.metadata.resource_version.clone(),
+        field_path: None,
+    }
+}
+
 /// What a dynamic content is made from.
 #[derive(Debug)]
 pub struct ContentInput<'a> {
@@ -445,15 +459,7 @@ pub fn new_content(input: &ContentInput<'_>) -> VolumeSnapshotContent {
             ..Default::default()
         },
         spec: VolumeSnapshotContentSpec {
-            volume_snapshot_ref: ObjectReference {
-                api_version: Some(API_VERSION.into()),
-                kind: Some("VolumeSnapshot".into()),
-                name: vs.metadata.name.clone(),
-                namespace: vs.metadata.namespace.clone(),
-                uid: vs.metadata.uid.clone(),
-                resource_version: vs.metadata.resource_version.clone(),
-                field_path: None,
-            },
+            volume_snapshot_ref: snapshot_reference(vs),
             deletion_policy: input.class.deletion_policy,
             driver: input.class.driver.clone(),
             volume_snapshot_class_name: input.class.metadata.name.clone(),
