@@ -1,9 +1,11 @@
-//! Moving a driver from the upstream sidecars (csi-provisioner, csi-attacher, built from their Go
-//! modules) to csi-controller-manager and back, on one cluster, with leader election on both
-//! sides and the same Lease names: volumes provisioned and attached by one side are attached,
-//! detached and deleted by the other; claims created during each hand-over are provisioned;
-//! at the end the driver holds exactly the volumes the PVs name, one CreateVolume was sent per
-//! claim and one ControllerPublishVolume per attachment, and ours sent each call once.
+//! Moving a driver from the upstream sidecars (csi-provisioner, csi-attacher, csi-snapshotter,
+//! built from their Go modules) to csi-controller-manager and back, on one cluster, with leader
+//! election on both sides and the same Lease names: volumes provisioned and attached by one side
+//! are attached, detached and deleted by the other, and snapshots cut by one side are deleted by
+//! the other (upstream's snapshot-controller serves the cluster throughout); claims created
+//! during each hand-over are provisioned; at the end the driver holds exactly the volumes the PVs
+//! name and no snapshot, one CreateVolume was sent per claim, one ControllerPublishVolume per
+//! attachment and one CreateSnapshot per snapshot, and ours sent each call once.
 #![cfg(feature = "cluster")]
 
 use std::time::Duration;
@@ -13,15 +15,20 @@ use e2e::{ManagerProcess, OwnDriver, clients, eventually, storage_class};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::{StorageClass, VolumeAttachment};
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
+use snapshotter::types::{
+    DeletionPolicy, VolumeSnapshot, VolumeSnapshotClass, VolumeSnapshotSource, VolumeSnapshotSpec,
+};
 
 const LEASE_NAMESPACE: &str = "default";
 /// The driver calls counted per phase.
-const OPS: [Method; 4] = [
+const OPS: [Method; 6] = [
     Method::CreateVolume,
     Method::DeleteVolume,
     Method::ControllerPublishVolume,
     Method::ControllerUnpublishVolume,
+    Method::CreateSnapshot,
+    Method::DeleteSnapshot,
 ];
 const ELECTION: [&str; 4] = [
     "--leader-election",
@@ -30,7 +37,7 @@ const ELECTION: [&str; 4] = [
     "--leader-election-retry-period=1s",
 ];
 
-/// The upstream provisioner and attacher for `own`'s driver.
+/// The upstream provisioner, attacher and csi-snapshotter for `own`'s driver.
 fn upstream(own: &OwnDriver) -> Vec<ManagerProcess> {
     let sidecar = |dir: &str, bin: &str| {
         let mut args = vec![
@@ -53,7 +60,22 @@ fn upstream(own: &OwnDriver) -> Vec<ManagerProcess> {
     vec![
         sidecar("PROVISIONER_DIR", "csi-provisioner"),
         sidecar("ATTACHER_DIR", "csi-attacher"),
+        sidecar("SNAPSHOTTER_DIR", "csi-snapshotter"),
     ]
+}
+
+/// Upstream's snapshot-controller, the cluster's common controller for the whole test.
+fn snapshot_controller(own: &OwnDriver) -> ManagerProcess {
+    let mut p = ManagerProcess::other(
+        &format!("{}-snapshot-controller", own.name),
+        std::path::PathBuf::from(e2e::env("SNAPSHOTTER_DIR")).join("snapshot-controller"),
+        vec![
+            format!("--kubeconfig={}", e2e::env("KUBECONFIG")),
+            "--leader-election=false".into(),
+        ],
+    );
+    p.start();
+    p
 }
 
 struct Cluster {
@@ -61,6 +83,7 @@ struct Cluster {
     pvs: Api<PersistentVolume>,
     pods: Api<Pod>,
     vas: Api<VolumeAttachment>,
+    snapshots: Api<VolumeSnapshot>,
     class: String,
 }
 
@@ -101,6 +124,62 @@ impl Cluster {
         .await;
     }
 
+    /// Takes snapshot `name` of claim `claim` and waits until it is ready.
+    async fn snapshot(&self, name: &str, claim: &str) {
+        let vs = VolumeSnapshot {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            spec: VolumeSnapshotSpec {
+                source: VolumeSnapshotSource {
+                    persistent_volume_claim_name: Some(claim.into()),
+                    volume_snapshot_content_name: None,
+                },
+                volume_snapshot_class_name: Some(self.class.clone()),
+            },
+            status: None,
+        };
+        self.snapshots
+            .create(&PostParams::default(), &vs)
+            .await
+            .unwrap();
+        eventually(
+            &format!("snapshot {name} to be ready"),
+            Duration::from_secs(90),
+            || async {
+                self.snapshots
+                    .get(name)
+                    .await
+                    .ok()?
+                    .is_ready()
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// Deletes snapshot `name` and waits until it is gone.
+    async fn delete_snapshot(&self, name: &str) {
+        self.snapshots
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+        eventually(
+            &format!("snapshot {name} to be deleted"),
+            Duration::from_secs(90),
+            || async {
+                self.snapshots
+                    .get_opt(name)
+                    .await
+                    .ok()?
+                    .is_none()
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
     /// Whether a VolumeAttachment of `pv` is attached (`Some(true)`), exists unattached
     /// (`Some(false)`) or is absent (`None`).
     async fn attached(&self, pv: &str) -> Option<bool> {
@@ -119,7 +198,7 @@ async fn holder(leases: &Api<Lease>, name: &str) -> Option<String> {
 #[tokio::test]
 async fn from_the_sidecars_to_us_and_back() {
     let mut args = vec![
-        "--controllers=provisioner,attacher",
+        "--controllers=provisioner,attacher,snapshotter",
         "--leader-election-identity=ours",
     ];
     let ns_arg = format!("--leader-election-namespace={LEASE_NAMESPACE}");
@@ -141,7 +220,23 @@ async fn from_the_sidecars_to_us_and_back() {
         )
         .await
         .unwrap();
+    let snapshot_classes: Api<VolumeSnapshotClass> = Api::all(c.main.clone());
+    let snapshot_class = VolumeSnapshotClass {
+        metadata: ObjectMeta {
+            name: Some(own.name.clone()),
+            ..Default::default()
+        },
+        driver: own.driver_name.clone(),
+        parameters: None,
+        deletion_policy: DeletionPolicy::Delete,
+    };
+    snapshot_classes
+        .create(&PostParams::default(), &snapshot_class)
+        .await
+        .unwrap();
+    let mut common = snapshot_controller(&own);
     let k = Cluster {
+        snapshots: Api::namespaced(c.main.clone(), &own.name),
         pvcs: Api::namespaced(c.main.clone(), &own.name),
         pvs: Api::all(c.main.clone()),
         pods: Api::namespaced(c.main.clone(), &own.name),
@@ -151,12 +246,13 @@ async fn from_the_sidecars_to_us_and_back() {
     let leases: Api<Lease> = Api::namespaced(c.main.clone(), LEASE_NAMESPACE);
     let provisioner_lease = controller_kit::leader::sanitize_name(&own.driver_name);
 
-    // 1. The sidecars provision two volumes and attach one to a pod.
+    // 1. The sidecars provision two volumes, attach one to a pod, and snapshot one.
     let mut sidecars = upstream(&own);
     k.claim("up-a").await;
     k.claim("up-b").await;
     let up_a = k.bound("up-a").await;
     let up_b = k.bound("up-b").await;
+    k.snapshot("snap-up", "up-a").await;
     k.pods
         .create(
             &PostParams::default(),
@@ -197,11 +293,13 @@ async fn from_the_sidecars_to_us_and_back() {
     .await;
 
     // 3. Ours works with what the sidecars made: the attachment stays, a new claim is
-    //    provisioned, an upstream volume is deleted, the pod goes and its volume is detached;
-    //    each call once.
+    //    provisioned and snapshotted, an upstream volume and snapshot are deleted, the pod goes
+    //    and its volume is detached; each call once.
     let before: Vec<u64> = OPS.iter().map(|m| calls(*m)).collect();
     k.claim("ours-a").await;
     let ours_a = k.bound("ours-a").await;
+    k.snapshot("snap-ours", "ours-a").await;
+    k.delete_snapshot("snap-up").await;
     k.delete("up-b", &up_b).await;
     assert_eq!(
         k.attached(&up_a).await,
@@ -229,8 +327,8 @@ async fn from_the_sidecars_to_us_and_back() {
         .collect();
     assert_eq!(
         ours,
-        vec![1, 1, 0, 1],
-        "ours: CreateVolume, DeleteVolume, ControllerPublishVolume, ControllerUnpublishVolume"
+        vec![1, 1, 0, 1, 1, 1],
+        "ours: CreateVolume, DeleteVolume, ControllerPublishVolume, ControllerUnpublishVolume, CreateSnapshot, DeleteSnapshot"
     );
 
     // 4. Roll back: the sidecars come back, ours stops (and releases its Leases); a claim made
@@ -249,6 +347,7 @@ async fn from_the_sidecars_to_us_and_back() {
     .await;
     k.claim("up-c").await;
     let up_c = k.bound("up-c").await;
+    k.delete_snapshot("snap-ours").await;
     k.delete("ours-a", &ours_a).await;
 
     // 5. Nothing lost, nothing leaked, nothing done twice.
@@ -264,11 +363,16 @@ async fn from_the_sidecars_to_us_and_back() {
         volumes, named,
         "the driver holds exactly the volumes the PVs name"
     );
+    assert!(
+        own.driver.state().snapshots.is_empty(),
+        "every snapshot was deleted on the driver"
+    );
     let end: Vec<u64> = OPS.iter().map(|m| calls(*m)).collect();
     let phases = format!(
-        "calls (CreateVolume, DeleteVolume, ControllerPublishVolume, ControllerUnpublishVolume): after the sidecars {after_upstream:?}, before ours' phase {before:?}, at the end {end:?}"
+        "calls (CreateVolume, DeleteVolume, ControllerPublishVolume, ControllerUnpublishVolume, CreateSnapshot, DeleteSnapshot): after the sidecars {after_upstream:?}, before ours' phase {before:?}, at the end {end:?}"
     );
     assert_eq!(end[0], 6, "one CreateVolume per claim; {phases}");
+    assert_eq!(end[4], 2, "one CreateSnapshot per snapshot; {phases}");
     // Nothing was published between the sidecars' attach and ours' detach: ours took the
     // attachment over as it was. (Upstream's sidecars may repeat an idempotent call of their
     // own when their status write races; ours sent each call once, above.)
@@ -279,6 +383,10 @@ async fn from_the_sidecars_to_us_and_back() {
     for s in &mut sidecars {
         s.kill().await;
     }
+    common.kill().await;
+    let _ = snapshot_classes
+        .delete(&own.name, &DeleteParams::default())
+        .await;
     for claim in ["up-a", "during-1", "during-2", "up-c"] {
         let _ = k.pvcs.delete(claim, &DeleteParams::default()).await;
     }
@@ -288,6 +396,10 @@ async fn from_the_sidecars_to_us_and_back() {
         provisioner_lease.clone(),
         controller_kit::leader::sanitize_name(&format!(
             "external-attacher-leader-{}",
+            own.driver_name
+        )),
+        controller_kit::leader::sanitize_name(&format!(
+            "external-snapshotter-leader-{}",
             own.driver_name
         )),
     ] {
