@@ -81,6 +81,29 @@ pub fn storage_class(
     }
 }
 
+/// A VolumeSnapshot `name` of claim `claim`, in `class` (the default class when `None`).
+pub fn volume_snapshot(
+    name: &str,
+    claim: &str,
+    class: Option<&str>,
+) -> snapshotter::types::VolumeSnapshot {
+    use snapshotter::types::{VolumeSnapshot, VolumeSnapshotSource, VolumeSnapshotSpec};
+    VolumeSnapshot {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        spec: VolumeSnapshotSpec {
+            source: VolumeSnapshotSource {
+                persistent_volume_claim_name: Some(claim.into()),
+                volume_snapshot_content_name: None,
+            },
+            volume_snapshot_class_name: class.map(str::to_string),
+        },
+        status: None,
+    }
+}
+
 /// A ReadWriteOnce claim of `size` (a Kubernetes quantity) in `class`.
 pub fn claim(
     name: &str,

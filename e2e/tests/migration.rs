@@ -16,9 +16,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::{StorageClass, VolumeAttachment};
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
-use snapshotter::types::{
-    DeletionPolicy, VolumeSnapshot, VolumeSnapshotClass, VolumeSnapshotSource, VolumeSnapshotSpec,
-};
+use snapshotter::types::{DeletionPolicy, VolumeSnapshot, VolumeSnapshotClass};
 
 const LEASE_NAMESPACE: &str = "default";
 /// The driver calls counted per phase.
@@ -126,20 +124,7 @@ impl Cluster {
 
     /// Takes snapshot `name` of claim `claim` and waits until it is ready.
     async fn snapshot(&self, name: &str, claim: &str) {
-        let vs = VolumeSnapshot {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                ..Default::default()
-            },
-            spec: VolumeSnapshotSpec {
-                source: VolumeSnapshotSource {
-                    persistent_volume_claim_name: Some(claim.into()),
-                    volume_snapshot_content_name: None,
-                },
-                volume_snapshot_class_name: Some(self.class.clone()),
-            },
-            status: None,
-        };
+        let vs = e2e::volume_snapshot(name, claim, Some(&self.class));
         self.snapshots
             .create(&PostParams::default(), &vs)
             .await

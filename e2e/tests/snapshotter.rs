@@ -168,17 +168,8 @@ impl Env {
     }
 
     async fn snapshot(&self, name: &str, source: VolumeSnapshotSource, class: Option<&str>) {
-        let vs = VolumeSnapshot {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                ..Default::default()
-            },
-            spec: VolumeSnapshotSpec {
-                source,
-                volume_snapshot_class_name: class.map(str::to_string),
-            },
-            status: None,
-        };
+        let mut vs = e2e::volume_snapshot(name, "", class);
+        vs.spec.source = source;
         self.snapshots
             .create(&PostParams::default(), &vs)
             .await
@@ -186,11 +177,13 @@ impl Env {
     }
 
     async fn of_claim(&self, name: &str, claim: &str, class: Option<&str>) {
-        let source = VolumeSnapshotSource {
-            persistent_volume_claim_name: Some(claim.into()),
-            volume_snapshot_content_name: None,
-        };
-        self.snapshot(name, source, class).await;
+        self.snapshots
+            .create(
+                &PostParams::default(),
+                &e2e::volume_snapshot(name, claim, class),
+            )
+            .await
+            .unwrap();
     }
 
     async fn ready(&self, name: &str, within: Duration) -> VolumeSnapshot {
@@ -210,6 +203,22 @@ impl Env {
                 .is_none()
                 .then_some(())
         })
+        .await;
+    }
+
+    async fn content_gone(&self, name: &str) {
+        eventually(
+            &format!("content {name} to be gone"),
+            Duration::from_secs(30),
+            || async {
+                self.contents
+                    .get_opt(name)
+                    .await
+                    .ok()?
+                    .is_none()
+                    .then_some(())
+            },
+        )
         .await;
     }
 
@@ -452,19 +461,8 @@ async fn a_dynamic_snapshot_is_cut_restored_and_deleted_and_retain_keeps_it() {
         )
         .await
         .unwrap();
-    eventually(
-        "the retained content to be released",
-        Duration::from_secs(30),
-        || async {
-            env.contents
-                .get_opt(content.metadata.name.as_deref().unwrap())
-                .await
-                .ok()?
-                .is_none()
-                .then_some(())
-        },
-    )
-    .await;
+    env.content_gone(content.metadata.name.as_deref().unwrap())
+        .await;
     assert!(env.own.driver.state().snapshots.contains_key(&kept));
     env.finish().await;
 }
@@ -724,15 +722,8 @@ async fn a_manager_killed_mid_creation_leaks_no_snapshot() {
         .unwrap();
     env.own.manager.start();
     env.gone("snap", Duration::from_secs(90)).await;
-    eventually("the content to go", Duration::from_secs(30), || async {
-        env.contents
-            .get_opt(content.metadata.name.as_deref().unwrap())
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    env.content_gone(content.metadata.name.as_deref().unwrap())
+        .await;
     assert!(
         env.own.driver.state().snapshots.is_empty(),
         "no snapshot left on the driver: {:?}",

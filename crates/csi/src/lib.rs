@@ -15,6 +15,7 @@ pub mod client;
 pub mod endpoint;
 pub mod error;
 pub mod metrics;
+pub mod parameters;
 pub mod v1;
 
 pub use client::{CsiClient, Discovery, Driver, DriverWatch, ProbeState};

@@ -193,19 +193,7 @@ pub fn strip_prefixed(
         PARAM_CONTROLLER_MODIFY_SECRET_NAME,
         PARAM_CONTROLLER_MODIFY_SECRET_NAMESPACE,
     ];
-    let mut out = BTreeMap::new();
-    for (k, v) in params {
-        if k.starts_with(CSI_PARAMETER_PREFIX) {
-            if !KNOWN.contains(&k.as_str()) {
-                return Err(format!(
-                    "found unknown parameter key \"{k}\" with reserved namespace {CSI_PARAMETER_PREFIX}"
-                ));
-            }
-        } else {
-            out.insert(k.clone(), v.clone());
-        }
-    }
-    Ok(out)
+    csi::parameters::strip_reserved(params, KNOWN)
 }
 
 /// Upstream `verifyAndGetSecretNameAndNamespaceTemplate`: the (name, namespace) templates of one
