@@ -49,6 +49,52 @@ pub use state::{
     VolumeHealth, VolumeRecord,
 };
 
+/// csi-mock served on a socket in its own temporary directory, with a connected client and the
+/// driver's discovery: the start of every controller's component tests.
+#[derive(Debug)]
+pub struct TestDriver {
+    /// The driver, to inject faults and read its state.
+    pub driver: MockDriver,
+    /// A client of it.
+    pub client: csi::CsiClient,
+    /// What the client discovered.
+    pub discovery: std::sync::Arc<csi::Discovery>,
+    /// The driver's name.
+    pub name: String,
+    /// The server; it stops when dropped.
+    pub server: MockServer,
+    /// The socket's directory, removed when dropped.
+    pub dir: tempfile::TempDir,
+}
+
+impl TestDriver {
+    /// Serves a driver with `config` and connects to it.
+    pub async fn start(config: MockConfig) -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let endpoint = format!("unix://{}", dir.path().join("csi.sock").display());
+        let driver = MockDriver::new(config);
+        let name = driver.config().driver_name;
+        let server = MockServer::start(&endpoint, driver.clone())
+            .await
+            .expect("csi-mock serves");
+        let client = csi::CsiClient::connect(
+            csi::CsiEndpoint::parse(&endpoint).expect("an endpoint"),
+            std::time::Duration::from_secs(5),
+            csi::CsiMetrics::default(),
+        )
+        .expect("a CSI client");
+        let discovery = std::sync::Arc::new(client.discover().await.expect("discovery"));
+        Self {
+            driver,
+            client,
+            discovery,
+            name,
+            server,
+            dir,
+        }
+    }
+}
+
 /// Creates a 1 GiB single-node-writer mount volume named `name` through `csi` (any driver, this
 /// one in tests) and returns its ID: the seed most controller tests start from.
 pub async fn create_volume(csi: &csi::CsiClient, name: &str) -> String {

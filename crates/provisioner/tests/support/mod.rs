@@ -2,13 +2,12 @@
 //! provisioner, and builders of the objects the tests seed.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use controller_kit::testing::FakeApiServer;
 use controller_kit::{Backoff, ControllerContext, Informers, Metrics};
-use csi::{CsiClient, CsiEndpoint, CsiMetrics};
-use csi_mock::{MockConfig, MockDriver, MockServer};
+use csi::CsiClient;
+use csi_mock::{MockConfig, MockDriver};
 use k8s_openapi::api::core::v1::{
     CSIPersistentVolumeSource, ConfigMap, Event, PersistentVolume, PersistentVolumeClaim,
     PersistentVolumeClaimSpec, PersistentVolumeSpec, PersistentVolumeStatus,
@@ -33,8 +32,7 @@ pub struct Harness {
     pub csi: CsiClient,
     pub name: String,
     pub token: CancellationToken,
-    _server: MockServer,
-    _dir: tempfile::TempDir,
+    _mock: csi_mock::TestDriver,
 }
 
 impl Harness {
@@ -51,19 +49,13 @@ impl Harness {
         retry_max: Duration,
         seed: impl FnOnce(&FakeApiServer, &str),
     ) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let endpoint = format!("unix://{}", dir.path().join("csi.sock").display());
-        let driver = MockDriver::new(MockConfig::default());
-        let name = driver.config().driver_name;
-        let server = MockServer::start(&endpoint, driver.clone()).await.unwrap();
-        let mut registry = prometheus_client::registry::Registry::default();
-        let csi = CsiClient::connect(
-            CsiEndpoint::parse(&endpoint).unwrap(),
-            Duration::from_secs(5),
-            CsiMetrics::new(&mut registry),
-        )
-        .unwrap();
-        let discovery = Arc::new(csi.discover().await.unwrap());
+        let mock = csi_mock::TestDriver::start(MockConfig::default()).await;
+        let (csi, discovery, driver, name) = (
+            mock.client.clone(),
+            mock.discovery.clone(),
+            mock.driver.clone(),
+            mock.name.clone(),
+        );
         let api = FakeApiServer::start().await;
         seed(&api, &name);
 
@@ -105,8 +97,7 @@ impl Harness {
             csi,
             name,
             token,
-            _server: server,
-            _dir: dir,
+            _mock: mock,
         }
     }
 

@@ -4,13 +4,11 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use controller_kit::testing::FakeApiServer;
 use controller_kit::{Backoff, ControllerContext, Informers, Metrics};
-use csi::{CsiClient, CsiEndpoint, CsiMetrics};
-use csi_mock::{Method, MockConfig, MockDriver, MockServer};
+use csi_mock::{Method, MockConfig, MockDriver};
 use k8s_openapi::api::core::v1::{
     CSIPersistentVolumeSource, Event, ObjectReference, PersistentVolume, PersistentVolumeClaim,
     PersistentVolumeClaimSpec, PersistentVolumeClaimStatus, PersistentVolumeSpec,
@@ -29,8 +27,7 @@ pub struct Harness {
     pub driver: MockDriver,
     pub name: String,
     pub token: CancellationToken,
-    _server: MockServer,
-    _dir: tempfile::TempDir,
+    _mock: csi_mock::TestDriver,
 }
 
 impl Drop for Harness {
@@ -70,21 +67,15 @@ impl Harness {
         resizer_config: resizer::ResizerConfig,
         setup: impl FnOnce(&FakeApiServer),
     ) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let endpoint = format!("unix://{}", dir.path().join("csi.sock").display());
         let mut config = MockConfig::default();
         configure(&mut config);
-        let driver = MockDriver::new(config);
-        let name = driver.config().driver_name;
-        let server = MockServer::start(&endpoint, driver.clone()).await.unwrap();
-        let mut registry = prometheus_client::registry::Registry::default();
-        let csi = CsiClient::connect(
-            CsiEndpoint::parse(&endpoint).unwrap(),
-            Duration::from_secs(5),
-            CsiMetrics::new(&mut registry),
-        )
-        .unwrap();
-        let discovery = Arc::new(csi.discover().await.unwrap());
+        let mock = csi_mock::TestDriver::start(config).await;
+        let (csi, discovery, driver, name) = (
+            mock.client.clone(),
+            mock.discovery.clone(),
+            mock.driver.clone(),
+            mock.name.clone(),
+        );
         let handle = csi_mock::create_volume(&csi, "vol").await;
 
         let api = FakeApiServer::start().await;
@@ -132,8 +123,7 @@ impl Harness {
             driver,
             name,
             token,
-            _server: server,
-            _dir: dir,
+            _mock: mock,
         }
     }
 

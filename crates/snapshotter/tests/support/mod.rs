@@ -2,13 +2,11 @@
 //! server seeded by the test, and the controllers built and run as the manager does.
 #![allow(dead_code)]
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use controller_kit::testing::FakeApiServer;
 use controller_kit::{Backoff, ControllerContext, Informers, Metrics};
-use csi::{CsiClient, CsiEndpoint, CsiMetrics};
-use csi_mock::{MockConfig, MockDriver, MockServer};
+use csi_mock::{MockConfig, MockDriver};
 use kube::api::ObjectMeta;
 use snapshotter::types::*;
 use tokio_util::sync::CancellationToken;
@@ -22,8 +20,7 @@ pub struct Harness {
     /// The handle of csi-mock's volume `vol`.
     pub volume: String,
     pub token: CancellationToken,
-    _server: MockServer,
-    _dir: tempfile::TempDir,
+    _mock: csi_mock::TestDriver,
 }
 
 impl Drop for Harness {
@@ -48,21 +45,15 @@ impl Harness {
         halves: Halves,
         seed: impl FnOnce(&FakeApiServer, &str, &str),
     ) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let endpoint = format!("unix://{}", dir.path().join("csi.sock").display());
         let mut config = MockConfig::default();
         configure(&mut config);
-        let driver = MockDriver::new(config);
-        let name = driver.config().driver_name;
-        let server = MockServer::start(&endpoint, driver.clone()).await.unwrap();
-        let mut registry = prometheus_client::registry::Registry::default();
-        let csi = CsiClient::connect(
-            CsiEndpoint::parse(&endpoint).unwrap(),
-            Duration::from_secs(5),
-            CsiMetrics::new(&mut registry),
-        )
-        .unwrap();
-        let discovery = Arc::new(csi.discover().await.unwrap());
+        let mock = csi_mock::TestDriver::start(config).await;
+        let (csi, discovery, driver, name) = (
+            mock.client.clone(),
+            mock.discovery.clone(),
+            mock.driver.clone(),
+            mock.name.clone(),
+        );
         let volume = csi_mock::create_volume(&csi, "vol").await;
         let api = FakeApiServer::start().await;
         seed(&api, &name, &volume);
@@ -116,8 +107,7 @@ impl Harness {
             name,
             volume,
             token,
-            _server: server,
-            _dir: dir,
+            _mock: mock,
         }
     }
 
