@@ -19,6 +19,9 @@
 //!   snapshot afterwards).
 
 pub(crate) mod act;
+mod claims;
+mod content;
+mod deletion;
 pub mod plan;
 
 use std::sync::Arc;
