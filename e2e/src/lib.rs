@@ -40,6 +40,18 @@ where
     }
 }
 
+/// Waits up to `timeout` until the object `name` of `api` is gone from the API server.
+pub async fn until_gone<K>(api: &kube::Api<K>, name: &str, timeout: Duration)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let what = format!("{} {name} to be gone", K::kind(&()));
+    eventually(&what, timeout, || async {
+        api.get_opt(name).await.ok()?.is_none().then_some(())
+    })
+    .await;
+}
+
 /// A binary of this workspace (`csi-controller-manager`, `csi-mock`), built next to the test
 /// executable (`target/<profile>/`); the environment variable `env_override` wins if set.
 pub fn workspace_binary(name: &str, env_override: &str) -> std::path::PathBuf {

@@ -150,19 +150,7 @@ impl Cluster {
             .delete(name, &DeleteParams::default())
             .await
             .unwrap();
-        eventually(
-            &format!("snapshot {name} to be deleted"),
-            Duration::from_secs(90),
-            || async {
-                self.snapshots
-                    .get_opt(name)
-                    .await
-                    .ok()?
-                    .is_none()
-                    .then_some(())
-            },
-        )
-        .await;
+        e2e::until_gone(&self.snapshots, name, Duration::from_secs(90)).await;
     }
 
     /// Whether a VolumeAttachment of `pv` is attached (`Some(true)`), exists unattached

@@ -195,31 +195,11 @@ impl Env {
     }
 
     async fn gone(&self, name: &str, within: Duration) {
-        eventually(&format!("snapshot {name} to be gone"), within, || async {
-            self.snapshots
-                .get_opt(name)
-                .await
-                .ok()?
-                .is_none()
-                .then_some(())
-        })
-        .await;
+        e2e::until_gone(&self.snapshots, name, within).await;
     }
 
     async fn content_gone(&self, name: &str) {
-        eventually(
-            &format!("content {name} to be gone"),
-            Duration::from_secs(30),
-            || async {
-                self.contents
-                    .get_opt(name)
-                    .await
-                    .ok()?
-                    .is_none()
-                    .then_some(())
-            },
-        )
-        .await;
+        e2e::until_gone(&self.contents, name, Duration::from_secs(30)).await;
     }
 
     /// Waits for the claim's `pvc-as-source-protection` to go.
