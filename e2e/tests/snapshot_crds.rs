@@ -1,6 +1,6 @@
-//! Our snapshot CRDs (generated from `snapshotter::types`, `snapshotter::crd`) validate as
-//! upstream's: the API server accepts and refuses the same objects and updates, with the same
-//! messages. Upstream's CRDs are the cluster's (`e2e/cluster` installs them); ours are installed
+//! Our snapshot and group snapshot CRDs (generated from `snapshotter::types`,
+//! `snapshotter::crd`) validate as upstream's: the API server accepts and refuses the same
+//! objects and updates, with the same messages. Upstream's CRDs are the cluster's (`e2e/cluster` installs them); ours are installed
 //! beside them under a test group, since both cannot have the same name. Every case is a
 //! server-side dry run, except the object an update case starts from.
 #![cfg(feature = "cluster")]
@@ -17,12 +17,17 @@ use serde_json::{Value, json};
 
 const UPSTREAM: &str = "snapshot.storage.k8s.io";
 const OURS: &str = "snapshot.crdtest.csi-controller-manager.io";
+const UPSTREAM_GROUPS: &str = "groupsnapshot.storage.k8s.io";
+const OURS_GROUPS: &str = "groupsnapshot.crdtest.csi-controller-manager.io";
 
 #[derive(Clone, Copy, Debug)]
 enum Kind {
     Snapshot,
     Content,
     Class,
+    Group,
+    GroupContent,
+    GroupClass,
 }
 
 impl Kind {
@@ -31,6 +36,20 @@ impl Kind {
             Kind::Snapshot => ("VolumeSnapshot", "volumesnapshots"),
             Kind::Content => ("VolumeSnapshotContent", "volumesnapshotcontents"),
             Kind::Class => ("VolumeSnapshotClass", "volumesnapshotclasses"),
+            Kind::Group => ("VolumeGroupSnapshot", "volumegroupsnapshots"),
+            Kind::GroupContent => ("VolumeGroupSnapshotContent", "volumegroupsnapshotcontents"),
+            Kind::GroupClass => ("VolumeGroupSnapshotClass", "volumegroupsnapshotclasses"),
+        }
+    }
+
+    /// The API group of the kind: upstream's, or ours under test.
+    fn group(self, ours: bool) -> &'static str {
+        let grouped = matches!(self, Kind::Group | Kind::GroupContent | Kind::GroupClass);
+        match (grouped, ours) {
+            (false, false) => UPSTREAM,
+            (false, true) => OURS,
+            (true, false) => UPSTREAM_GROUPS,
+            (true, true) => OURS_GROUPS,
         }
     }
 }
@@ -250,6 +269,142 @@ fn cases() -> Vec<Case> {
         ),
         case("class without policy", Class, json!({"driver": "d"})),
     ]
+    .into_iter()
+    .chain(group_cases())
+    .collect()
+}
+
+fn group_content_spec() -> Value {
+    json!({
+        "volumeGroupSnapshotRef": {"name": "group", "namespace": "ns"},
+        "deletionPolicy": "Delete",
+        "driver": "d.example.com",
+        "source": {"volumeHandles": ["vol-1", "vol-2"]},
+    })
+}
+
+fn group_cases() -> Vec<Case> {
+    use Kind::*;
+    let selector = || json!({"source": {"selector": {"matchLabels": {"app": "db"}}}});
+    let spec = group_content_spec;
+    let handles = || json!({"groupSnapshotHandles": {"volumeGroupSnapshotHandle": "g", "volumeSnapshotHandles": ["s1"]}});
+    let class =
+        || json!({"driver": "d.example.com", "deletionPolicy": "Delete", "parameters": {"a": "b"}});
+    vec![
+        case("group of selected claims", Group, vs(selector())),
+        case(
+            "group of a content",
+            Group,
+            vs(json!({"source": {"volumeGroupSnapshotContentName": "gc"}})),
+        ),
+        case(
+            "group with both sources",
+            Group,
+            vs(json!({"source": {"selector": {}, "volumeGroupSnapshotContentName": "gc"}})),
+        ),
+        case("group with no source", Group, vs(json!({"source": {}}))),
+        case(
+            "group with an empty class",
+            Group,
+            vs(with(
+                selector(),
+                &["volumeGroupSnapshotClassName"],
+                json!(""),
+            )),
+        ),
+        case(
+            "group whose expression has no operator",
+            Group,
+            vs(json!({"source": {"selector": {"matchExpressions": [{"key": "app"}]}}})),
+        ),
+        update(
+            "group's selector changed",
+            Group,
+            vs(selector()),
+            json!({"spec": {"source": {"selector": {"matchLabels": {"app": "web"}}}}}),
+        ),
+        update(
+            "group's source switched",
+            Group,
+            vs(selector()),
+            json!({"spec": {"source": {"volumeGroupSnapshotContentName": "gc"}}}),
+        ),
+        case("dynamic group content", GroupContent, vsc(spec())),
+        case(
+            "pre-provisioned group content",
+            GroupContent,
+            vsc(with(spec(), &["source"], handles())),
+        ),
+        case(
+            "group content with both sources",
+            GroupContent,
+            vsc(with(
+                spec(),
+                &["source"],
+                json!({"volumeHandles": ["v"], "groupSnapshotHandles": {"volumeGroupSnapshotHandle": "g", "volumeSnapshotHandles": []}}),
+            )),
+        ),
+        case(
+            "group content whose handles miss the group handle",
+            GroupContent,
+            vsc(with(
+                spec(),
+                &["source"],
+                json!({"groupSnapshotHandles": {"volumeSnapshotHandles": ["s1"]}}),
+            )),
+        ),
+        case(
+            "group content whose ref has no namespace",
+            GroupContent,
+            vsc(with(
+                spec(),
+                &["volumeGroupSnapshotRef"],
+                json!({"name": "group"}),
+            )),
+        ),
+        update(
+            "group content's volumes changed",
+            GroupContent,
+            vsc(spec()),
+            json!({"spec": with(spec(), &["source"], json!({"volumeHandles": ["vol-3"]}))}),
+        ),
+        update(
+            "group content's driver changed",
+            GroupContent,
+            vsc(spec()),
+            json!({"spec": with(spec(), &["driver"], json!("e.example.com"))}),
+        ),
+        update(
+            "group content bound by UID",
+            GroupContent,
+            vsc(spec()),
+            json!({"spec": with(spec(), &["volumeGroupSnapshotRef"], json!({"name": "group", "namespace": "ns", "uid": "u-1"}))}),
+        ),
+        update(
+            "group content's ref renamed",
+            GroupContent,
+            vsc(spec()),
+            json!({"spec": with(spec(), &["volumeGroupSnapshotRef"], json!({"name": "other", "namespace": "ns"}))}),
+        ),
+        case("group class", GroupClass, class()),
+        case(
+            "group class with an unknown policy",
+            GroupClass,
+            with(class(), &["deletionPolicy"], json!("Keep")),
+        ),
+        update(
+            "group class's parameters changed",
+            GroupClass,
+            class(),
+            json!({"parameters": {"a": "c"}}),
+        ),
+        update(
+            "group class's policy changed",
+            GroupClass,
+            class(),
+            json!({"deletionPolicy": "Retain"}),
+        ),
+    ]
 }
 
 async fn install_ours(client: &kube::Client) {
@@ -258,11 +413,16 @@ async fn install_ours(client: &kube::Client) {
     for crd in snapshotter::crd::all() {
         let mut v = serde_json::to_value(&crd).unwrap();
         let plural = v["spec"]["names"]["plural"].as_str().unwrap().to_string();
-        let name = format!("{plural}.{OURS}");
+        let group = if v["spec"]["group"] == json!(UPSTREAM) {
+            OURS
+        } else {
+            OURS_GROUPS
+        };
+        let name = format!("{plural}.{group}");
         v["metadata"]["name"] = json!(name);
         // The approval annotation is only for `*.k8s.io` groups.
         v["metadata"].as_object_mut().unwrap().remove("annotations");
-        v["spec"]["group"] = json!(OURS);
+        v["spec"]["group"] = json!(group);
         let params = PatchParams::apply("csi-controller-manager-e2e").force();
         crds.patch(&name, &params, &Patch::Apply(&v)).await.unwrap();
         names.push(name);
@@ -290,7 +450,7 @@ fn api(client: &kube::Client, group: &str, kind: Kind, ns: &str) -> Api<DynamicO
     let resource =
         ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, "v1", k), plural);
     match kind {
-        Kind::Snapshot => Api::namespaced_with(client.clone(), ns, &resource),
+        Kind::Snapshot | Kind::Group => Api::namespaced_with(client.clone(), ns, &resource),
         _ => Api::all_with(client.clone(), &resource),
     }
 }
@@ -307,11 +467,12 @@ fn object(group: &str, kind: Kind, name: &str, body: &Value) -> DynamicObject {
 /// named as upstream's.
 async fn outcome(
     client: &kube::Client,
-    group: &str,
+    ours: bool,
     ns: &str,
     name: &str,
     c: &Case,
 ) -> Result<(), String> {
+    let group = c.kind.group(ours);
     let api = api(client, group, c.kind, ns);
     let dry = PostParams {
         dry_run: true,
@@ -322,7 +483,8 @@ async fn outcome(
             kube::Error::Api(s) => s.message,
             other => other.to_string(),
         };
-        text.replace(OURS, UPSTREAM)
+        text.replace(OURS_GROUPS, UPSTREAM_GROUPS)
+            .replace(OURS, UPSTREAM)
     };
     match &c.update {
         None => api
@@ -369,8 +531,8 @@ async fn our_crds_accept_and_refuse_what_upstreams_do() {
     let mut differ = Vec::new();
     for (i, case) in cases().iter().enumerate() {
         let name = format!("{ns}-{i}");
-        let theirs = outcome(&c.main, UPSTREAM, &ns, &name, case).await;
-        let ours = outcome(&c.main, OURS, &ns, &name, case).await;
+        let theirs = outcome(&c.main, false, &ns, &name, case).await;
+        let ours = outcome(&c.main, true, &ns, &name, case).await;
         refused += usize::from(theirs.is_err());
         if ours != theirs {
             differ.push(format!(
@@ -382,7 +544,7 @@ async fn our_crds_accept_and_refuse_what_upstreams_do() {
     let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
     assert!(differ.is_empty(), "outcomes differ:\n{}", differ.join("\n"));
     assert!(
-        refused >= 15,
+        refused >= 25,
         "the table refuses {refused} objects: it must exercise the rules"
     );
 }

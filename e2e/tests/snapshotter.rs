@@ -11,6 +11,9 @@
 //!   snapshot-controller with our CSI half.
 //! - Side by side with upstream's two controllers (same driver settings, one after the other):
 //!   the same snapshot and content status, finalizers, annotations and event reasons.
+//! - A group snapshot of the claims a selector picks, to ready with its member snapshots, a
+//!   member's lone deletion held back, then deleted with its members, nothing left on the
+//!   driver; side by side with upstream's two controllers, the same objects.
 //!
 //! The common controller is cluster-wide (it serves every driver's snapshots), so these tests
 //! run one at a time (`SERIAL`) and each starts and stops its own.
@@ -68,6 +71,8 @@ fn upstream_process(own: &OwnDriver, which: &str) -> ManagerProcess {
         ));
         args.push("--extra-create-metadata".into());
     }
+    // Upstream serves group snapshots only behind this gate (beta, off by default in v8.6).
+    args.push("--feature-gates=CSIVolumeGroupSnapshot=true".into());
     let mut p = ManagerProcess::other(&format!("{}-{which}", own.name), dir.join(which), args);
     p.start();
     p
@@ -151,6 +156,11 @@ impl Env {
             .create(&PostParams::default(), &claim(name, &self.own.name, "1Gi"))
             .await
             .unwrap();
+        self.bound_volume(name).await
+    }
+
+    /// The volume handle of claim `name`, once Bound.
+    async fn bound_volume(&self, name: &str) -> String {
         let pvc = eventually(
             &format!("claim {name} to be Bound"),
             Duration::from_secs(60),
@@ -808,4 +818,236 @@ async fn either_half_runs_beside_upstreams_other_half() {
         assert!(env.own.manager.unexpected_exits.is_empty());
         env.finish().await;
     }
+}
+
+/// A group snapshot of two of three claims (a selector on a label), to ready with its members;
+/// a member's lone deletion held back; then the group deleted with its members. Asserts what
+/// both implementations must do; returns the normalized objects and event reasons.
+async fn group_and_delete(env: &Env) -> Value {
+    let c = clients().await;
+    let groups: Api<VolumeGroupSnapshot> = Api::namespaced(c.main.clone(), &env.own.name);
+    let group_contents: Api<VolumeGroupSnapshotContent> = Api::all(c.main.clone());
+    let group_classes: Api<VolumeGroupSnapshotClass> = Api::all(c.main.clone());
+    let class_name = format!("{}-group", env.own.name);
+    let class = VolumeGroupSnapshotClass {
+        metadata: ObjectMeta {
+            name: Some(class_name.clone()),
+            annotations: Some(BTreeMap::from([(
+                ANN_DEFAULT_GROUP_CLASS.to_string(),
+                "true".to_string(),
+            )])),
+            ..Default::default()
+        },
+        driver: env.own.driver_name.clone(),
+        parameters: Some(BTreeMap::from([("tier".to_string(), "gold".to_string())])),
+        deletion_policy: DeletionPolicy::Delete,
+    };
+    group_classes
+        .create(&PostParams::default(), &class)
+        .await
+        .unwrap();
+    let mut handles = Vec::new();
+    for (name, label) in [("db-0", "db"), ("db-1", "db"), ("web", "web")] {
+        let mut pvc = claim(name, &env.own.name, "1Gi");
+        pvc.metadata.labels = Some(BTreeMap::from([("app".to_string(), label.to_string())]));
+        env.pvcs.create(&PostParams::default(), &pvc).await.unwrap();
+        let handle = env.bound_volume(name).await;
+        if label == "db" {
+            handles.push(handle);
+        }
+    }
+    let vgs: VolumeGroupSnapshot = serde_json::from_value(json!({
+        "metadata": {"name": "group"},
+        "spec": {"source": {"selector": {"matchLabels": {"app": "db"}}}},
+    }))
+    .unwrap();
+    groups.create(&PostParams::default(), &vgs).await.unwrap();
+    let vgs = eventually(
+        "the group snapshot to be ready",
+        Duration::from_secs(90),
+        || async {
+            let g = groups.get("group").await.ok()?;
+            g.is_ready().then_some(g)
+        },
+    )
+    .await;
+    // Members become ready through their own passes: settle.
+    let members = eventually(
+        "both members to be ready",
+        Duration::from_secs(60),
+        || async {
+            let list = env.snapshots.list(&ListParams::default()).await.ok()?.items;
+            let members: Vec<VolumeSnapshot> = list
+                .into_iter()
+                .filter(|vs| {
+                    vs.metadata
+                        .owner_references
+                        .iter()
+                        .flatten()
+                        .any(|o| o.name == "group")
+                })
+                .collect();
+            (members.len() == 2
+                && members.iter().all(|m| {
+                    m.is_ready()
+                        && m.status
+                            .as_ref()
+                            .is_some_and(|s| s.volume_group_snapshot_name.is_some())
+                }))
+            .then_some(members)
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let vgs = groups.get("group").await.unwrap_or(vgs);
+    let uid = vgs.metadata.uid.clone().unwrap();
+    assert_eq!(
+        vgs.spec.volume_group_snapshot_class_name.as_deref(),
+        Some(class_name.as_str()),
+        "the default group class of the claims' driver"
+    );
+    let content_name = vgs.bound_content().expect("bound").to_string();
+    assert_eq!(content_name, format!("groupsnapcontent-{uid}"));
+    let content = group_contents.get(&content_name).await.unwrap();
+    assert_eq!(content.volume_handles(), handles.as_slice());
+    let state = env.own.driver.state();
+    assert_eq!(state.group_snapshots.len(), 1, "one group snapshot cut");
+    let cut = state.group_snapshots.values().next().unwrap().clone();
+    assert_eq!(cut.name, format!("groupsnapshot-{uid}"));
+    assert_eq!(cut.source_volume_ids, handles, "only the selected claims");
+    assert_eq!(content.group_handle(), Some(cut.id.as_str()));
+    let mut member_json = Vec::new();
+    for m in &members {
+        let member_content = env.content_of(m).await;
+        let handle = handle_of(&member_content);
+        assert!(
+            cut.snapshot_ids.contains(&handle),
+            "{handle} is the group's"
+        );
+        assert_eq!(
+            m.status
+                .as_ref()
+                .unwrap()
+                .volume_group_snapshot_name
+                .as_deref(),
+            Some("group")
+        );
+        let mj = serde_json::to_value(m).unwrap();
+        let cj = serde_json::to_value(&member_content).unwrap();
+        member_json.push(json!({
+            "finalizers": m.metadata.finalizers,
+            "status": keys(&mj["status"]),
+            "source": keys(&mj["spec"]["source"]),
+            "claim": mj["spec"]["source"]["persistentVolumeClaimName"].as_str().is_some_and(|c| c.starts_with("db-")),
+            "content": {
+                "finalizers": member_content.metadata.finalizers,
+                "annotations": keys(&cj["metadata"]["annotations"]),
+                "spec": keys(&cj["spec"]),
+                "status": keys(&cj["status"]),
+            },
+        }));
+    }
+    assert_eq!(
+        env.own.driver.calls(Method::CreateSnapshot),
+        0,
+        "members are never cut alone"
+    );
+
+    // A member cannot go alone while its group exists.
+    let lone = members[0].metadata.name.clone().unwrap();
+    env.snapshots
+        .delete(&lone, &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "the member's deletion to be held back",
+        Duration::from_secs(30),
+        || async {
+            env.reasons("VolumeSnapshot", &lone)
+                .await
+                .contains(&REASON_DELETE_PENDING.to_string())
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(env.snapshots.get_opt(&lone).await.unwrap().is_some());
+
+    let cj = serde_json::to_value(&content).unwrap();
+    let vj = serde_json::to_value(&vgs).unwrap();
+    let group_reasons = env.reasons("VolumeGroupSnapshot", "group").await;
+    groups
+        .delete("group", &DeleteParams::default())
+        .await
+        .unwrap();
+    e2e::until_gone(&groups, "group", Duration::from_secs(90)).await;
+    e2e::until_gone(&group_contents, &content_name, Duration::from_secs(30)).await;
+    for m in &members {
+        env.gone(m.metadata.name.as_deref().unwrap(), Duration::from_secs(60))
+            .await;
+        env.content_gone(
+            m.status
+                .as_ref()
+                .unwrap()
+                .bound_volume_snapshot_content_name
+                .as_deref()
+                .unwrap(),
+        )
+        .await;
+    }
+    let state = env.own.driver.state();
+    assert!(
+        state.group_snapshots.is_empty() && state.snapshots.is_empty(),
+        "nothing left on the driver: {:?}",
+        state.snapshots.keys()
+    );
+    assert_eq!(
+        env.own.driver.calls(Method::DeleteSnapshot),
+        0,
+        "members go with their group"
+    );
+    let _ = group_classes
+        .delete(&class_name, &DeleteParams::default())
+        .await;
+    member_json.sort_by_key(|v| v.to_string());
+    json!({
+        "group": {
+            "finalizers": vgs.metadata.finalizers,
+            "status": keys(&vj["status"]),
+        },
+        "content": {
+            "finalizers": content.metadata.finalizers,
+            "annotations": keys(&cj["metadata"]["annotations"]),
+            "spec": keys(&cj["spec"]),
+            "status": keys(&cj["status"]),
+            "members": cj["status"]["volumeSnapshotInfoList"].as_array().map(|l| l.iter().map(keys).collect::<Vec<_>>()),
+        },
+        "members": member_json,
+        "driver": {
+            "parameters": cut.parameters.keys().collect::<Vec<_>>(),
+        },
+        "events": {
+            "group": group_reasons,
+            "content": env.reasons("VolumeGroupSnapshotContent", &content_name).await,
+        },
+    })
+}
+
+fn keys(v: &Value) -> Vec<String> {
+    v.as_object()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_group_snapshot_is_cut_with_its_members_and_deleted_with_them_as_upstreams() {
+    let _serial = SERIAL.lock().await;
+    let upstream = Env::start("group-up", Halves::Upstream, |_| {}).await;
+    let theirs = group_and_delete(&upstream).await;
+    upstream.finish().await;
+    let ours = Env::start("group-ours", Halves::Ours, |_| {}).await;
+    let mine = group_and_delete(&ours).await;
+    assert!(ours.own.manager.unexpected_exits.is_empty());
+    ours.finish().await;
+    eprintln!("normalized group objects (ours): {mine:#}");
+    assert_eq!(mine, theirs, "ours (left) and upstream's (right)");
 }

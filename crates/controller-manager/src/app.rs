@@ -179,6 +179,18 @@ pub async fn run(flags: Flags) -> Result<(), AppError> {
         );
         configs.resizer.modify = false;
     }
+    let snapshots = kinds.contains(&ControllerKind::Snapshotter)
+        || kinds.contains(&ControllerKind::SnapshotController);
+    if snapshots
+        && (configs.snapshotter.groups || configs.snapshot_controller.groups)
+        && !crate::wiring::serves_group_snapshots(&clients.main).await
+    {
+        tracing::info!(
+            "the API server serves no groupsnapshot.storage.k8s.io/v1: group snapshots are off"
+        );
+        configs.snapshotter.groups = false;
+        configs.snapshot_controller.groups = false;
+    }
     let wanted = configs.permissions(
         &kinds,
         &discovery,

@@ -43,8 +43,9 @@ pub const PROVISIONER_WORKERS: usize = 100;
 pub const WORKERS: usize = 10;
 
 /// The feature gates `--feature-gates` knows.
-pub const FEATURE_GATES: [&str; 5] = [
+pub const FEATURE_GATES: [&str; 6] = [
     "Topology",
+    "CSIVolumeGroupSnapshot",
     "VolumeAttributesClass",
     "AnnotateFsResize",
     "RecoverVolumeExpansionFailure",
@@ -139,6 +140,16 @@ pub struct Flags {
     /// whole UID.
     #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
     pub snapshot_name_uuid_length: i64,
+
+    /// Prefix of the names of group snapshots cut on the driver
+    /// (`<prefix>-<VolumeGroupSnapshot UID>`).
+    #[arg(long, default_value = "groupsnapshot")]
+    pub groupsnapshot_name_prefix: String,
+
+    /// Characters of the VolumeGroupSnapshot's UID (dashes removed) in group snapshot names;
+    /// -1 keeps the whole UID.
+    #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
+    pub groupsnapshot_name_uuid_length: i64,
 
     /// First retry delay of a failed object; doubles per failure.
     #[arg(long, default_value = "1s", value_parser = go_duration)]
@@ -481,6 +492,14 @@ impl Flags {
         if !(-1..=32).contains(&self.snapshot_name_uuid_length) {
             return Err("--snapshot-name-uuid-length must be -1 (the whole UID) or 0 to 32".into());
         }
+        if self.groupsnapshot_name_prefix.is_empty() {
+            return Err("--groupsnapshot-name-prefix must not be empty".into());
+        }
+        if !(-1..=32).contains(&self.groupsnapshot_name_uuid_length) {
+            return Err(
+                "--groupsnapshot-name-uuid-length must be -1 (the whole UID) or 0 to 32".into(),
+            );
+        }
         if !self.metrics_path.starts_with('/') {
             return Err("--metrics-path must start with /".into());
         }
@@ -681,5 +700,26 @@ mod tests {
             bad.validate().unwrap_err(),
             "malformed item in list of labels: c"
         );
+    }
+
+    #[test]
+    fn the_group_snapshot_flags_are_upstreams() {
+        let f = parse(&[
+            "--groupsnapshot-name-prefix=grp",
+            "--groupsnapshot-name-uuid-length=8",
+            "--feature-gates=CSIVolumeGroupSnapshot=false",
+        ]);
+        f.validate().unwrap();
+        assert_eq!(f.groupsnapshot_name_prefix, "grp");
+        assert_eq!(f.gate("CSIVolumeGroupSnapshot"), Some(false));
+        let d = parse(&[]);
+        assert_eq!(d.groupsnapshot_name_prefix, "groupsnapshot");
+        assert_eq!(d.groupsnapshot_name_uuid_length, -1);
+        for bad in [
+            vec!["--groupsnapshot-name-prefix="],
+            vec!["--groupsnapshot-name-uuid-length=33"],
+        ] {
+            assert!(parse(&bad).validate().is_err(), "{bad:?}");
+        }
     }
 }

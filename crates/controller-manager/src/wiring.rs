@@ -73,9 +73,14 @@ impl Configs {
             extra_create_metadata: flags
                 .snapshotter_extra_create_metadata
                 .unwrap_or(flags.extra_create_metadata),
+            // Refined by [`serves_group_snapshots`] when the gate is not off.
+            groups: flags.gate("CSIVolumeGroupSnapshot").unwrap_or(true),
+            group_name_prefix: flags.groupsnapshot_name_prefix.clone(),
+            group_name_uuid_length: usize::try_from(flags.groupsnapshot_name_uuid_length).ok(),
         };
         let snapshot_controller = snapshotter::CommonConfig {
             prevent_volume_mode_conversion: flags.prevent_volume_mode_conversion,
+            groups: flags.gate("CSIVolumeGroupSnapshot").unwrap_or(true),
         };
         Self {
             attacher,
@@ -111,8 +116,18 @@ impl Configs {
                     ));
                 }
                 ControllerKind::Resizer => wanted.extend(resizer::access::needed(&self.resizer)),
-                ControllerKind::Snapshotter => wanted.extend(snapshotter::access::sidecar()),
-                ControllerKind::SnapshotController => wanted.extend(snapshotter::access::common()),
+                ControllerKind::Snapshotter => {
+                    wanted.extend(snapshotter::access::sidecar());
+                    if self.snapshotter.groups {
+                        wanted.extend(snapshotter::access::sidecar_groups());
+                    }
+                }
+                ControllerKind::SnapshotController => {
+                    wanted.extend(snapshotter::access::common());
+                    if self.snapshot_controller.groups {
+                        wanted.extend(snapshotter::access::common_groups());
+                    }
+                }
             }
         }
         if leader_election && !kinds.is_empty() {
@@ -137,6 +152,21 @@ impl Configs {
 
     /// Turns off what the `denied` permissions do not allow.
     pub fn without(&mut self, denied: &[Permission]) {
+        for (controller, on) in [
+            ("snapshotter", &mut self.snapshotter.groups),
+            ("snapshot-controller", &mut self.snapshot_controller.groups),
+        ] {
+            let group_denied = denied
+                .iter()
+                .any(|p| p.controller == controller && snapshotter::access::is_group_permission(p));
+            if group_denied && *on {
+                tracing::warn!(
+                    controller,
+                    "group snapshots are off: this process may not use every group snapshot resource it needs"
+                );
+                *on = false;
+            }
+        }
         let nodes_denied = denied.iter().any(|p| {
             p.controller == "attacher"
                 && p.resource == "nodes"
@@ -172,6 +202,29 @@ pub async fn serves_volume_attributes_classes(client: &kube::Client) -> bool {
         Err(error) => {
             tracing::warn!(%error, "cannot discover storage.k8s.io/v1; the modify controller stays on");
             true
+        }
+    }
+}
+
+/// Whether the API server serves `groupsnapshot.storage.k8s.io/v1` (the group snapshot CRDs):
+/// without it group snapshots are off, as upstream's controllers decide. A discovery error
+/// turns them off too, with a warning.
+pub async fn serves_group_snapshots(client: &kube::Client) -> bool {
+    match client
+        .list_api_group_resources(snapshotter::types::group::API_VERSION)
+        .await
+    {
+        Ok(list) => [
+            "VolumeGroupSnapshot",
+            "VolumeGroupSnapshotContent",
+            "VolumeGroupSnapshotClass",
+        ]
+        .iter()
+        .all(|kind| list.resources.iter().any(|r| r.kind == *kind)),
+        Err(kube::Error::Api(e)) if e.code == 404 => false,
+        Err(error) => {
+            tracing::warn!(%error, "cannot discover groupsnapshot.storage.k8s.io/v1; group snapshots are off");
+            false
         }
     }
 }

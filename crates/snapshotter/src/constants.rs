@@ -107,3 +107,74 @@ pub const REASON_DELETE_ERROR: &str = "SnapshotDeleteError";
 pub const OP_CREATE: &str = "CreateSnapshot";
 pub const OP_CREATE_AND_READY: &str = "CreateSnapshotAndReady";
 pub const OP_DELETE: &str = "DeleteSnapshot";
+
+// Group snapshots (`groupsnapshot.storage.k8s.io`).
+
+/// On a bound VolumeGroupSnapshot, until its content is gone (whatever the policy).
+pub const FIN_GROUP_BOUND: &str =
+    "groupsnapshot.storage.kubernetes.io/volumegroupsnapshot-bound-protection";
+/// On a bound VolumeGroupSnapshotContent: added by the common controller, removed by the CSI half.
+pub const FIN_GROUP_CONTENT_BOUND: &str =
+    "groupsnapshot.storage.kubernetes.io/volumegroupsnapshotcontent-bound-protection";
+/// On a group content: its group snapshot is being deleted.
+pub const ANN_GROUP_BEING_DELETED: &str =
+    "groupsnapshot.storage.kubernetes.io/volumegroupsnapshot-being-deleted";
+/// On a group content: a CreateVolumeGroupSnapshot call is in flight or its outcome unknown.
+pub const ANN_GROUP_BEING_CREATED: &str =
+    "groupsnapshot.storage.kubernetes.io/volumegroupsnapshot-being-created";
+/// The Secret of Create/DeleteVolumeGroupSnapshot, frozen on the group content.
+pub const ANN_GROUP_SECRET_NAME: &str = "groupsnapshot.storage.kubernetes.io/deletion-secret-name";
+pub const ANN_GROUP_SECRET_NAMESPACE: &str =
+    "groupsnapshot.storage.kubernetes.io/deletion-secret-namespace";
+/// The default group class of its driver, when exactly `"true"`.
+pub const ANN_DEFAULT_GROUP_CLASS: &str = "groupsnapshot.storage.kubernetes.io/is-default-class";
+
+/// `--extra-create-metadata` parameters of CreateVolumeGroupSnapshot.
+pub const PARAM_META_GROUP_NAME: &str = "csi.storage.k8s.io/volumegroupsnapshot/name";
+pub const PARAM_META_GROUP_NAMESPACE: &str = "csi.storage.k8s.io/volumegroupsnapshot/namespace";
+pub const PARAM_META_GROUP_CONTENT_NAME: &str =
+    "csi.storage.k8s.io/volumegroupsnapshotcontent/name";
+
+/// Group secret template tokens.
+pub const TOKEN_GROUP_CONTENT_NAME: &str = "volumegroupsnapshotcontent.name";
+pub const TOKEN_GROUP_NAME: &str = "volumegroupsnapshot.name";
+pub const TOKEN_GROUP_NAMESPACE: &str = "volumegroupsnapshot.namespace";
+
+/// A dynamic group content is `groupsnapcontent-<VolumeGroupSnapshot UID>`.
+pub const GROUP_CONTENT_NAME_PREFIX: &str = "groupsnapcontent-";
+
+pub const QUEUE_GROUP_SNAPSHOTS: &str = "snapshot-controller-group-snapshot";
+pub const QUEUE_GROUP_CONTENTS: &str = "snapshot-controller-group-content";
+pub const QUEUE_SIDECAR_GROUP_CONTENTS: &str = "csi-snapshotter-groupsnapshotcontent";
+
+// Event reasons of the common controller's group half.
+pub const REASON_GROUP_VALIDATION: &str = "GroupSnapshotValidationError";
+pub const REASON_GROUP_FINALIZER_ERROR: &str = "GroupSnapshotFinalizerError";
+pub const REASON_GROUP_GET_CLASS_FAILED: &str = "GetGroupSnapshotClassFailed";
+pub const REASON_GROUP_DEFAULT_CLASS_FAILED: &str = "SetDefaultGroupSnapshotClassFailed";
+pub const REASON_GROUP_CONTENT_MISSING: &str = "GroupSnapshotContentMissing";
+pub const REASON_GROUP_CONTENT_MISMATCH: &str = "GroupSnapshotContentMismatch";
+pub const REASON_GROUP_CONTENT_MISBOUND: &str = "GroupSnapshotContentMisbound";
+pub const REASON_GROUP_MISBOUND: &str = "GroupSnapshotMisbound";
+pub const REASON_GROUP_HANDLE_SET: &str = "GroupSnapshotHandleSet";
+pub const REASON_GROUP_BIND_FAILED: &str = "GroupSnapshotBindFailed";
+pub const REASON_GROUP_STATUS_UPDATE_FAILED: &str = "GroupSnapshotStatusUpdateFailed";
+pub const REASON_GROUP_CONTENT_CREATION_FAILED: &str = "GroupSnapshotContentCreationFailed";
+pub const REASON_CREATE_GROUP_CONTENT_FAILED: &str = "CreateGroupSnapshotContentFailed";
+pub const REASON_CREATING_GROUP: &str = "CreatingGroupSnapshot";
+pub const REASON_GROUP_CREATED: &str = "GroupSnapshotCreated";
+pub const REASON_GROUP_READY: &str = "GroupSnapshotReady";
+pub const REASON_GROUP_CONTENT_DELETE_ERROR: &str = "GroupSnapshotContentObjectDeleteError";
+pub const REASON_GROUP_CONTENT_VALIDATION: &str = "GroupContentValidationError";
+/// A member could not be deleted with its group (upstream reuses the CSI half's reason).
+pub const REASON_MEMBER_DELETE_ERROR: &str = "SnapshotDeleteError";
+
+// Event reasons of the CSI half's group half.
+pub const REASON_GROUP_CREATION_FAILED: &str = "GroupSnapshotCreationFailed";
+pub const REASON_GROUP_CHECK_FAILED: &str = "GroupSnapshotContentCheckandUpdateFailed";
+pub const REASON_GROUP_DELETE_ERROR: &str = "GroupSnapshotDeleteError";
+
+/// `snapshot_controller_operation_total_seconds` group operation names.
+pub const OP_CREATE_GROUP: &str = "CreateGroupSnapshot";
+pub const OP_CREATE_GROUP_AND_READY: &str = "CreateGroupSnapshotAndReady";
+pub const OP_DELETE_GROUP: &str = "DeleteGroupSnapshot";

@@ -13,11 +13,14 @@ use schemars::JsonSchema;
 use schemars::generate::SchemaSettings;
 use serde_json::{Value, json};
 
+use crate::types::group;
 use crate::types::*;
 
 /// The upstream API review of the snapshot API (required for a `*.k8s.io` group).
 const APPROVED: &str = "https://github.com/kubernetes-csi/external-snapshotter/pull/814";
 const APPROVED_CONTENTS: &str = "https://github.com/kubernetes-csi/external-snapshotter/pull/955";
+/// The upstream API review of the group snapshot API.
+const APPROVED_GROUPS: &str = "https://github.com/kubernetes-csi/external-snapshotter/pull/1337";
 
 /// The schema of `T` as a structural CRD schema: subschemas inlined, no `nullable` or
 /// `default` (the API server would default fields upstream's CRDs leave unset).
@@ -89,6 +92,7 @@ fn with_spec<S: JsonSchema, T: JsonSchema>() -> Value {
 
 /// A kind's names and scope.
 struct Names {
+    group: &'static str,
     kind: &'static str,
     plural: &'static str,
     short: &'static [&'static str],
@@ -98,6 +102,7 @@ struct Names {
 
 fn definition(names: Names, root: Value, columns: Value, status: bool) -> CustomResourceDefinition {
     let Names {
+        group,
         kind,
         plural,
         short,
@@ -118,12 +123,12 @@ fn definition(names: Names, root: Value, columns: Value, status: bool) -> Custom
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {
-            "name": format!("{plural}.{GROUP}"),
+            "name": format!("{plural}.{group}"),
             "annotations": {"api-approved.kubernetes.io": approved},
             "labels": {"app.kubernetes.io/part-of": "csi-controller-manager"},
         },
         "spec": {
-            "group": GROUP,
+            "group": group,
             "names": {
                 "kind": kind,
                 "listKind": format!("{kind}List"),
@@ -164,6 +169,7 @@ pub fn volume_snapshot() -> CustomResourceDefinition {
         age(),
     ]);
     let names = Names {
+        group: GROUP,
         kind: "VolumeSnapshot",
         plural: "volumesnapshots",
         short: &["vs"],
@@ -199,6 +205,7 @@ pub fn volume_snapshot_content() -> CustomResourceDefinition {
         age(),
     ]);
     let names = Names {
+        group: GROUP,
         kind: "VolumeSnapshotContent",
         plural: "volumesnapshotcontents",
         short: &["vsc", "vscs"],
@@ -208,9 +215,9 @@ pub fn volume_snapshot_content() -> CustomResourceDefinition {
     definition(names, root, columns, true)
 }
 
-/// `volumesnapshotclasses.snapshot.storage.k8s.io` (no `spec`: the fields are top-level).
-pub fn volume_snapshot_class() -> CustomResourceDefinition {
-    let mut root = schema::<VolumeSnapshotClass>();
+/// The root schema of a class kind (no `spec`: the fields are top-level).
+fn class_root<T: JsonSchema>() -> Value {
+    let mut root = schema::<T>();
     let props = root["properties"]
         .as_object_mut()
         .expect("class properties");
@@ -218,6 +225,12 @@ pub fn volume_snapshot_class() -> CustomResourceDefinition {
     props.insert("kind".into(), json!({"type": "string"}));
     props.insert("metadata".into(), json!({"type": "object"}));
     root["required"] = json!(["deletionPolicy", "driver"]);
+    root
+}
+
+/// `volumesnapshotclasses.snapshot.storage.k8s.io`.
+pub fn volume_snapshot_class() -> CustomResourceDefinition {
+    let root = class_root::<VolumeSnapshotClass>();
     let columns = json!([
         {"jsonPath": ".driver", "name": "Driver", "type": "string"},
         {"jsonPath": ".deletionPolicy", "name": "DeletionPolicy", "type": "string",
@@ -225,11 +238,103 @@ pub fn volume_snapshot_class() -> CustomResourceDefinition {
         age(),
     ]);
     let names = Names {
+        group: GROUP,
         kind: "VolumeSnapshotClass",
         plural: "volumesnapshotclasses",
         short: &["vsclass", "vsclasses"],
         scope: "Cluster",
         approved: APPROVED,
+    };
+    definition(names, root, columns, false)
+}
+
+/// `volumegroupsnapshots.groupsnapshot.storage.k8s.io` (version `v1` only; upstream's also
+/// serve `v1beta1` and `v1beta2`, which the controllers do not use).
+pub fn volume_group_snapshot() -> CustomResourceDefinition {
+    let mut root = with_spec::<VolumeGroupSnapshotSpec, VolumeGroupSnapshotStatus>();
+    require(&mut root, &["spec"], &["source"]);
+    let columns = json!([
+        {"jsonPath": ".status.readyToUse", "name": "ReadyToUse", "type": "boolean",
+         "description": "Indicates if all the individual snapshots in the group are ready to be used to restore a group of volumes."},
+        {"jsonPath": ".spec.volumeGroupSnapshotClassName", "name": "VolumeGroupSnapshotClass", "type": "string",
+         "description": "The VolumeGroupSnapshotClass requested."},
+        {"jsonPath": ".status.boundVolumeGroupSnapshotContentName", "name": "VolumeGroupSnapshotContent", "type": "string",
+         "description": "The VolumeGroupSnapshotContent this group snapshot binds to."},
+        {"jsonPath": ".status.creationTime", "name": "CreationTime", "type": "date",
+         "description": "When the storage system took the group snapshot."},
+        age(),
+    ]);
+    let names = Names {
+        group: group::GROUP,
+        kind: "VolumeGroupSnapshot",
+        plural: "volumegroupsnapshots",
+        short: &["vgs"],
+        scope: "Namespaced",
+        approved: APPROVED_GROUPS,
+    };
+    definition(names, root, columns, true)
+}
+
+/// `volumegroupsnapshotcontents.groupsnapshot.storage.k8s.io`.
+pub fn volume_group_snapshot_content() -> CustomResourceDefinition {
+    let mut root = with_spec::<VolumeGroupSnapshotContentSpec, VolumeGroupSnapshotContentStatus>();
+    require(
+        &mut root,
+        &["spec"],
+        &[
+            "deletionPolicy",
+            "driver",
+            "source",
+            "volumeGroupSnapshotRef",
+        ],
+    );
+    require(
+        &mut root,
+        &["spec", "source", "groupSnapshotHandles"],
+        &["volumeGroupSnapshotHandle", "volumeSnapshotHandles"],
+    );
+    let columns = json!([
+        {"jsonPath": ".status.readyToUse", "name": "ReadyToUse", "type": "boolean",
+         "description": "Indicates if all the individual snapshots in the group are ready to be used to restore a group of volumes."},
+        {"jsonPath": ".spec.deletionPolicy", "name": "DeletionPolicy", "type": "string",
+         "description": "Whether the group snapshot on the storage system is deleted with its VolumeGroupSnapshot."},
+        {"jsonPath": ".spec.driver", "name": "Driver", "type": "string",
+         "description": "The CSI driver of the group snapshot."},
+        {"jsonPath": ".spec.volumeGroupSnapshotClassName", "name": "VolumeGroupSnapshotClass", "type": "string",
+         "description": "The VolumeGroupSnapshotClass of the group snapshot."},
+        {"jsonPath": ".spec.volumeGroupSnapshotRef.namespace", "name": "VolumeGroupSnapshotNamespace", "type": "string",
+         "description": "The namespace of the VolumeGroupSnapshot bound to this content."},
+        {"jsonPath": ".spec.volumeGroupSnapshotRef.name", "name": "VolumeGroupSnapshot", "type": "string",
+         "description": "The VolumeGroupSnapshot bound to this content."},
+        age(),
+    ]);
+    let names = Names {
+        group: group::GROUP,
+        kind: "VolumeGroupSnapshotContent",
+        plural: "volumegroupsnapshotcontents",
+        short: &["vgsc", "vgscs"],
+        scope: "Cluster",
+        approved: APPROVED_GROUPS,
+    };
+    definition(names, root, columns, true)
+}
+
+/// `volumegroupsnapshotclasses.groupsnapshot.storage.k8s.io`.
+pub fn volume_group_snapshot_class() -> CustomResourceDefinition {
+    let root = class_root::<VolumeGroupSnapshotClass>();
+    let columns = json!([
+        {"jsonPath": ".driver", "name": "Driver", "type": "string"},
+        {"jsonPath": ".deletionPolicy", "name": "DeletionPolicy", "type": "string",
+         "description": "Whether contents made through this class are deleted with their VolumeGroupSnapshot."},
+        age(),
+    ]);
+    let names = Names {
+        group: group::GROUP,
+        kind: "VolumeGroupSnapshotClass",
+        plural: "volumegroupsnapshotclasses",
+        short: &["vgsclass", "vgsclasses"],
+        scope: "Cluster",
+        approved: APPROVED_GROUPS,
     };
     definition(names, root, columns, false)
 }
@@ -240,6 +345,9 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         volume_snapshot(),
         volume_snapshot_content(),
         volume_snapshot_class(),
+        volume_group_snapshot(),
+        volume_group_snapshot_content(),
+        volume_group_snapshot_class(),
     ]
 }
 
@@ -300,8 +408,29 @@ mod tests {
             class["properties"]["parameters"]["additionalProperties"],
             json!({"type": "string"})
         );
+        let vgsc = v1_schema(&volume_group_snapshot_content());
+        let spec = &vgsc["properties"]["spec"];
+        assert_eq!(
+            spec["properties"]["source"]["properties"]["groupSnapshotHandles"]["required"],
+            json!(["volumeGroupSnapshotHandle", "volumeSnapshotHandles"])
+        );
+        assert_eq!(
+            spec["properties"]["volumeGroupSnapshotRef"]["x-kubernetes-validations"]
+                .as_array()
+                .map(Vec::len),
+            Some(3)
+        );
+        let created = &vgsc["properties"]["status"]["properties"]["volumeSnapshotInfoList"]["items"]
+            ["properties"]["creationTime"];
+        assert_eq!(
+            (&created["type"], &created["format"]),
+            (&json!("integer"), &json!("int64"))
+        );
+        let vgs = v1_schema(&volume_group_snapshot());
+        let selector = &vgs["properties"]["spec"]["properties"]["source"]["properties"]["selector"];
+        assert_eq!(selector["x-kubernetes-map-type"], json!("atomic"));
         // Structural: no references, nothing nullable or defaulted.
-        let text = serde_json::to_string(&[vs, vsc, class]).unwrap();
+        let text = serde_json::to_string(&[vs, vsc, class, vgs, vgsc]).unwrap();
         for banned in ["$ref", "nullable", "\"default\"", "anyOf"] {
             assert!(!text.contains(banned), "{banned} in a schema");
         }

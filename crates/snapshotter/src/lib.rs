@@ -4,10 +4,12 @@
 //! upstream's other one.
 //!
 //! - [`common`]: the common controller (snapshot-controller): binding, dynamic contents,
-//!   default classes, status propagation, finalizers and the deletion handshake; cluster-wide.
+//!   default classes, status propagation, finalizers and the deletion handshake, for snapshots
+//!   and group snapshots (with their member snapshots); cluster-wide.
 //! - [`sidecar`]: the CSI half (csi-snapshotter): CreateSnapshot with the being-created guard,
-//!   readiness polling, ListSnapshots for pre-provisioned contents, DeleteSnapshot; one driver.
-//! - [`types`]: the `snapshot.storage.k8s.io/v1` kinds; [`constants`]: the strings other
+//!   readiness polling, ListSnapshots for pre-provisioned contents, DeleteSnapshot, and
+//!   Create/Get/DeleteVolumeGroupSnapshot; one driver.
+//! - [`types`]: the `snapshot.storage.k8s.io/v1` and `groupsnapshot.storage.k8s.io/v1` kinds; [`constants`]: the strings other
 //!   software reads; [`params`]: class parameters, secrets and names; [`metrics`]: upstream's
 //!   operation metrics; [`access`]: the permissions each half uses; [`crd`]: the CRDs,
 //!   generated from [`types`].
@@ -20,8 +22,7 @@
 //! - A class created after a snapshot asked for it is used at once.
 //!
 //! # Not built yet
-//! Group snapshots (`groupsnapshot.storage.k8s.io`) and distributed snapshotting (node
-//! deployment).
+//! Distributed snapshotting (node deployment).
 
 pub mod access;
 pub mod common;
@@ -38,8 +39,8 @@ pub use common::CommonConfig;
 pub use sidecar::SidecarConfig;
 
 /// Builds the common controller (cluster-wide: every driver's snapshots), registering its
-/// informers: VolumeSnapshot, VolumeSnapshotContent, VolumeSnapshotClass, and the claims it has
-/// business with.
+/// informers: VolumeSnapshot, VolumeSnapshotContent, VolumeSnapshotClass, the claims it has
+/// business with, and with `config.groups` the three group kinds.
 pub fn build_common(
     ctx: controller_kit::ControllerContext,
     config: CommonConfig,

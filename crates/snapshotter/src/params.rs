@@ -24,6 +24,11 @@ pub enum SecretKind {
     Snapshotter,
     /// ListSnapshots (resolved per call, with the content's name only).
     SnapshotterList,
+    /// Create/DeleteVolumeGroupSnapshot (resolved once, frozen on the group content), and
+    /// ListSnapshots of a dynamic group's members.
+    GroupSnapshotter,
+    /// GetVolumeGroupSnapshot of a pre-provisioned group content (per call, content name only).
+    GroupSnapshotterGet,
 }
 
 impl SecretKind {
@@ -35,11 +40,38 @@ impl SecretKind {
                 PARAM_LIST_SECRET_NAME,
                 PARAM_LIST_SECRET_NAMESPACE,
             ),
+            SecretKind::GroupSnapshotter => (
+                "GroupSnapshotter",
+                PARAM_GROUP_SECRET_NAME,
+                PARAM_GROUP_SECRET_NAMESPACE,
+            ),
+            SecretKind::GroupSnapshotterGet => (
+                "GroupSnapshotterGet",
+                PARAM_GROUP_GET_SECRET_NAME,
+                PARAM_GROUP_GET_SECRET_NAMESPACE,
+            ),
+        }
+    }
+
+    /// The template tokens: (content name, snapshot namespace, snapshot name).
+    fn tokens(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            SecretKind::Snapshotter | SecretKind::SnapshotterList => (
+                TOKEN_CONTENT_NAME,
+                TOKEN_SNAPSHOT_NAMESPACE,
+                TOKEN_SNAPSHOT_NAME,
+            ),
+            SecretKind::GroupSnapshotter | SecretKind::GroupSnapshotterGet => (
+                TOKEN_GROUP_CONTENT_NAME,
+                TOKEN_GROUP_NAMESPACE,
+                TOKEN_GROUP_NAME,
+            ),
         }
     }
 }
 
-/// The snapshot a secret template may name: `${volumesnapshot.name}`, `${volumesnapshot.namespace}`.
+/// The (group) snapshot a secret template may name: `${volumesnapshot.name}`,
+/// `${volumesnapshot.namespace}` (`${volumegroupsnapshot.…}` for the group kinds).
 #[derive(Clone, Copy, Debug)]
 pub struct SnapshotFields<'a> {
     pub name: &'a str,
@@ -76,13 +108,10 @@ pub fn secret_reference(
     else {
         return Ok(None);
     };
-    let mut ns_params =
-        BTreeMap::from([(TOKEN_CONTENT_NAME.to_string(), content_name.to_string())]);
+    let (content_token, namespace_token, name_token) = kind.tokens();
+    let mut ns_params = BTreeMap::from([(content_token.to_string(), content_name.to_string())]);
     if let Some(s) = snapshot {
-        ns_params.insert(
-            TOKEN_SNAPSHOT_NAMESPACE.to_string(),
-            s.namespace.to_string(),
-        );
+        ns_params.insert(namespace_token.to_string(), s.namespace.to_string());
     }
     let namespace = resolve_template(&namespace_template, &ns_params).map_err(|e| {
         format!(
@@ -93,7 +122,7 @@ pub fn secret_reference(
     let namespace = checked_namespace(&namespace_template, namespace)?;
     let mut name_params = ns_params;
     if let Some(s) = snapshot {
-        name_params.insert(TOKEN_SNAPSHOT_NAME.to_string(), s.name.to_string());
+        name_params.insert(name_token.to_string(), s.name.to_string());
     }
     let name = resolve_template(&name_template, &name_params)
         .map_err(|e| format!("error resolving value {}: {e}", go_quote(&name_template)))?;
@@ -122,6 +151,21 @@ pub fn strip_prefixed(
 /// The name of the dynamic content of the snapshot with `uid`.
 pub fn content_name(uid: &str) -> String {
     format!("{CONTENT_NAME_PREFIX}{uid}")
+}
+
+/// The name of the dynamic content of the group snapshot with `uid`.
+pub fn group_content_name(uid: &str) -> String {
+    format!("{GROUP_CONTENT_NAME_PREFIX}{uid}")
+}
+
+/// Upstream `getSnapshotNameForVolumeGroupSnapshotContent` and its content twin: a member of a
+/// dynamic group is `snapshot-<sha256(group UID + volume handle)>`, its content
+/// `snapcontent-<the same>`. Returns (snapshot, content).
+pub fn member_names(group_uid: &str, volume_handle: &str) -> (String, String) {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("{group_uid}{volume_handle}").as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    (format!("snapshot-{hex}"), format!("snapcontent-{hex}"))
 }
 
 /// Upstream `makeSnapshotName`: `<prefix>-<uid>`, or with `uuid_length` set, the UID without
@@ -220,6 +264,55 @@ mod tests {
             strip_prefixed(&map(&[("csi.storage.k8s.io/fstype", "ext4")])),
             Err("found unknown parameter key \"csi.storage.k8s.io/fstype\" with reserved namespace csi.storage.k8s.io/".into())
         );
+    }
+
+    #[test]
+    fn group_secrets_take_the_group_tokens() {
+        let params = map(&[
+            (
+                PARAM_GROUP_SECRET_NAME,
+                "${volumegroupsnapshot.name}-${volumegroupsnapshotcontent.name}",
+            ),
+            (
+                PARAM_GROUP_SECRET_NAMESPACE,
+                "${volumegroupsnapshot.namespace}",
+            ),
+        ]);
+        let group = SnapshotFields {
+            name: "g",
+            namespace: "team",
+        };
+        assert_eq!(
+            secret_reference(SecretKind::GroupSnapshotter, &params, "gc", Some(group)),
+            Ok(Some(SecretRef {
+                name: "g-gc".into(),
+                namespace: "team".into()
+            }))
+        );
+        let snapshot_tokens = map(&[
+            (PARAM_GROUP_GET_SECRET_NAME, "${volumesnapshotcontent.name}"),
+            (PARAM_GROUP_GET_SECRET_NAMESPACE, "ns"),
+        ]);
+        assert!(
+            secret_reference(
+                SecretKind::GroupSnapshotterGet,
+                &snapshot_tokens,
+                "gc",
+                None
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn member_names_are_upstreams_hashes() {
+        // sha256("uid1vol1") by another implementation (`sha256sum`).
+        let hex = "6dcf94eb9159ab1660e3aafcd2fc63ed73d06d07b87e83d6faba109c453b7f95";
+        assert_eq!(
+            member_names("uid1", "vol1"),
+            (format!("snapshot-{hex}"), format!("snapcontent-{hex}"))
+        );
+        assert_eq!(group_content_name("u"), "groupsnapcontent-u");
     }
 
     #[rstest]

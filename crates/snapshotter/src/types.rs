@@ -1,5 +1,6 @@
 //! `snapshot.storage.k8s.io/v1`: VolumeSnapshot, VolumeSnapshotContent and VolumeSnapshotClass,
-//! field for field with external-snapshotter v8.6's CRDs (`client/apis/volumesnapshot/v1`).
+//! field for field with external-snapshotter v8.6's CRDs (`client/apis/volumesnapshot/v1`); the
+//! group snapshot kinds of `groupsnapshot.storage.k8s.io/v1` are in [`group`].
 //!
 //! Every optional field is an `Option`, skipped when `None`: the controllers tell "unset" from
 //! `false` or zero everywhere (`readyToUse`, `restoreSize`), as upstream's pointers do. Fields
@@ -241,9 +242,10 @@ fn quantity(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     })
 }
 
-fn object_reference(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+/// An ObjectReference's schema, without rules.
+fn reference_properties() -> serde_json::Value {
     let field = |d: &str| serde_json::json!({"type": "string", "description": d});
-    schemars::json_schema!({
+    serde_json::json!({
         "type": "object",
         "properties": {
             "apiVersion": field("API version of the referent."),
@@ -255,10 +257,15 @@ fn object_reference(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
             "uid": field("UID of the referent."),
         },
         "x-kubernetes-map-type": "atomic",
-        "x-kubernetes-validations": [
-            {"message": "both spec.volumeSnapshotRef.name and spec.volumeSnapshotRef.namespace must be set", "rule": "has(self.name) && has(self.__namespace__)"}
-        ]
     })
+}
+
+fn object_reference(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema = reference_properties();
+    schema["x-kubernetes-validations"] = serde_json::json!([
+        {"message": "both spec.volumeSnapshotRef.name and spec.volumeSnapshotRef.namespace must be set", "rule": "has(self.name) && has(self.__namespace__)"}
+    ]);
+    schemars::Schema::try_from(schema).expect("an object schema")
 }
 
 /// Implements `kube::Resource` and a `Serialize` that writes `apiVersion` and `kind` first.
@@ -319,6 +326,14 @@ resource!(VolumeSnapshotContent, "VolumeSnapshotContent", "volumesnapshotcontent
     ["spec" => spec, "status" => status ? opt]);
 resource!(VolumeSnapshotClass, "VolumeSnapshotClass", "volumesnapshotclasses", k8s_openapi::ClusterResourceScope,
     ["driver" => driver, "parameters" => parameters ? opt, "deletionPolicy" => deletion_policy]);
+
+pub mod group;
+pub use group::{
+    GroupSnapshotHandles, VolumeGroupSnapshot, VolumeGroupSnapshotClass,
+    VolumeGroupSnapshotContent, VolumeGroupSnapshotContentSource, VolumeGroupSnapshotContentSpec,
+    VolumeGroupSnapshotContentStatus, VolumeGroupSnapshotSource, VolumeGroupSnapshotSpec,
+    VolumeGroupSnapshotStatus, VolumeSnapshotInfo,
+};
 
 impl VolumeSnapshot {
     /// `namespace/name`.

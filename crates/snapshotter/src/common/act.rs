@@ -68,6 +68,18 @@ impl Shared {
             .unwrap_or_default()
     }
 
+    /// The group snapshot whose content holds a member content's group handle (upstream
+    /// scans the group contents the same way).
+    fn group_of_member(&self, c: &VolumeSnapshotContent) -> Option<String> {
+        let handle = c.status.as_ref()?.volume_group_snapshot_handle.as_deref()?;
+        let g = self.groups.as_ref()?;
+        g.contents.state().iter().find_map(|gc| {
+            (gc.status.as_ref()?.volume_group_snapshot_handle.as_deref() == Some(handle))
+                .then(|| gc.spec.volume_group_snapshot_ref.name.clone())
+                .flatten()
+        })
+    }
+
     pub(crate) async fn sync_snapshot(
         self: Arc<Self>,
         key: NamespacedName,
@@ -146,11 +158,13 @@ impl Shared {
                 .start(OP_CREATE_AND_READY, &uid, &driver, snapshot_type(pre));
         }
         let content = plan::content_name(&vs).and_then(|c| self.content(&c));
+        let group_name = content.as_deref().and_then(|c| self.group_of_member(c));
         let facts = SnapshotFacts {
             vs: &vs,
             content: content.as_deref(),
             restoring: false,
             group_exists: false,
+            group_name: group_name.as_deref(),
             now: now(),
         };
         let step = plan::live_step(&facts);

@@ -28,12 +28,22 @@ impl Shared {
         let restoring = self.claims.state().iter().any(|pvc| {
             pvc.metadata.namespace.as_deref() == Some(ns) && plan::restores_from(pvc, name)
         });
+        // A member waits for its group snapshot to be gone (without the group half, it is
+        // taken as gone).
+        let group_exists = vs
+            .status
+            .as_ref()
+            .and_then(|s| s.volume_group_snapshot_name.as_deref())
+            .is_some_and(|g| {
+                self.group_snapshot(&controller_kit::NamespacedName::new(ns, g))
+                    .is_some()
+            });
         let facts = SnapshotFacts {
             vs,
             content: content.as_deref(),
             restoring,
-            // Group snapshots are not served by this build: a member's group is taken as gone.
-            group_exists: false,
+            group_exists,
+            group_name: None,
             now: now(),
         };
         let step = plan::deletion_step(&facts);

@@ -22,6 +22,8 @@ pub(crate) mod act;
 mod claims;
 mod content;
 mod deletion;
+mod group;
+pub mod group_plan;
 pub mod plan;
 
 use std::sync::Arc;
@@ -45,12 +47,16 @@ pub struct CommonConfig {
     /// `--prevent-volume-mode-conversion` (default true): the source PV's `volumeMode` is
     /// copied to the content's `sourceVolumeMode`.
     pub prevent_volume_mode_conversion: bool,
+    /// Serve group snapshots (`groupsnapshot.storage.k8s.io/v1`); the manager turns it on when
+    /// the API server serves the group kinds (upstream's `CSIVolumeGroupSnapshot` gate).
+    pub groups: bool,
 }
 
 impl Default for CommonConfig {
     fn default() -> Self {
         Self {
             prevent_volume_mode_conversion: true,
+            groups: false,
         }
     }
 }
@@ -81,6 +87,99 @@ pub(crate) struct Shared {
     pub(crate) written_contents: Written<VolumeSnapshotContent>,
     pub(crate) events: EventRecorder,
     pub(crate) metrics: OperationMetrics,
+    /// The group snapshot half, when served.
+    pub(crate) groups: Option<Groups>,
+}
+
+/// The group snapshot kinds' caches and queues.
+pub(crate) struct Groups {
+    pub(crate) snapshots: Store<VolumeGroupSnapshot>,
+    pub(crate) contents: Store<VolumeGroupSnapshotContent>,
+    pub(crate) classes: Store<VolumeGroupSnapshotClass>,
+    pub(crate) snapshot_queue: WorkQueue<NamespacedName>,
+    pub(crate) content_queue: WorkQueue<String>,
+    pub(crate) written_snapshots: Written<VolumeGroupSnapshot>,
+    pub(crate) written_contents: Written<VolumeGroupSnapshotContent>,
+}
+
+/// Registers the group kinds' informers: every group snapshot, content and class.
+fn build_groups(
+    ctx: &ControllerContext,
+    informers: &mut Informers,
+    snapshot_queue: &WorkQueue<NamespacedName>,
+    snapshot_store: &Store<VolumeSnapshot>,
+    metrics: &OperationMetrics,
+) -> Groups {
+    let group_queue = WorkQueue::new(QUEUE_GROUP_SNAPSHOTS, ctx.backoff, ctx.metrics.queues());
+    let content_queue = WorkQueue::new(QUEUE_GROUP_CONTENTS, ctx.backoff, ctx.metrics.queues());
+    let snapshots = {
+        let (gq, cq, sq) = (
+            group_queue.clone(),
+            content_queue.clone(),
+            snapshot_queue.clone(),
+        );
+        let (m, snaps) = (metrics.clone(), snapshot_store.clone());
+        informers
+            .for_type::<VolumeGroupSnapshot>()
+            .keep(|_| true)
+            .on_change(move |change: &Change<'_, VolumeGroupSnapshot>| {
+                let vgs = change.object();
+                let Some(key) = NamespacedName::of(&vgs.metadata) else {
+                    return;
+                };
+                if let Change::Deleted(_) = change {
+                    if let Some(uid) = vgs.metadata.uid.as_deref() {
+                        m.finish(OP_DELETE_GROUP, uid, "success");
+                    }
+                    if let Some(c) = group_plan::content_name(vgs) {
+                        cq.add(c);
+                    }
+                    // Members wait for their group to be gone (the group deletion guard).
+                    for vs in snaps.state() {
+                        if vs.metadata.namespace == vgs.metadata.namespace
+                            && group_plan::is_member_of(&vs, &key.name)
+                            && let Some(k) = NamespacedName::of(&vs.metadata)
+                        {
+                            sq.add(k);
+                        }
+                    }
+                }
+                gq.add(key);
+            })
+            .store()
+    };
+    let contents = {
+        let (gq, cq) = (group_queue.clone(), content_queue.clone());
+        informers
+            .for_type::<VolumeGroupSnapshotContent>()
+            .keep(|_| true)
+            .on_change(move |change: &Change<'_, VolumeGroupSnapshotContent>| {
+                let content = change.object();
+                // Its group snapshot follows its status, creates members from it, and waits
+                // for its disappearance.
+                let r = &content.spec.volume_group_snapshot_ref;
+                if let (Some(ns), Some(n)) = (&r.namespace, &r.name) {
+                    gq.add(NamespacedName::new(ns, n));
+                }
+                if let Some(name) = &content.metadata.name {
+                    cq.add(name.clone());
+                }
+            })
+            .store()
+    };
+    let classes = informers
+        .for_type::<VolumeGroupSnapshotClass>()
+        .keep(|_| true)
+        .store();
+    Groups {
+        snapshots,
+        contents,
+        classes,
+        snapshot_queue: group_queue,
+        content_queue,
+        written_snapshots: Written::default(),
+        written_contents: Written::default(),
+    }
 }
 
 /// Whether the claim concerns the common controller (see the module docs).
@@ -207,6 +306,9 @@ pub(crate) fn build(
         COMPONENT_COMMON,
         Some(ctx.identity.clone()),
     );
+    let groups = config
+        .groups
+        .then(|| build_groups(&ctx, informers, &snapshot_queue, &snapshots, &metrics));
     CommonController {
         shared: Arc::new(Shared {
             ctx,
@@ -221,6 +323,7 @@ pub(crate) fn build(
             written_contents: Written::default(),
             events,
             metrics,
+            groups,
         }),
     }
 }
@@ -264,7 +367,37 @@ impl controller_kit::Controller for CommonController {
                 |s, key| async move { crate::settle(s.sync_content(key).await) },
                 token.clone(),
             );
-            futures::join!(snapshots, contents);
+            let groups = async {
+                let Some(g) = &s.groups else {
+                    return;
+                };
+                for vgs in g.snapshots.state() {
+                    if let Some(key) = NamespacedName::of(&vgs.metadata) {
+                        g.snapshot_queue.add(key);
+                    }
+                }
+                for c in g.contents.state() {
+                    if let Some(name) = &c.metadata.name {
+                        g.content_queue.add(name.clone());
+                    }
+                }
+                let group_snapshots = controller_kit::run_workers(
+                    workers(),
+                    g.snapshot_queue.clone(),
+                    s.clone(),
+                    |s, key| async move { crate::settle(s.sync_group(key).await) },
+                    token.clone(),
+                );
+                let group_contents = controller_kit::run_workers(
+                    workers(),
+                    g.content_queue.clone(),
+                    s.clone(),
+                    |s, key| async move { crate::settle(s.sync_group_content(key).await) },
+                    token.clone(),
+                );
+                futures::join!(group_snapshots, group_contents);
+            };
+            futures::join!(snapshots, contents, groups);
         })
     }
 }
@@ -278,6 +411,20 @@ impl Shared {
     pub(crate) fn snapshot(&self, key: &NamespacedName) -> Option<Arc<VolumeSnapshot>> {
         self.written_snapshots
             .read(&key.to_string(), self.snapshots.get(&key.object_ref()))
+    }
+
+    /// The group snapshot `key` as last written here or cached.
+    pub(crate) fn group_snapshot(&self, key: &NamespacedName) -> Option<Arc<VolumeGroupSnapshot>> {
+        let g = self.groups.as_ref()?;
+        g.written_snapshots
+            .read(&key.to_string(), g.snapshots.get(&key.object_ref()))
+    }
+
+    /// The group content `name` as last written here or cached.
+    pub(crate) fn group_content(&self, name: &str) -> Option<Arc<VolumeGroupSnapshotContent>> {
+        let g = self.groups.as_ref()?;
+        g.written_contents
+            .read(name, g.contents.get(&ObjectRef::new(name)))
     }
 
     /// The content `name` as last written here or cached.

@@ -86,7 +86,7 @@ pub struct Failure {
 }
 
 impl Failure {
-    fn new(reason: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(reason: &'static str, message: impl Into<String>) -> Self {
         Self {
             reason,
             message: message.into(),
@@ -135,6 +135,9 @@ pub struct SnapshotFacts<'a> {
     pub restoring: bool,
     /// The snapshot's group snapshot still exists (for a member).
     pub group_exists: bool,
+    /// The group snapshot whose content holds the content's group handle (a member's
+    /// `status.volumeGroupSnapshotName`).
+    pub group_name: Option<&'a str>,
     /// Now, for error times.
     pub now: Time,
 }
@@ -270,7 +273,7 @@ pub fn live_step(f: &SnapshotFacts<'_>) -> SnapshotStep {
             Some(_) => SnapshotStep::Done,
         };
     }
-    let status = |c: &VolumeSnapshotContent| match status_update(vs, c) {
+    let status = |c: &VolumeSnapshotContent| match status_with_group(vs, c, f.group_name) {
         Some(u) => SnapshotStep::UpdateStatus(u),
         None => SnapshotStep::Done,
     };
@@ -384,6 +387,30 @@ pub fn status_update(vs: &VolumeSnapshot, content: &VolumeSnapshotContent) -> Op
         ready: !was_ready && st.ready_to_use == Some(true),
         status: st,
     })
+}
+
+/// [`status_update`], and `volumeGroupSnapshotName` once the content's group is known.
+fn status_with_group(
+    vs: &VolumeSnapshot,
+    content: &VolumeSnapshotContent,
+    group: Option<&str>,
+) -> Option<StatusUpdate> {
+    let mut update = status_update(vs, content);
+    let named = vs
+        .status
+        .as_ref()
+        .is_some_and(|s| s.volume_group_snapshot_name.is_some());
+    if let Some(g) = group
+        && !named
+    {
+        let u = update.get_or_insert_with(|| StatusUpdate {
+            status: vs.status.clone().unwrap_or_default(),
+            created: false,
+            ready: false,
+        });
+        u.status.volume_group_snapshot_name = Some(g.to_string());
+    }
+    update
 }
 
 /// Upstream `updateSnapshotErrorStatusWithEvent`: the status with `error` set, or `None` when

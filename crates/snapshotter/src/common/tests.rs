@@ -129,6 +129,7 @@ fn facts<'a>(
         content,
         restoring: false,
         group_exists: false,
+        group_name: None,
         now: t(1),
     }
 }

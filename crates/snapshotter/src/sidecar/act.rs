@@ -87,7 +87,7 @@ impl Shared {
         Ok(Arc::new(updated))
     }
 
-    async fn secret(&self, r: &SecretRef) -> Result<BTreeMap<String, String>, String> {
+    pub(super) async fn secret(&self, r: &SecretRef) -> Result<BTreeMap<String, String>, String> {
         let api: Api<Secret> = Api::namespaced(self.ctx.client.clone(), &r.namespace);
         let secret = call(api.get(&r.name)).await.map_err(|e| {
             format!(
@@ -141,7 +141,7 @@ impl Shared {
     }
 
     /// Polling delay of a content that is not ready: the content's own backoff.
-    fn poll_again(&self, name: &str) -> Outcome {
+    pub(super) fn poll_again(&self, name: &str) -> Outcome {
         let n = self.polls.get(name).unwrap_or(0);
         self.polls.insert(name.to_string(), n + 1);
         Outcome::RequeueAfter(self.ctx.backoff.delay(n))

@@ -16,6 +16,8 @@
 //!   controller (or an unbound pre-provisioned one), as upstream.
 
 pub(crate) mod act;
+mod group;
+pub mod group_plan;
 pub mod plan;
 
 use std::sync::Arc;
@@ -40,6 +42,13 @@ pub struct SidecarConfig {
     pub name_uuid_length: Option<usize>,
     /// `--extra-create-metadata`: the snapshot's and content's names among the parameters.
     pub extra_create_metadata: bool,
+    /// Serve group contents (`groupsnapshot.storage.k8s.io/v1`); the manager turns it on when
+    /// the API server serves the group kinds.
+    pub groups: bool,
+    /// `--groupsnapshot-name-prefix` (default `groupsnapshot`).
+    pub group_name_prefix: String,
+    /// `--groupsnapshot-name-uuid-length` (default: the whole UID).
+    pub group_name_uuid_length: Option<usize>,
 }
 
 impl Default for SidecarConfig {
@@ -48,6 +57,9 @@ impl Default for SidecarConfig {
             name_prefix: "snapshot".into(),
             name_uuid_length: None,
             extra_create_metadata: false,
+            groups: false,
+            group_name_prefix: "groupsnapshot".into(),
+            group_name_uuid_length: None,
         }
     }
 }
@@ -81,6 +93,87 @@ pub(crate) struct Shared {
     /// Polls of contents not ready yet, for their backoff.
     pub(crate) polls: Expiring<String, u32>,
     pub(crate) events: EventRecorder,
+    /// The group half, when served.
+    pub(crate) groups: Option<SidecarGroups>,
+}
+
+/// This driver's group contents and the group classes.
+pub(crate) struct SidecarGroups {
+    pub(crate) contents: Store<VolumeGroupSnapshotContent>,
+    pub(crate) classes: Store<VolumeGroupSnapshotClass>,
+    pub(crate) queue: WorkQueue<String>,
+    pub(crate) written: Written<VolumeGroupSnapshotContent>,
+    /// The driver offers CREATE_DELETE_GET_VOLUME_GROUP_SNAPSHOT.
+    pub(crate) capable: bool,
+}
+
+/// Upstream's driver filter for group contents.
+fn is_our_group(
+    c: &VolumeGroupSnapshotContent,
+    driver: &str,
+    classes: &Store<VolumeGroupSnapshotClass>,
+) -> bool {
+    let src = &c.spec.source;
+    if c.spec.driver != driver
+        || (c.volume_handles().is_empty() && src.group_snapshot_handles.is_none())
+    {
+        return false;
+    }
+    match c.spec.volume_group_snapshot_class_name.as_deref() {
+        Some(class) => classes
+            .get(&ObjectRef::new(class))
+            .is_none_or(|k| k.driver == driver),
+        None => true,
+    }
+}
+
+fn build_groups(
+    ctx: &ControllerContext,
+    driver: &csi::Driver,
+    informers: &mut Informers,
+) -> SidecarGroups {
+    use csi::v1::group_controller_service_capability::rpc::Type as GroupCap;
+    let name = driver.discovery.driver_name.clone();
+    let capable = driver
+        .discovery
+        .has_group_controller(GroupCap::CreateDeleteGetVolumeGroupSnapshot);
+    if !capable {
+        tracing::warn!(driver = %name, "the CSI driver does not offer CREATE_DELETE_GET_VOLUME_GROUP_SNAPSHOT: its group snapshot contents get an error");
+    }
+    let queue = WorkQueue::new(
+        QUEUE_SIDECAR_GROUP_CONTENTS,
+        ctx.backoff,
+        ctx.metrics.queues(),
+    );
+    let classes = informers
+        .for_type::<VolumeGroupSnapshotClass>()
+        .keep(|_| true)
+        .store();
+    let contents = {
+        let (d, d2) = (name.clone(), name.clone());
+        let (k2, q) = (classes.clone(), queue.clone());
+        informers
+            .for_type::<VolumeGroupSnapshotContent>()
+            .keep(move |c| c.spec.driver == d)
+            .on_change(move |change: &Change<'_, VolumeGroupSnapshotContent>| {
+                let Change::Applied { object, .. } = change else {
+                    return;
+                };
+                if is_our_group(object, &d2, &k2)
+                    && let Some(n) = &object.metadata.name
+                {
+                    q.add(n.clone());
+                }
+            })
+            .store()
+    };
+    SidecarGroups {
+        contents,
+        classes,
+        queue,
+        written: Written::default(),
+        capable,
+    }
 }
 
 /// Upstream's driver filter: this driver's content with a source, whose class (if cached) is
@@ -138,6 +231,7 @@ pub(crate) fn build(
         &sidecar_component(&name),
         Some(ctx.identity.clone()),
     );
+    let groups = config.groups.then(|| build_groups(&ctx, driver, informers));
     let memory = ctx.backoff.max * 2;
     Sidecar {
         shared: Arc::new(Shared {
@@ -152,6 +246,7 @@ pub(crate) fn build(
             written: Written::default(),
             polls: Expiring::new(memory),
             events,
+            groups,
         }),
     }
 }
@@ -176,19 +271,47 @@ impl controller_kit::Controller for Sidecar {
                 count: s.ctx.workers,
                 metrics: s.ctx.metrics.controllers(),
             };
-            controller_kit::run_workers(
-                workers,
+            let contents = controller_kit::run_workers(
+                workers.clone(),
                 s.queue.clone(),
                 s.clone(),
                 |s, name| async move { crate::settle(s.sync(name).await) },
-                token,
-            )
-            .await;
+                token.clone(),
+            );
+            let groups = async {
+                let Some(g) = &s.groups else {
+                    return;
+                };
+                for c in g.contents.state() {
+                    if is_our_group(&c, &s.driver, &g.classes)
+                        && let Some(n) = &c.metadata.name
+                    {
+                        g.queue.add(n.clone());
+                    }
+                }
+                controller_kit::run_workers(
+                    workers.clone(),
+                    g.queue.clone(),
+                    s.clone(),
+                    |s, name| async move { crate::settle(s.sync_group(name).await) },
+                    token.clone(),
+                )
+                .await;
+            };
+            futures::join!(contents, groups);
         })
     }
 }
 
 impl Shared {
+    /// The group content as last written here or cached, if it is this driver's.
+    pub(crate) fn group_content(&self, name: &str) -> Option<Arc<VolumeGroupSnapshotContent>> {
+        let g = self.groups.as_ref()?;
+        g.written
+            .read(name, g.contents.get(&ObjectRef::new(name)))
+            .filter(|c| is_our_group(c, &self.driver, &g.classes))
+    }
+
     /// The content as last written here or cached, if it is this driver's.
     pub(crate) fn content(&self, name: &str) -> Option<Arc<VolumeSnapshotContent>> {
         self.written
