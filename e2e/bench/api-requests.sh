@@ -5,9 +5,10 @@
 # server's audit log by User-Agent (kube-controller-manager's binding work is the same for both
 # and not counted). Start-up (initial lists, watches) happens before the counting window.
 #
-#   e2e/bench/api-requests.sh [N]        (default 50; runs in its own run dir and ports)
+#   e2e/bench/api-requests.sh [N] [OUT.json]   (default 50; runs in its own run dir and ports)
 #
-# Prints a table per controller: requests by verb and resource, total, per volume.
+# Prints a table per controller: requests by verb and resource, total, per volume; writes the
+# JSON report (default $BENCH_DIR/api-requests.json).
 set -euo pipefail
 
 # shellcheck source=../lib/bench.sh
@@ -15,10 +16,13 @@ source "$(dirname "${BASH_SOURCE[0]}")/../lib/bench.sh"
 
 N=${1:-50}
 bench_env bench-api
+OUT=${2:-$E2E_DIR/api-requests.json}
+RESULTS=$E2E_DIR/api-requests.runs
 export APISERVER_AUDIT_LOG=$E2E_DIR/audit.log
 # The API server must start with the audit flags (bench_cluster starts it afresh).
 rm -f "$APISERVER_AUDIT_LOG"
 bench_cluster
+: >"$RESULTS"
 
 count_driver_pvs() {
 	kubectl_ get pv -o jsonpath='{range .items[*]}{.spec.csi.driver}{"\n"}{end}' | grep -cx "$DRIVER_NAME" || true
@@ -85,7 +89,7 @@ YAML
 	kubectl_ delete namespace "$ns" --wait=false >/dev/null
 	sed -n "$((from + 1)),${to}p" "$APISERVER_AUDIT_LOG" | python3 -c '
 import collections, json, sys
-agent, mode, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+agent, mode, n, results = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 counts = collections.Counter()
 agents = set()
 for line in sys.stdin:
@@ -101,8 +105,15 @@ total = sum(counts.values())
 print(f"== {mode}: {total} requests for {n} volumes = {total / n:.2f} per volume  (User-Agent: {sorted(agents)})")
 for (verb, res), c in sorted(counts.items(), key=lambda kv: -kv[1]):
     print(f"   {c:6d}  {c / n:6.2f}/volume  {verb:8s} {res}")
-' "$agent" "$mode" "$N"
+with open(results, "a") as f:
+    f.write(json.dumps({"side": mode, "volumes": n, "requests": total,
+                        "per_volume": round(total / n, 2),
+                        "by_verb_resource": {f"{v} {r}": c for (v, r), c in sorted(counts.items())}}) + "\n")
+' "$agent" "$mode" "$N" "$RESULTS"
 }
 
 run upstream
 run ours
+mkdir -p "$(dirname "$OUT")"
+python3 -c 'import json, sys; json.dump({"scenario": "api-requests", "operation": "provision and delete", "runs": [json.loads(l) for l in open(sys.argv[1]) if l.strip()]}, open(sys.argv[2], "w"), indent=2)' "$RESULTS" "$OUT"
+echo "report: $OUT"

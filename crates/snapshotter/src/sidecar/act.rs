@@ -158,7 +158,7 @@ impl Shared {
             SidecarStep::Done | SidecarStep::Wait if !c.is_ready() && plan::is_group_member(&c) => {
                 Ok(self.poll_again(&name))
             }
-            SidecarStep::Done | SidecarStep::Wait => {
+            SidecarStep::Done | SidecarStep::Wait | SidecarStep::AwaitProtection => {
                 self.polls.remove(&name);
                 Ok(Outcome::Done)
             }

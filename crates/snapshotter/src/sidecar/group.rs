@@ -178,7 +178,7 @@ impl Shared {
         let step = group_plan::next(&c);
         tracing::debug!(group_content = %name, ?step, "group snapshotter pass");
         match step {
-            GroupSidecarStep::Done => {
+            GroupSidecarStep::Done | GroupSidecarStep::AwaitProtection => {
                 self.polls.remove(&poll_key);
                 Ok(Outcome::Done)
             }

@@ -41,6 +41,9 @@ pub enum GroupSidecarStep {
     Get,
     /// Ready: only a leftover being-created annotation is removed.
     ForgetCreating,
+    /// Not protected by the common controller's finalizer yet: no creation until it is (as
+    /// for single snapshots).
+    AwaitProtection,
 }
 
 /// Upstream `syncGroupSnapshotContent`'s order.
@@ -58,7 +61,11 @@ pub fn next(c: &VolumeGroupSnapshotContent) -> GroupSidecarStep {
         }
         return GroupSidecarStep::Done;
     }
+    let protected = controller_kit::meta::has_finalizer(&c.metadata, FIN_GROUP_CONTENT_BOUND);
     if !c.volume_handles().is_empty() && c.status.is_none() {
+        if !protected {
+            return GroupSidecarStep::AwaitProtection;
+        }
         return GroupSidecarStep::Create { first: true };
     }
     if c.is_ready() {
@@ -74,6 +81,9 @@ pub fn next(c: &VolumeGroupSnapshotContent) -> GroupSidecarStep {
     if c.volume_handles().is_empty() {
         // Neither source: the common controller reports it.
         return GroupSidecarStep::Done;
+    }
+    if !protected {
+        return GroupSidecarStep::AwaitProtection;
     }
     GroupSidecarStep::Create { first: false }
 }
@@ -170,6 +180,40 @@ pub fn snapshot_ids(c: &VolumeGroupSnapshotContent) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// As [`super::plan::should_enqueue`] for group contents: changes limited to the status,
+/// managed fields, finalizers or the being-created annotation are this half's own writes (or
+/// the common controller's finalizer) and are ignored, except readiness turning true.
+pub fn should_enqueue(old: &VolumeGroupSnapshotContent, new: &VolumeGroupSnapshotContent) -> bool {
+    if old.metadata.resource_version == new.metadata.resource_version {
+        return true;
+    }
+    if !old.is_ready() && new.is_ready() {
+        return true;
+    }
+    let protected = |c: &VolumeGroupSnapshotContent| {
+        controller_kit::meta::has_finalizer(&c.metadata, FIN_GROUP_CONTENT_BOUND)
+    };
+    if !protected(old) && protected(new) {
+        return true;
+    }
+    let sanitize = |c: &VolumeGroupSnapshotContent| {
+        let mut c = c.clone();
+        c.metadata.resource_version = None;
+        c.metadata.managed_fields = None;
+        c.metadata.finalizers = None;
+        c.metadata.generation = None;
+        c.status = None;
+        if let Some(a) = c.metadata.annotations.as_mut() {
+            a.remove(ANN_GROUP_BEING_CREATED);
+            if a.is_empty() {
+                c.metadata.annotations = None;
+            }
+        }
+        c
+    };
+    sanitize(old) != sanitize(new)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,6 +257,15 @@ mod tests {
     #[test]
     fn a_new_dynamic_content_is_cut_then_polled_until_ready() {
         let mut c = content(DeletionPolicy::Delete);
+        let unprotected = VolumeGroupSnapshotContent {
+            metadata: ObjectMeta::default(),
+            ..c.clone()
+        };
+        assert_eq!(next(&unprotected), GroupSidecarStep::AwaitProtection);
+        assert!(
+            should_enqueue(&unprotected, &c),
+            "the finalizer's arrival queues it"
+        );
         assert_eq!(next(&c), GroupSidecarStep::Create { first: true });
         let answer = DriverGroup {
             handle: "g1".into(),
@@ -264,6 +317,28 @@ mod tests {
         c.spec.deletion_policy = DeletionPolicy::Retain;
         c.status.as_mut().unwrap().volume_group_snapshot_handle = Some("g1".into());
         assert_eq!(next(&c), GroupSidecarStep::RemoveFinalizer);
+    }
+
+    #[test]
+    fn own_status_writes_do_not_requeue() {
+        let mut old = content(DeletionPolicy::Delete);
+        old.metadata.resource_version = Some("1".into());
+        let mut new = old.clone();
+        new.metadata.resource_version = Some("2".into());
+        new.status = Some(VolumeGroupSnapshotContentStatus {
+            ready_to_use: Some(false),
+            ..Default::default()
+        });
+        assert!(!should_enqueue(&old, &new));
+        let mut ready = new.clone();
+        ready.metadata.resource_version = Some("3".into());
+        ready.status.as_mut().unwrap().ready_to_use = Some(true);
+        assert!(should_enqueue(&new, &ready));
+        let mut marked = new.clone();
+        marked.metadata.resource_version = Some("4".into());
+        marked.metadata.annotations =
+            Some([(ANN_GROUP_BEING_DELETED.to_string(), YES.to_string())].into());
+        assert!(should_enqueue(&new, &marked));
     }
 
     #[test]

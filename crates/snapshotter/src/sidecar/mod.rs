@@ -156,10 +156,11 @@ fn build_groups(
             .for_type::<VolumeGroupSnapshotContent>()
             .keep(move |c| c.spec.driver == d)
             .on_change(move |change: &Change<'_, VolumeGroupSnapshotContent>| {
-                let Change::Applied { object, .. } = change else {
+                let Change::Applied { object, previous } = change else {
                     return;
                 };
                 if is_our_group(object, &d2, &k2)
+                    && previous.is_none_or(|p| group_plan::should_enqueue(p, object))
                     && let Some(n) = &object.metadata.name
                 {
                     q.add(n.clone());

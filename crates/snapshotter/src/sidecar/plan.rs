@@ -49,6 +49,10 @@ pub enum SidecarStep {
     ForgetCreating,
     /// A group member whose handles are not there yet: wait.
     Wait,
+    /// A new content without the common controller's `volumesnapshotcontent-bound-protection`
+    /// yet: no CreateSnapshot until it is there, since an unprotected content may be deleted
+    /// while the call runs, leaking the snapshot (the finalizer's arrival queues the content).
+    AwaitProtection,
 }
 
 /// Upstream `syncContent`'s order.
@@ -68,7 +72,11 @@ pub fn next(c: &VolumeSnapshotContent) -> SidecarStep {
         return SidecarStep::Done;
     }
     let member = is_group_member(c);
+    let protected = controller_kit::meta::has_finalizer(&c.metadata, FIN_CONTENT_BOUND);
     if c.spec.source.volume_handle.is_some() && c.status.is_none() && !member {
+        if !protected {
+            return SidecarStep::AwaitProtection;
+        }
         return SidecarStep::Create { first: true };
     }
     if c.is_ready() {
@@ -86,6 +94,9 @@ pub fn next(c: &VolumeSnapshotContent) -> SidecarStep {
     }
     if member {
         return SidecarStep::Wait;
+    }
+    if !protected {
+        return SidecarStep::AwaitProtection;
     }
     SidecarStep::Create { first: false }
 }
@@ -170,6 +181,13 @@ pub fn should_enqueue(old: &VolumeSnapshotContent, new: &VolumeSnapshotContent) 
         return true;
     }
     if !old.is_ready() && new.is_ready() {
+        return true;
+    }
+    // The common controller's protection arrived: a creation waiting for it may start.
+    let protected = |c: &VolumeSnapshotContent| {
+        controller_kit::meta::has_finalizer(&c.metadata, FIN_CONTENT_BOUND)
+    };
+    if !protected(old) && protected(new) {
         return true;
     }
     let sanitize = |c: &VolumeSnapshotContent| {

@@ -190,3 +190,25 @@ fn the_update_filter_ignores_our_own_writes() {
         "readiness turning true"
     );
 }
+
+#[test]
+fn no_creation_before_the_common_controllers_protection() {
+    let protected = dynamic();
+    let mut bare = dynamic();
+    bare.metadata.finalizers = None;
+    assert_eq!(next(&bare), SidecarStep::AwaitProtection);
+    // Nor a re-sent CreateSnapshot: the content could vanish while it runs.
+    let polled = status(bare.clone(), None, false);
+    assert_eq!(next(&polled), SidecarStep::AwaitProtection);
+    assert_eq!(next(&protected), SidecarStep::Create { first: true });
+    let mut arrived = protected.clone();
+    arrived.metadata.resource_version = Some("2".into());
+    assert!(
+        should_enqueue(&bare, &arrived),
+        "the finalizer's arrival queues the content"
+    );
+    // A pre-provisioned content needs no creation, protected or not.
+    let mut imported = imported(Some("1"));
+    imported.metadata.finalizers = None;
+    assert_eq!(next(&imported), SidecarStep::List);
+}
