@@ -188,6 +188,27 @@ pub async fn serve(
             "/debug/queues",
             get(|State(s): State<AppState>| async move { axum::Json(s.metrics.queues().stuck()) }),
         )
+        // Views controllers registered, such as the provisioner's intents in flight
+        // (`/debug/intents`).
+        .route(
+            "/debug/{view}",
+            get(
+                |State(s): State<AppState>,
+                 axum::extract::Path(view): axum::extract::Path<String>| async move {
+                    let views = s.metrics.views();
+                    match views.render(&view) {
+                        Some(v) => Ok(axum::Json(v)),
+                        None => Err((
+                            axum::http::StatusCode::NOT_FOUND,
+                            format!(
+                                "no view {view:?}; known: queues {}\n",
+                                views.names().join(" ")
+                            ),
+                        )),
+                    }
+                },
+            ),
+        )
         .with_state(AppState { metrics, health });
     tracing::info!(address = %listener.local_addr()?, "serving metrics and health");
     axum::serve(listener, app)

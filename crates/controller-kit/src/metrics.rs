@@ -26,6 +26,43 @@ pub struct Metrics {
     registry: Arc<Mutex<Registry>>,
     queues: QueueMetrics,
     controllers: ControllerMetrics,
+    views: DebugViews,
+}
+
+/// A JSON view of a controller's state, served under `/debug/<name>`.
+pub type DebugView = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
+/// The debug views controllers registered (the stuck-object view beside `/debug/queues`).
+#[derive(Clone, Default)]
+pub struct DebugViews(Arc<Mutex<std::collections::BTreeMap<String, DebugView>>>);
+
+impl fmt::Debug for DebugViews {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<String> = self.lock().keys().cloned().collect();
+        f.debug_tuple("DebugViews").field(&names).finish()
+    }
+}
+
+impl DebugViews {
+    fn lock(&self) -> MutexGuard<'_, std::collections::BTreeMap<String, DebugView>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Serves `view` under `/debug/<name>` (a later registration of the name replaces it).
+    pub fn add(&self, name: &str, view: DebugView) {
+        self.lock().insert(name.to_string(), view);
+    }
+
+    /// The view `name`, computed now; `None` when none is registered.
+    pub fn render(&self, name: &str) -> Option<serde_json::Value> {
+        let view = self.lock().get(name).cloned()?;
+        Some(view())
+    }
+
+    /// The registered names.
+    pub fn names(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
 }
 
 impl Default for Metrics {
@@ -50,6 +87,7 @@ impl Default for Metrics {
             registry: Arc::new(Mutex::new(registry)),
             queues,
             controllers,
+            views: DebugViews::default(),
         }
     }
 }
@@ -81,6 +119,11 @@ impl Metrics {
     /// The per-controller reconcile metrics.
     pub fn controllers(&self) -> ControllerMetrics {
         self.controllers.clone()
+    }
+
+    /// The debug views served under `/debug/<name>`.
+    pub fn views(&self) -> DebugViews {
+        self.views.clone()
     }
 }
 
@@ -351,6 +394,31 @@ impl Collector for ProcessCollector {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn debug_views_render_on_request() {
+        let views = Metrics::default().views();
+        assert_eq!(views.render("intents"), None);
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let c = calls.clone();
+        views.add(
+            "intents",
+            std::sync::Arc::new(move || {
+                c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                serde_json::json!({"intents": []})
+            }),
+        );
+        assert_eq!(
+            calls.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "computed only when asked"
+        );
+        assert_eq!(
+            views.render("intents"),
+            Some(serde_json::json!({"intents": []}))
+        );
+        assert_eq!(views.names(), ["intents"]);
+    }
+
     use super::*;
     use crate::queue::{Backoff, WorkQueue};
 

@@ -119,5 +119,7 @@ async fn waits_for_the_driver_then_becomes_ready() {
         200,
         "the stuck-object view is served"
     );
+    // No provisioner runs here, so it registered no view of its intents.
+    assert_eq!(get(port, "/debug/intents"), 404);
     server.shutdown().await.unwrap();
 }

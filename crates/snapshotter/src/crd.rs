@@ -1,7 +1,9 @@
 //! The CustomResourceDefinitions of [`crate::types`], generated from the types: their schemas
 //! come from the structs (`schemars`), with upstream's validation rules (CEL) attached to the
 //! fields they constrain, and upstream's names, printer columns and subresources
-//! (`client/config/crd` of external-snapshotter v8.6, version `v1` only).
+//! (`client/config/crd` of external-snapshotter v8.6: version `v1`; the group kinds also serve
+//! and store `v1beta2`, whose schema is `v1`'s, as upstream's; the deprecated `v1beta1` is
+//! left out).
 //!
 //! The chart ships them (`charts/csi-controller-manager/files/snapshot-crds/`, checked against
 //! this module by a test: `UPDATE_CRDS=1 cargo test -p snapshotter crd` rewrites them), and the
@@ -19,6 +21,8 @@ use crate::types::*;
 /// The upstream API review of the snapshot API (required for a `*.k8s.io` group).
 const APPROVED: &str = "https://github.com/kubernetes-csi/external-snapshotter/pull/814";
 const APPROVED_CONTENTS: &str = "https://github.com/kubernetes-csi/external-snapshotter/pull/955";
+/// The storage version of upstream's group snapshot CRDs (v8.6), served beside `v1`.
+const GROUP_STORAGE_VERSION: &str = "v1beta2";
 /// The upstream API review of the group snapshot API.
 const APPROVED_GROUPS: &str = "https://github.com/kubernetes-csi/external-snapshotter/pull/1337";
 
@@ -109,16 +113,30 @@ fn definition(names: Names, root: Value, columns: Value, status: bool) -> Custom
         scope,
         approved,
     } = names;
-    let mut version = json!({
-        "name": VERSION,
-        "served": true,
-        "storage": true,
-        "schema": {"openAPIV3Schema": root},
-        "additionalPrinterColumns": columns,
-    });
-    if status {
-        version["subresources"] = json!({"status": {}});
-    }
+    let version = |name: &str, storage: bool| {
+        let mut v = json!({
+            "name": name,
+            "served": true,
+            "storage": storage,
+            "schema": {"openAPIV3Schema": root},
+            "additionalPrinterColumns": columns,
+        });
+        if status {
+            v["subresources"] = json!({"status": {}});
+        }
+        v
+    };
+    // The group kinds as upstream's CRDs: `v1beta2` (the same schema as `v1`) stays the
+    // storage version, so that ours and upstream's replace each other on a cluster either
+    // has stored objects in (the API server refuses a CRD without a stored version).
+    let versions = if group == group::GROUP {
+        vec![
+            version(GROUP_STORAGE_VERSION, true),
+            version(VERSION, false),
+        ]
+    } else {
+        vec![version(VERSION, true)]
+    };
     serde_json::from_value(json!({
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -137,7 +155,7 @@ fn definition(names: Names, root: Value, columns: Value, status: bool) -> Custom
                 "shortNames": short,
             },
             "scope": scope,
-            "versions": [version],
+            "versions": versions,
         }
     }))
     .expect("a CustomResourceDefinition")
@@ -248,8 +266,7 @@ pub fn volume_snapshot_class() -> CustomResourceDefinition {
     definition(names, root, columns, false)
 }
 
-/// `volumegroupsnapshots.groupsnapshot.storage.k8s.io` (version `v1` only; upstream's also
-/// serve `v1beta1` and `v1beta2`, which the controllers do not use).
+/// `volumegroupsnapshots.groupsnapshot.storage.k8s.io`.
 pub fn volume_group_snapshot() -> CustomResourceDefinition {
     let mut root = with_spec::<VolumeGroupSnapshotSpec, VolumeGroupSnapshotStatus>();
     require(&mut root, &["spec"], &["source"]);
@@ -357,7 +374,11 @@ mod tests {
 
     fn v1_schema(crd: &CustomResourceDefinition) -> Value {
         serde_json::to_value(
-            &crd.spec.versions[0]
+            &crd.spec
+                .versions
+                .iter()
+                .find(|v| v.name == "v1")
+                .unwrap()
                 .schema
                 .as_ref()
                 .unwrap()

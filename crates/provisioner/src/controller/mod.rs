@@ -142,6 +142,12 @@ pub fn build(
         node_mode.as_ref().map(|n| n.node.as_str()),
         ctx.workers,
     ));
+    {
+        let journal = journal.clone();
+        ctx.metrics
+            .views()
+            .add("intents", Arc::new(move || journal.in_flight()));
+    }
 
     let infeasible = Arc::new(Expiring::new(ctx.backoff.max));
     let pvcs = {

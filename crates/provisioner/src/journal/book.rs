@@ -286,6 +286,40 @@ impl Book {
             .collect()
     }
 
+    /// The intents in flight, for the stuck-object view: each volume, its claim, and its
+    /// record's state: `recording` (waiting for its write), `stored`, `releasing` (its removal
+    /// waiting for its write).
+    pub fn in_flight(&self) -> Vec<serde_json::Value> {
+        let row = |volume: &str, i: Option<&Intent>, state: &str| {
+            serde_json::json!({
+                "volume": volume,
+                "claim": i.map(|i| format!("{}/{}", i.claim_namespace, i.claim_name)),
+                "claimUid": i.map(|i| i.claim_uid.clone()),
+                "state": state,
+            })
+        };
+        let mut out: Vec<serde_json::Value> = self
+            .entries
+            .iter()
+            .map(|(volume, (i, _, _))| {
+                let state = match self.pending.get(volume) {
+                    Some(None) => "releasing",
+                    _ => "stored",
+                };
+                row(volume, Some(i), state)
+            })
+            .collect();
+        for (volume, json) in &self.pending {
+            if let Some(json) = json
+                && !self.entries.contains_key(volume)
+            {
+                let i = serde_json::from_str::<Intent>(json).ok();
+                out.push(row(volume, i.as_ref(), "recording"));
+            }
+        }
+        out
+    }
+
     /// Every claim key (`namespace/name`) with a recorded intent.
     pub fn claim_keys(&self) -> Vec<controller_kit::NamespacedName> {
         self.entries

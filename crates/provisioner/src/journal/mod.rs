@@ -200,6 +200,12 @@ impl Journal {
         self.book().claim_keys()
     }
 
+    /// The intents in flight (`/debug/intents`): each volume being created or rolled back,
+    /// its claim, and whether its record is stored yet.
+    pub fn in_flight(&self) -> serde_json::Value {
+        serde_json::json!({"journal": self.name, "intents": self.book().in_flight()})
+    }
+
     /// The writer (group commit, see [`next`]): one patch at a time, until `token` is cancelled.
     pub async fn write(&self, token: CancellationToken) {
         self.write_to(self, token).await;

@@ -115,6 +115,39 @@ fn a_record_is_seen_only_once_stored() {
 }
 
 #[test]
+fn the_intents_in_flight_say_where_each_record_is() {
+    let mut book = Book::default();
+    let (tx, _rx) = waiter();
+    book.record(&intent("pvc-1", "1"), tx).unwrap();
+    let state = |b: &Book| -> Vec<(String, String)> {
+        b.in_flight()
+            .iter()
+            .map(|v| {
+                (
+                    v["claim"].as_str().unwrap_or("?").to_string(),
+                    v["state"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        state(&book),
+        [("ns/claim-1".to_string(), "recording".to_string())]
+    );
+    let (_, waiters) = book.take();
+    book.stored(waiters);
+    assert_eq!(
+        state(&book),
+        [("ns/claim-1".to_string(), "stored".to_string())]
+    );
+    book.release("pvc-1");
+    assert_eq!(
+        state(&book),
+        [("ns/claim-1".to_string(), "releasing".to_string())]
+    );
+}
+
+#[test]
 fn records_and_releases_share_one_patch() {
     let mut book = book_with_pvc_1();
 
