@@ -61,25 +61,12 @@ stop_bg bench-provisioner
 # Arguments: kubeconfig namespace driver N NEW.
 measure() {
 	python3 - "$@" <<'PY'
-import json, re, ssl, sys, threading, time, http.client, urllib.parse
+import json, sys, threading, time
+from kubeapi import Api, pct
 
 kubeconfig, ns, driver, n, new = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
-cfg = open(kubeconfig).read()
-server = urllib.parse.urlparse(re.search(r"server:\s*(\S+)", cfg).group(1))
-token = re.search(r"token:\s*(\S+)", cfg).group(1)
-ctx = ssl._create_unverified_context()  # a local, throwaway control plane
-HDR = {"Authorization": "Bearer " + token, "Content-Type": "application/json"}
-
-def conn():
-    return http.client.HTTPSConnection(server.hostname, server.port, context=ctx, timeout=600)
-
-def call(c, method, path, body=None):
-    c.request(method, path, body=json.dumps(body) if body is not None else None, headers=HDR)
-    r = c.getresponse()
-    data = r.read()
-    if r.status >= 300 and not (method == "DELETE" and r.status == 404):
-        raise SystemExit(f"{method} {path}: {r.status} {data[:300]!r}")
-    return json.loads(data) if data else {}
+api = Api(kubeconfig)
+call, conn = api.call, api.conn
 
 c = conn()
 pvs = [pv["metadata"]["name"] for pv in call(c, "GET", "/api/v1/persistentvolumes")["items"]
@@ -115,24 +102,7 @@ def on_va(kind, va, t):
             if want["new"] and want["new"] <= attached.keys():
                 done["new"].set()
 
-def watch(rv):
-    w = conn()
-    w.request("GET", f"/apis/storage.k8s.io/v1/volumeattachments?watch=1&resourceVersion={rv}", headers=HDR)
-    r = w.getresponse()
-    buf = b""
-    while True:
-        line = r.readline()
-        if not line:
-            return
-        buf += line
-        if not buf.endswith(b"\n"):
-            continue
-        ev, buf = json.loads(buf), b""
-        on_va(ev["type"], ev["object"], time.monotonic())
-
-rv = call(c, "GET", "/apis/storage.k8s.io/v1/volumeattachments?limit=1")["metadata"]["resourceVersion"]
-threading.Thread(target=watch, args=(rv,), daemon=True).start()
-time.sleep(0.5)
+api.watch("/apis/storage.k8s.io/v1/volumeattachments", on_va)
 
 def create(i, conn_):
     name = f"bench-va-{i}"
@@ -145,14 +115,7 @@ def create(i, conn_):
         created[name] = time.monotonic()
 
 def parallel(fn, items, workers=8):
-    items = list(items)
-    def run(part):
-        cc = conn()
-        for x in part:
-            fn(x, cc)
-    ts = [threading.Thread(target=run, args=(items[k::workers],)) for k in range(workers)]
-    [t.start() for t in ts]
-    [t.join() for t in ts]
+    api.parallel(lambda c, x: fn(x, c), items, workers)
 
 timeout = 900
 t0 = time.monotonic()
@@ -168,7 +131,7 @@ with lock:
     want["gone"] = set(detach)
     want["new"] = {f"bench-va-{i}" for i in range(n, n + new)}
 t1 = time.monotonic()
-deleter = threading.Thread(target=parallel, args=(lambda name, cc: call(cc, "DELETE", f"/apis/storage.k8s.io/v1/volumeattachments/{name}"), detach, 4))
+deleter = threading.Thread(target=parallel, args=(lambda name, cc: call(cc, "DELETE", f"/apis/storage.k8s.io/v1/volumeattachments/{name}", missing_ok=True), detach, 4))
 deleter.start()
 parallel(create, range(n, n + new), 4)
 deleter.join()
@@ -179,13 +142,9 @@ new_lat = [attached[k] - created[k] for k in want["new"]]
 
 # Everything detached.
 rest = [k for k in created if k not in gone]
-parallel(lambda name, cc: call(cc, "DELETE", f"/apis/storage.k8s.io/v1/volumeattachments/{name}"), rest, 4)
+parallel(lambda name, cc: call(cc, "DELETE", f"/apis/storage.k8s.io/v1/volumeattachments/{name}", missing_ok=True), rest, 4)
 if not done["all_gone"].wait(timeout):
     raise SystemExit(f"after {timeout} s: {len(gone)} of {len(created)} detached")
-
-def pct(xs, p):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 print(json.dumps({
     "attachments": n, "burst_detach": len(detach), "burst_attach": new,
@@ -230,16 +189,15 @@ done
 
 mkdir -p "$(dirname "$OUT")"
 python3 - "$RESULTS" "$OUT" "$N" "$CLIENT_QPS" "$CLIENT_BURST" "$WORKERS" <<'PY'
-import json, os, platform, sys
+import json, sys
+from kubeapi import machine
 results, out, n, qps, burst, workers = sys.argv[1:7]
 runs = [json.loads(l) for l in open(results) if l.strip()]
-cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 report = {
     "scenario": "attach-detach", "attachments": int(n),
     "settings": {"equal": {"client_qps": float(qps), "client_burst": int(burst), "workers": int(workers)},
                  "driver": "csi-mock"},
-    "machine": {"cpus": os.cpu_count(), "cpu": cpu, "kernel": platform.release(),
-                "loadavg_at_end": open("/proc/loadavg").read().split()[:3]},
+    "machine": machine(),
     "runs": runs,
 }
 json.dump(report, open(out, "w"), indent=2)

@@ -26,35 +26,15 @@ kubectl_ create namespace "$NS" >/dev/null
 
 stop_bg kube-controller-manager
 line=$(python3 - "$KUBECONFIG_FILE" "$NS" "$DRIVER_NAME" "$N" "$WRITERS" <<'PY'
-import json, re, ssl, sys, threading, time, http.client, urllib.parse
+import json, sys, time
+from kubeapi import Api
 
 kubeconfig, ns, driver, n, writers = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
-cfg = open(kubeconfig).read()
-server = urllib.parse.urlparse(re.search(r"server:\s*(\S+)", cfg).group(1))
-token = re.search(r"token:\s*(\S+)", cfg).group(1)
-ctx = ssl._create_unverified_context()  # a local, throwaway control plane
-HDR = {"Authorization": "Bearer " + token, "Content-Type": "application/json"}
-
-def conn():
-    return http.client.HTTPSConnection(server.hostname, server.port, context=ctx, timeout=600)
-
-def call(c, method, path, body=None):
-    c.request(method, path, body=json.dumps(body) if body is not None else None, headers=HDR)
-    r = c.getresponse()
-    data = r.read()
-    if r.status >= 300:
-        raise SystemExit(f"{method} {path}: {r.status} {data[:300]!r}")
-    return json.loads(data)
+api = Api(kubeconfig)
+call = api.call
 
 def parallel(fn, items):
-    items = list(items)
-    def run(part):
-        c = conn()
-        for x in part:
-            fn(c, x)
-    ts = [threading.Thread(target=run, args=(items[k::writers],)) for k in range(writers)]
-    [t.start() for t in ts]
-    [t.join() for t in ts]
+    api.parallel(fn, items, writers)
 
 claims = {}
 def make_claim(c, i):
@@ -98,12 +78,10 @@ PY
 
 mkdir -p "$(dirname "$OUT")"
 python3 - "$line" "$OUT" <<'PY'
-import json, os, platform, sys
+import json, sys
+from kubeapi import machine
 run, out = json.loads(sys.argv[1]), sys.argv[2]
-cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-json.dump({"scenario": "ceiling", **run,
-           "machine": {"cpus": os.cpu_count(), "cpu": cpu, "kernel": platform.release()}},
-          open(out, "w"), indent=2)
+json.dump({"scenario": "ceiling", **run, "machine": machine()}, open(out, "w"), indent=2)
 print(f"ceiling: {run['volumes_per_s']} volumes/s ({run['writes_per_s']} writes/s, "
       f"{run['writers']} writers, {run['volumes']} volumes in {run['seconds']} s)")
 print(f"report: {out}")

@@ -50,73 +50,44 @@ stop_bg bench-provisioner
 # measure kubeconfig namespace driver N GIB: every claim to GIB; prints one JSON line.
 measure() {
 	python3 - "$@" <<'PY'
-import json, re, ssl, sys, threading, time, http.client, urllib.parse
+import json, sys, threading, time
+from kubeapi import Api, pct
 
 kubeconfig, ns, driver, n, gib = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
-cfg = open(kubeconfig).read()
-server = urllib.parse.urlparse(re.search(r"server:\s*(\S+)", cfg).group(1))
-token = re.search(r"token:\s*(\S+)", cfg).group(1)
-ctx = ssl._create_unverified_context()  # a local, throwaway control plane
-def conn():
-    return http.client.HTTPSConnection(server.hostname, server.port, context=ctx, timeout=600)
-def call(c, method, path, body=None, ctype="application/json"):
-    c.request(method, path, body=json.dumps(body) if body is not None else None,
-              headers={"Authorization": "Bearer " + token, "Content-Type": ctype})
-    r = c.getresponse(); data = r.read()
-    if r.status >= 300:
-        raise SystemExit(f"{method} {path}: {r.status} {data[:300]!r}")
-    return json.loads(data)
+api = Api(kubeconfig)
+call = api.call
 
 want = f"{gib}Gi"
-c = conn()
+c = api.conn()
 pv_of = {pvc["spec"]["volumeName"]: pvc["metadata"]["name"]
          for pvc in call(c, "GET", f"/api/v1/namespaces/{ns}/persistentvolumeclaims")["items"]}
 lock = threading.Lock()
 asked, resized = {}, {}
 done = threading.Event()
-def watch(rv):
-    w = conn()
-    w.request("GET", f"/api/v1/persistentvolumes?watch=1&resourceVersion={rv}",
-              headers={"Authorization": "Bearer " + token})
-    r = w.getresponse(); buf = b""
-    while True:
-        line = r.readline()
-        if not line:
-            return
-        buf += line
-        if not buf.endswith(b"\n"):
-            continue
-        ev, buf = json.loads(buf), b""
-        pv = ev["object"]
-        claim = pv_of.get(pv["metadata"]["name"])
-        if claim and pv["spec"].get("capacity", {}).get("storage") == want:
-            with lock:
-                if claim not in resized:
-                    resized[claim] = time.monotonic()
-                    if len(resized) == n:
-                        done.set()
-rv = call(c, "GET", "/api/v1/persistentvolumes?limit=1")["metadata"]["resourceVersion"]
-threading.Thread(target=watch, args=(rv,), daemon=True).start()
-time.sleep(0.5)
-def expand(part):
-    cc = conn()
-    for name in part:
-        call(cc, "PATCH", f"/api/v1/namespaces/{ns}/persistentvolumeclaims/{name}",
-             {"spec": {"resources": {"requests": {"storage": want}}}}, "application/merge-patch+json")
+def on_pv(kind, pv, t):
+    claim = pv_of.get(pv["metadata"]["name"])
+    if claim and pv["spec"].get("capacity", {}).get("storage") == want:
         with lock:
-            asked[name] = time.monotonic()
+            if claim not in resized:
+                resized[claim] = t
+                if len(resized) == n:
+                    done.set()
+api.watch("/api/v1/persistentvolumes", on_pv)
+def expand(cc, name):
+    call(cc, "PATCH", f"/api/v1/namespaces/{ns}/persistentvolumeclaims/{name}",
+         {"spec": {"resources": {"requests": {"storage": want}}}}, "application/merge-patch+json")
+    with lock:
+        asked[name] = time.monotonic()
 claims = sorted(pv_of.values())
 t0 = time.monotonic()
-ts = [threading.Thread(target=expand, args=(claims[k::8],)) for k in range(8)]
-[t.start() for t in ts]; [t.join() for t in ts]
+api.parallel(expand, claims)
 if not done.wait(900):
     raise SystemExit(f"after 900 s: {len(resized)} of {n} volumes resized")
 t_all = max(resized.values()) - t0
-lat = sorted(resized[k] - asked[k] for k in claims)
-pct = lambda p: lat[min(len(lat) - 1, int(round(p / 100 * (len(lat) - 1))))]
+lat = [resized[k] - asked[k] for k in claims]
 print(json.dumps({"claims": n, "to_gib": gib, "all_resized_s": round(t_all, 2),
                   "resized_per_s": round(n / t_all, 1),
-                  "p50_s": round(pct(50), 2), "p99_s": round(pct(99), 2)}))
+                  "p50_s": round(pct(lat, 50), 2), "p99_s": round(pct(lat, 99), 2)}))
 PY
 }
 
@@ -154,15 +125,14 @@ done
 
 mkdir -p "$(dirname "$OUT")"
 python3 - "$RESULTS" "$OUT" "$N" "$CLIENT_QPS" "$CLIENT_BURST" "$WORKERS" <<'PY'
-import json, os, platform, sys
+import json, sys
+from kubeapi import machine
 results, out, n, qps, burst, workers = sys.argv[1:7]
 runs = [json.loads(l) for l in open(results) if l.strip()]
-cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 json.dump({"scenario": "expand", "claims": int(n),
            "settings": {"equal": {"client_qps": float(qps), "client_burst": int(burst), "workers": int(workers)},
                         "driver": "csi-mock"},
-           "machine": {"cpus": os.cpu_count(), "cpu": cpu, "kernel": platform.release()},
-           "runs": runs}, open(out, "w"), indent=2)
+           "machine": machine(), "runs": runs}, open(out, "w"), indent=2)
 print(f"{'side':9s} {'settings':>9s} {'all resized':>11s} {'per s':>6s} {'p50/p99':>11s}")
 for r in runs:
     print(f"{r['side']:9s} {r['settings']:>9s} {r['all_resized_s']:10.1f}s {r['resized_per_s']:6.1f} "

@@ -89,51 +89,37 @@ log "seeding $N bound claims, volumes and attachments (half another driver's)"
 NS=bench-memory
 kubectl_ create namespace "$NS" >/dev/null
 python3 - "$KUBECONFIG_FILE" "$NS" "$DRIVER_NAME" "$N" <<'PY'
-import json, re, ssl, sys, threading, time, http.client, urllib.parse
+import sys, time
+from kubeapi import Api
 kubeconfig, ns, driver, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-cfg = open(kubeconfig).read()
-server = urllib.parse.urlparse(re.search(r"server:\s*(\S+)", cfg).group(1))
-token = re.search(r"token:\s*(\S+)", cfg).group(1)
-ctx = ssl._create_unverified_context()  # a local, throwaway control plane
-H = {"Authorization": "Bearer " + token, "Content-Type": "application/json"}
-def conn():
-    return http.client.HTTPSConnection(server.hostname, server.port, context=ctx, timeout=120)
-def call(c, method, path, body):
-    c.request(method, path, body=json.dumps(body), headers=H)
-    r = c.getresponse(); data = r.read()
-    if r.status >= 300:
-        raise SystemExit(f"{method} {path}: {r.status} {data[:300]!r}")
-    return json.loads(data)
+api = Api(kubeconfig, timeout=120)
+call = api.call
 nodes = [f"kwok-node-{k}" for k in range(3)]
-def seed(indices):
-    c = conn()
-    for i in indices:
-        mine = i % 2 == 0
-        d = driver if mine else "other.csi.example.com"
-        claim = call(c, "POST", f"/api/v1/namespaces/{ns}/persistentvolumeclaims", {
-            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-            "metadata": {"name": f"claim-{i}", "namespace": ns, "labels": {"app": "bench", "index": str(i)}},
-            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "",
-                     "volumeName": f"pv-memory-{i}", "resources": {"requests": {"storage": "1Gi"}}}})
-        call(c, "POST", "/api/v1/persistentvolumes", {
-            "apiVersion": "v1", "kind": "PersistentVolume",
-            "metadata": {"name": f"pv-memory-{i}", "annotations": {"pv.kubernetes.io/provisioned-by": d}},
-            "spec": {"accessModes": ["ReadWriteOnce"], "capacity": {"storage": "1Gi"},
-                     "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
-                     "csi": {"driver": d, "volumeHandle": f"memory-{i}", "fsType": "ext4"},
-                     "claimRef": {"kind": "PersistentVolumeClaim", "namespace": ns,
-                                  "name": f"claim-{i}", "uid": claim["metadata"]["uid"]}}})
-        va = call(c, "POST", "/apis/storage.k8s.io/v1/volumeattachments", {
-            "apiVersion": "storage.k8s.io/v1", "kind": "VolumeAttachment",
-            "metadata": {"name": f"va-memory-{i}"},
-            "spec": {"attacher": d, "nodeName": nodes[i % 3],
-                     "source": {"persistentVolumeName": f"pv-memory-{i}"}}})
-        va["status"] = {"attached": True}
-        call(c, "PUT", f"/apis/storage.k8s.io/v1/volumeattachments/va-memory-{i}/status", va)
+def seed(c, i):
+    mine = i % 2 == 0
+    d = driver if mine else "other.csi.example.com"
+    claim = call(c, "POST", f"/api/v1/namespaces/{ns}/persistentvolumeclaims", {
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": f"claim-{i}", "namespace": ns, "labels": {"app": "bench", "index": str(i)}},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "",
+                 "volumeName": f"pv-memory-{i}", "resources": {"requests": {"storage": "1Gi"}}}})
+    call(c, "POST", "/api/v1/persistentvolumes", {
+        "apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": f"pv-memory-{i}", "annotations": {"pv.kubernetes.io/provisioned-by": d}},
+        "spec": {"accessModes": ["ReadWriteOnce"], "capacity": {"storage": "1Gi"},
+                 "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
+                 "csi": {"driver": d, "volumeHandle": f"memory-{i}", "fsType": "ext4"},
+                 "claimRef": {"kind": "PersistentVolumeClaim", "namespace": ns,
+                              "name": f"claim-{i}", "uid": claim["metadata"]["uid"]}}})
+    va = call(c, "POST", "/apis/storage.k8s.io/v1/volumeattachments", {
+        "apiVersion": "storage.k8s.io/v1", "kind": "VolumeAttachment",
+        "metadata": {"name": f"va-memory-{i}"},
+        "spec": {"attacher": d, "nodeName": nodes[i % 3],
+                 "source": {"persistentVolumeName": f"pv-memory-{i}"}}})
+    va["status"] = {"attached": True}
+    call(c, "PUT", f"/apis/storage.k8s.io/v1/volumeattachments/va-memory-{i}/status", va)
 t0 = time.monotonic()
-threads = [threading.Thread(target=seed, args=(range(k, n, 8),)) for k in range(8)]
-for t in threads: t.start()
-for t in threads: t.join()
+api.parallel(seed, range(n))
 print(f"seeded {n} in {time.monotonic() - t0:.0f} s", file=sys.stderr)
 PY
 # The claims bind (kube-controller-manager) before the controllers start.
@@ -153,7 +139,8 @@ done
 
 mkdir -p "$(dirname "$OUT")"
 python3 - "$RESULTS" "$OUT" "$N" <<'PY'
-import json, os, platform, sys
+import json, sys
+from kubeapi import machine
 results, out, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 runs = [json.loads(l) for l in open(results) if l.strip()]
 # Objects in the cluster: N claims, N volumes, N attachments (what each side keeps of another
@@ -163,11 +150,9 @@ for r in runs:
     per = (r["loaded_steady_mib"] - r["idle_mib"]) * 1024 * 1024 / objects
     r["bytes_per_object"] = round(per)
     r["projected_100k_objects_mib"] = round(r["idle_mib"] + per * 100_000 / (1024 * 1024))
-cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 json.dump({"scenario": "memory", "claims": n, "volumes": n, "attachments": n,
            "another_drivers_share": 0.5, "objects": objects,
-           "machine": {"cpus": os.cpu_count(), "cpu": cpu, "kernel": platform.release()},
-           "runs": runs}, open(out, "w"), indent=2)
+           "machine": machine(), "runs": runs}, open(out, "w"), indent=2)
 print(f"{'side':9s} {'idle':>6s} {'peak':>6s} {'steady':>7s} {'B/object':>9s} {'100k objects':>13s}  (MiB)")
 for r in runs:
     print(f"{r['side']:9s} {r['idle_mib']:6d} {r['loaded_peak_mib']:6d} {r['loaded_steady_mib']:7d} "

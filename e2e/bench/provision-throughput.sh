@@ -42,45 +42,17 @@ RESULTS=$E2E_DIR/provision-throughput.runs
 # prints one JSON line of timings. Arguments: kubeconfig namespace class driver N.
 measure() {
 	python3 - "$@" <<'PY'
-import json, re, ssl, sys, threading, time, http.client, urllib.parse
+import json, sys, threading, time
+from kubeapi import Api, pct
 
 kubeconfig, ns, cls, driver, n = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
-cfg = open(kubeconfig).read()
-server = urllib.parse.urlparse(re.search(r"server:\s*(\S+)", cfg).group(1))
-token = re.search(r"token:\s*(\S+)", cfg).group(1)
-ctx = ssl._create_unverified_context()  # a local, throwaway control plane
-HDR = {"Authorization": "Bearer " + token, "Content-Type": "application/json"}
-
-def conn():
-    return http.client.HTTPSConnection(server.hostname, server.port, context=ctx, timeout=600)
-
-def call(c, method, path, body=None):
-    c.request(method, path, body=json.dumps(body) if body is not None else None, headers=HDR)
-    r = c.getresponse()
-    data = r.read()
-    if r.status >= 300:
-        raise SystemExit(f"{method} {path}: {r.status} {data[:300]!r}")
-    return json.loads(data)
+api = Api(kubeconfig)
+call = api.call
 
 lock = threading.Lock()
 created, pv_at, bound_at, pv_gone = {}, {}, {}, {}
 pv_claim = {}
 events = {"pvs": threading.Event(), "bound": threading.Event(), "gone": threading.Event(), "deleting": threading.Event()}
-
-def watch(path, rv, on):
-    c = conn()
-    c.request("GET", f"{path}?watch=1&resourceVersion={rv}&allowWatchBookmarks=false", headers=HDR)
-    r = c.getresponse()
-    buf = b""
-    while True:
-        chunk = r.readline()
-        if not chunk:
-            return
-        buf += chunk
-        if not buf.endswith(b"\n"):
-            continue
-        ev, buf = json.loads(buf), b""
-        on(ev["type"], ev["object"], time.monotonic())
 
 def on_pv(kind, pv, t):
     spec = pv.get("spec", {})
@@ -109,13 +81,9 @@ def on_pvc(kind, pvc, t):
             if len(bound_at) == n:
                 events["bound"].set()
 
-c = conn()
-rv_pv = call(c, "GET", "/api/v1/persistentvolumes?limit=1")["metadata"]["resourceVersion"]
-rv_pvc = call(c, "GET", f"/api/v1/namespaces/{ns}/persistentvolumeclaims?limit=1")["metadata"]["resourceVersion"]
-for path, rv, on in (("/api/v1/persistentvolumes", rv_pv, on_pv),
-                     (f"/api/v1/namespaces/{ns}/persistentvolumeclaims", rv_pvc, on_pvc)):
-    threading.Thread(target=watch, args=(path, rv, on), daemon=True).start()
-time.sleep(0.5)
+c = api.conn()
+api.watch("/api/v1/persistentvolumes", on_pv)
+api.watch(f"/api/v1/namespaces/{ns}/persistentvolumeclaims", on_pvc)
 
 t0 = time.monotonic()
 for i in range(n):
@@ -139,10 +107,6 @@ call(c, "DELETE", f"/api/v1/namespaces/{ns}/persistentvolumeclaims")
 if not events["gone"].wait(timeout):
     raise SystemExit(f"after {timeout} s: {len(pv_gone)} of {n} PVs deleted")
 t_gone = max(pv_gone.values()) - t1
-
-def pct(xs, p):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 pv_lat = [pv_at[k] - created[k] for k in created]
 bound_lat = [bound_at[k] - created[k] for k in created]
@@ -197,17 +161,16 @@ done
 
 mkdir -p "$(dirname "$OUT")"
 python3 - "$RESULTS" "$OUT" "$N" "$CLIENT_QPS" "$CLIENT_BURST" "$KCM_QPS" "$KCM_BURST" <<'PY'
-import json, os, platform, sys
+import json, sys
+from kubeapi import machine
 results, out, n, qps, burst, kqps, kburst = sys.argv[1:8]
 runs = [json.loads(l) for l in open(results) if l.strip()]
-cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 report = {
     "scenario": "provision", "claims": int(n),
     "settings": {"client_qps": float(qps), "client_burst": int(burst),
                  "kcm_qps": float(kqps), "kcm_burst": int(kburst), "driver": "csi-mock",
                  "binding": "Immediate", "reclaim_policy": "Delete"},
-    "machine": {"cpus": os.cpu_count(), "cpu": cpu, "kernel": platform.release(),
-                "loadavg_at_end": open("/proc/loadavg").read().split()[:3]},
+    "machine": machine(),
     "runs": runs,
 }
 json.dump(report, open(out, "w"), indent=2)

@@ -57,53 +57,40 @@ python_env() { echo "$KUBECONFIG_FILE" "$NS" "$DRIVER_NAME"; }
 
 log "seeding $N ready snapshots and contents"
 python3 - $(python_env) "$N" <<'PY'
-import json, re, ssl, sys, threading, time, http.client, urllib.parse
+import sys, time
+from kubeapi import Api
 kubeconfig, ns, driver, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-cfg = open(kubeconfig).read()
-server = urllib.parse.urlparse(re.search(r"server:\s*(\S+)", cfg).group(1))
-token = re.search(r"token:\s*(\S+)", cfg).group(1)
-ctx = ssl._create_unverified_context()  # a local, throwaway control plane
-def conn():
-    return http.client.HTTPSConnection(server.hostname, server.port, context=ctx, timeout=120)
-def call(c, method, path, body, ctype="application/json"):
-    c.request(method, path, body=json.dumps(body), headers={"Authorization": "Bearer " + token, "Content-Type": ctype})
-    r = c.getresponse(); data = r.read()
-    if r.status >= 300:
-        raise SystemExit(f"{method} {path}: {r.status} {data[:300]!r}")
-    return json.loads(data)
+api = Api(kubeconfig, timeout=120)
+call = api.call
 G = "/apis/snapshot.storage.k8s.io/v1"
 now = time.time()
 stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
-def seed(indices):
-    c = conn()
-    for i in indices:
-        name = f"snap-{i}"
-        vs = call(c, "POST", f"{G}/namespaces/{ns}/volumesnapshots", {
-            "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
-            "metadata": {"name": name, "finalizers": [
-                "snapshot.storage.kubernetes.io/volumesnapshot-as-source-protection",
-                "snapshot.storage.kubernetes.io/volumesnapshot-bound-protection"]},
-            "spec": {"volumeSnapshotClassName": "bench", "source": {"persistentVolumeClaimName": "src"}}})
-        uid = vs["metadata"]["uid"]
-        content = f"snapcontent-{uid}"
-        call(c, "PATCH", f"{G}/namespaces/{ns}/volumesnapshots/{name}/status", {"status": {
-            "boundVolumeSnapshotContentName": content, "creationTime": stamp,
-            "readyToUse": True, "restoreSize": "1Gi"}}, "application/merge-patch+json")
-        call(c, "POST", f"{G}/volumesnapshotcontents", {
-            "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotContent",
-            "metadata": {"name": content, "finalizers": [
-                "snapshot.storage.kubernetes.io/volumesnapshotcontent-bound-protection"]},
-            "spec": {"volumeSnapshotRef": {"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
-                                           "name": name, "namespace": ns, "uid": uid},
-                     "deletionPolicy": "Delete", "driver": driver, "volumeSnapshotClassName": "bench",
-                     "source": {"volumeHandle": f"vol-seed-{i}"}}})
-        call(c, "PATCH", f"{G}/volumesnapshotcontents/{content}/status", {"status": {
-            "snapshotHandle": f"snap-seed-{i}", "creationTime": int(now * 1e9),
-            "readyToUse": True, "restoreSize": 1 << 30}}, "application/merge-patch+json")
+def seed(c, i):
+    name = f"snap-{i}"
+    vs = call(c, "POST", f"{G}/namespaces/{ns}/volumesnapshots", {
+        "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+        "metadata": {"name": name, "finalizers": [
+            "snapshot.storage.kubernetes.io/volumesnapshot-as-source-protection",
+            "snapshot.storage.kubernetes.io/volumesnapshot-bound-protection"]},
+        "spec": {"volumeSnapshotClassName": "bench", "source": {"persistentVolumeClaimName": "src"}}})
+    uid = vs["metadata"]["uid"]
+    content = f"snapcontent-{uid}"
+    call(c, "PATCH", f"{G}/namespaces/{ns}/volumesnapshots/{name}/status", {"status": {
+        "boundVolumeSnapshotContentName": content, "creationTime": stamp,
+        "readyToUse": True, "restoreSize": "1Gi"}}, "application/merge-patch+json")
+    call(c, "POST", f"{G}/volumesnapshotcontents", {
+        "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotContent",
+        "metadata": {"name": content, "finalizers": [
+            "snapshot.storage.kubernetes.io/volumesnapshotcontent-bound-protection"]},
+        "spec": {"volumeSnapshotRef": {"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+                                       "name": name, "namespace": ns, "uid": uid},
+                 "deletionPolicy": "Delete", "driver": driver, "volumeSnapshotClassName": "bench",
+                 "source": {"volumeHandle": f"vol-seed-{i}"}}})
+    call(c, "PATCH", f"{G}/volumesnapshotcontents/{content}/status", {"status": {
+        "snapshotHandle": f"snap-seed-{i}", "creationTime": int(now * 1e9),
+        "readyToUse": True, "restoreSize": 1 << 30}}, "application/merge-patch+json")
 t0 = time.monotonic()
-threads = [threading.Thread(target=seed, args=(range(k, n, 8),)) for k in range(8)]
-for t in threads: t.start()
-for t in threads: t.join()
+api.parallel(seed, range(n))
 print(f"seeded {n} in {time.monotonic() - t0:.0f} s", file=sys.stderr)
 PY
 
@@ -120,24 +107,18 @@ rss() {
 # new_snapshot NAME: creates VolumeSnapshot NAME of the source claim, prints seconds to ready.
 new_snapshot() {
 	python3 - $(python_env) "$1" <<'PY'
-import json, re, ssl, sys, time, http.client, urllib.parse
+import json, sys, time
+from kubeapi import Api
 kubeconfig, ns, driver, name = sys.argv[1:5]
-cfg = open(kubeconfig).read()
-server = urllib.parse.urlparse(re.search(r"server:\s*(\S+)", cfg).group(1))
-token = re.search(r"token:\s*(\S+)", cfg).group(1)
-c = http.client.HTTPSConnection(server.hostname, server.port, context=ssl._create_unverified_context(), timeout=1200)
-H = {"Authorization": "Bearer " + token, "Content-Type": "application/json"}
+api = Api(kubeconfig, timeout=1200)
+c = api.conn()
 G = f"/apis/snapshot.storage.k8s.io/v1/namespaces/{ns}/volumesnapshots"
 t0 = time.monotonic()
-c.request("POST", G, body=json.dumps({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+api.call(c, "POST", G, {"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
     "metadata": {"name": name}, "spec": {"volumeSnapshotClassName": "bench",
-    "source": {"persistentVolumeClaimName": "src"}}}), headers=H)
-r = c.getresponse(); r.read()
-if r.status >= 300:
-    raise SystemExit(f"create {name}: {r.status}")
+    "source": {"persistentVolumeClaimName": "src"}}})
 while time.monotonic() - t0 < 1200:
-    c.request("GET", f"{G}/{name}", headers=H)
-    r = c.getresponse(); vs = json.loads(r.read())
+    vs = api.call(c, "GET", f"{G}/{name}")
     if (vs.get("status") or {}).get("readyToUse") is True:
         print(f"{time.monotonic() - t0:.2f}")
         sys.exit(0)
@@ -191,13 +172,12 @@ done
 
 mkdir -p "$(dirname "$OUT")"
 python3 - "$RESULTS" "$OUT" "$N" <<'PY'
-import json, os, platform, sys
+import json, sys
+from kubeapi import machine
 results, out, n = sys.argv[1:4]
 runs = [json.loads(l) for l in open(results) if l.strip()]
-cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 json.dump({"scenario": "snapshot-scale", "existing_snapshots": int(n), "driver": "csi-mock",
-           "machine": {"cpus": os.cpu_count(), "cpu": cpu, "kernel": platform.release()},
-           "runs": runs}, open(out, "w"), indent=2)
+           "machine": machine(), "runs": runs}, open(out, "w"), indent=2)
 print(f"{'side':9s} {'cold ready':>10s} {'synced':>7s} {'warm ready':>10s} {'RSS MiB':>8s} {'CreateSnapshot':>14s}")
 for r in runs:
     synced = "-" if r["caches_synced_s"] is None else f"{r['caches_synced_s']:.1f}s"

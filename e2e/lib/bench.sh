@@ -17,6 +17,8 @@ source "$E2E_SRC/lib/versions.sh"
 source "$E2E_SRC/lib/build.sh"
 
 CLUSTER=$E2E_SRC/cluster
+# The Python parts of the benchmarks share e2e/lib/kubeapi.py.
+export PYTHONPATH=$E2E_SRC/lib${PYTHONPATH:+:$PYTHONPATH}
 OURS_BIN=${OURS_BIN:-$REPO_ROOT/target/debug/csi-controller-manager}
 
 bench_env() {

@@ -1,0 +1,99 @@
+"""The local control plane's API for the benchmarks' Python parts (e2e/bench/*.sh put this
+directory on PYTHONPATH through e2e/lib/bench.sh): the kubeconfig's server and token, one
+connection per thread, calls that fail loudly, watches, parallel writers, percentiles, and the
+machine's description for the reports. Standard library only.
+"""
+
+import json
+import os
+import platform
+import re
+import ssl
+import threading
+import time
+import http.client
+import urllib.parse
+
+
+class Api:
+    """The API server of a kubeconfig written by e2e/cluster (a bearer token)."""
+
+    def __init__(self, kubeconfig, timeout=600):
+        cfg = open(kubeconfig).read()
+        self.server = urllib.parse.urlparse(re.search(r"server:\s*(\S+)", cfg).group(1))
+        self.token = re.search(r"token:\s*(\S+)", cfg).group(1)
+        self.ctx = ssl._create_unverified_context()  # a local, throwaway control plane
+        self.timeout = timeout
+
+    def conn(self):
+        return http.client.HTTPSConnection(self.server.hostname, self.server.port,
+                                           context=self.ctx, timeout=self.timeout)
+
+    def call(self, c, method, path, body=None, ctype="application/json", missing_ok=False):
+        """One request on connection `c`; the decoded answer. Exits on an error status (a
+        DELETE's 404 too, unless `missing_ok`)."""
+        c.request(method, path, body=json.dumps(body) if body is not None else None,
+                  headers={"Authorization": "Bearer " + self.token, "Content-Type": ctype})
+        r = c.getresponse()
+        data = r.read()
+        if r.status >= 300 and not (missing_ok and r.status == 404):
+            raise SystemExit(f"{method} {path}: {r.status} {data[:300]!r}")
+        return json.loads(data) if data else {}
+
+    def resource_version(self, path):
+        """The list's current resourceVersion (to watch from)."""
+        sep = "&" if "?" in path else "?"
+        return self.call(self.conn(), "GET", f"{path}{sep}limit=1")["metadata"]["resourceVersion"]
+
+    def watch(self, path, on):
+        """Watches `path` from now in a daemon thread: `on(type, object, monotonic time)`."""
+        rv = self.resource_version(path)
+
+        def run():
+            c = self.conn()
+            sep = "&" if "?" in path else "?"
+            c.request("GET", f"{path}{sep}watch=1&resourceVersion={rv}",
+                      headers={"Authorization": "Bearer " + self.token})
+            r = c.getresponse()
+            buf = b""
+            while True:
+                line = r.readline()
+                if not line:
+                    return
+                buf += line
+                if not buf.endswith(b"\n"):
+                    continue
+                ev, buf = json.loads(buf), b""
+                on(ev["type"], ev["object"], time.monotonic())
+
+        threading.Thread(target=run, daemon=True).start()
+        time.sleep(0.5)
+
+    def parallel(self, fn, items, writers=8):
+        """`fn(connection, item)` for every item, over `writers` threads of their own connection."""
+        items = list(items)
+
+        def run(part):
+            c = self.conn()
+            for x in part:
+                fn(c, x)
+
+        threads = [threading.Thread(target=run, args=(items[k::writers],)) for k in range(writers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+
+def pct(xs, p):
+    """The p-th percentile (nearest rank) of `xs`."""
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def machine():
+    """The machine, for the reports."""
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
+                if l.startswith("model name")), "?")
+    return {"cpus": os.cpu_count(), "cpu": cpu, "kernel": platform.release(),
+            "loadavg_at_end": open("/proc/loadavg").read().split()[:3]}
