@@ -119,6 +119,9 @@ print(json.dumps({
     "pv_p50_s": round(pct(pv_lat, 50), 2), "pv_p99_s": round(pct(pv_lat, 99), 2),
     "bound_p50_s": round(pct(bound_lat, 50), 2), "bound_p99_s": round(pct(bound_lat, 99), 2),
     "all_deleted_s": round(t_gone, 2),
+    # Per claim, in creation order: seconds since the first creation, to its PV, to Bound.
+    "series": [[round(created[k] - t0, 3), round(pv_at[k] - created[k], 3), round(bound_at[k] - created[k], 3)]
+               for k in sorted(created, key=created.get)],
 }))
 PY
 }

@@ -287,8 +287,8 @@ impl Book {
     }
 
     /// The intents in flight, for the stuck-object view: each volume, its claim, and its
-    /// record's state: `recording` (waiting for its write), `stored`, `releasing` (its removal
-    /// waiting for its write).
+    /// record's state: `recording` (waiting for its write) or `stored` (a released intent is
+    /// gone at once).
     pub fn in_flight(&self) -> Vec<serde_json::Value> {
         let row = |volume: &str, i: Option<&Intent>, state: &str| {
             serde_json::json!({
@@ -301,13 +301,7 @@ impl Book {
         let mut out: Vec<serde_json::Value> = self
             .entries
             .iter()
-            .map(|(volume, (i, _, _))| {
-                let state = match self.pending.get(volume) {
-                    Some(None) => "releasing",
-                    _ => "stored",
-                };
-                row(volume, Some(i), state)
-            })
+            .map(|(volume, (i, _, _))| row(volume, Some(i), "stored"))
             .collect();
         for (volume, json) in &self.pending {
             if let Some(json) = json
