@@ -126,11 +126,9 @@ print(json.dumps({
 PY
 }
 
-# run SIDE [WORKERS]: one provisioner alone; appends its JSON line to $RESULTS.
-run() {
-	local side=$1 workers=${2:-} ns name wflag=()
-	name="bench-$side-${workers:-default}"
-	ns=$name
+# start SIDE WORKERS NAME: one provisioner, started in the background as NAME.
+start() {
+	local side=$1 workers=$2 name=$3 wflag=()
 	case $side in
 	upstream)
 		[[ -n $workers ]] && wflag=(--worker-threads="$workers")
@@ -145,8 +143,44 @@ run() {
 		;;
 	*) die "unknown side '$side' in RUNS (upstream or ours)" ;;
 	esac
-	sleep 5 # start-up: caches synced
-	is_running "$name" || fail_component "$name" "the $side provisioner did not start"
+}
+
+# warm NAME: the provisioner provisions one probe claim within 60 s (its caches synced, it
+# acts); the probe is deleted again. Fails otherwise.
+warm() {
+	local name=$1 ns="$1-probe" i
+	bench_namespace "$ns"
+	printf 'apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: probe, namespace: %s}\nspec: {accessModes: [ReadWriteOnce], storageClassName: %s, resources: {requests: {storage: 1Gi}}}\n' "$ns" "$ns" |
+		kubectl_ apply -f - >/dev/null
+	for ((i = 0; i < 120; i++)); do
+		if [[ $(kubectl_ -n "$ns" get pvc probe -o jsonpath='{.status.phase}') == Bound ]]; then
+			kubectl_ delete namespace "$ns" --wait=false >/dev/null
+			kubectl_ delete storageclass "$ns" >/dev/null
+			return 0
+		fi
+		sleep 0.5
+	done
+	kubectl_ delete namespace "$ns" --wait=false >/dev/null
+	kubectl_ delete storageclass "$ns" >/dev/null
+	return 1
+}
+
+# run SIDE [WORKERS]: one provisioner alone; appends its JSON line to $RESULTS. A provisioner
+# that does not act within a minute of its start (seen once with upstream's, idle after its
+# start-up log) is restarted, at most twice.
+run() {
+	local side=$1 workers=${2:-} ns name attempt
+	name="bench-$side-${workers:-default}"
+	ns=$name
+	for attempt in 1 2 3; do
+		start "$side" "$workers" "$name"
+		sleep 2
+		is_running "$name" || fail_component "$name" "the $side provisioner did not start"
+		warm "$name-$attempt" && break
+		warn "$side: the provisioner did not provision a probe claim in 60 s; restarting it"
+		stop_bg "$name"
+		((attempt < 3)) || fail_component "$name" "$side: the provisioner never acted"
+	done
 	bench_namespace "$ns"
 	local line
 	line=$(measure "$KUBECONFIG_FILE" "$ns" "$ns" "$DRIVER_NAME" "$N") ||

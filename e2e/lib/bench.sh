@@ -28,6 +28,9 @@ bench_env() {
 	export SCHEDULER_PORT=${BENCH_SCHEDULER_PORT:-32259} KWOK_PORT=${BENCH_KWOK_PORT:-32247}
 	export SIDECAR_PORT_BASE=${BENCH_SIDECAR_PORT_BASE:-32280} CSI_MOCK_CONTROL_PORT=${BENCH_CSI_MOCK_CONTROL_PORT:-32290}
 	KUBECONFIG_FILE=$E2E_DIR/kubeconfig
+	# Upstream's sidecars prefer $KUBECONFIG to their --kubeconfig flag: a KUBECONFIG left from
+	# another cluster (the test command's, say) would point them elsewhere.
+	export KUBECONFIG=$KUBECONFIG_FILE
 	[[ -x $OURS_BIN ]] || die "$OURS_BIN not found: build it with 'cargo build -p controller-manager'"
 }
 
