@@ -344,7 +344,14 @@ async fn from_the_sidecars_to_us_and_back() {
     let phases = format!(
         "calls (CreateVolume, DeleteVolume, ControllerPublishVolume, ControllerUnpublishVolume, CreateSnapshot, DeleteSnapshot): after the sidecars {after_upstream:?}, before ours' phase {before:?}, at the end {end:?}"
     );
-    assert_eq!(end[0], 6, "one CreateVolume per claim; {phases}");
+    // One volume per claim on the driver (checked above). A claim made during a hand-over
+    // may see CreateVolume from both sides: the leaving one is stopped mid-call, the new one
+    // repeats it with the same name (idempotent: the same volume). Seen once in CI. Ours'
+    // own phase is counted exactly above.
+    assert!(
+        (6..=8).contains(&end[0]),
+        "one CreateVolume per claim, plus at most one per hand-over; {phases}"
+    );
     assert_eq!(end[4], 2, "one CreateSnapshot per snapshot; {phases}");
     // Nothing was published between the sidecars' attach and ours' detach: ours took the
     // attachment over as it was. (Upstream's sidecars may repeat an idempotent call of their
