@@ -24,6 +24,7 @@ mod content;
 mod deletion;
 mod group;
 pub mod group_plan;
+mod members;
 pub mod plan;
 
 use std::sync::Arc;
