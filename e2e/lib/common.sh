@@ -99,22 +99,64 @@ start_bg() {
 
 # stop_bg NAME: TERM the process group, then KILL after a grace period.
 stop_bg() {
-	local name=$1 f pid i
+	local name=$1 f pid
 	f=$(pidfile "$name")
 	[[ -f $f ]] || return 0
 	pid=$(<"$f")
 	if is_running "$name"; then
 		kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-		for ((i = 0; i < 50; i++)); do
-			kill -0 "$pid" 2>/dev/null || break
-			sleep 0.2
-		done
-		if kill -0 "$pid" 2>/dev/null; then
-			warn "$name (pid $pid) ignored SIGTERM, killing"
+		if ! wait_gone "$pid" 100; then
+			warn "$name (pid $pid) ignored SIGTERM for 10 s, killing"
 			kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+			wait_gone "$pid" || warn "$name (pid $pid) still there 5 s after SIGKILL"
 		fi
 	fi
 	rm -f "$f" "$E2E_DIR/pids/$name.cmd"
+}
+
+# wait_gone PID [TENTHS]: wait (up to TENTHS tenths of a second, default 50) until PID has
+# exited. An exited process counts as gone at once: a child of ours is reaped here, another
+# (started by an earlier command, now the init process's) is left to its reaper, which may take
+# a while.
+wait_gone() {
+	local i state
+	for ((i = 0; i < ${2:-50}; i++)); do
+		kill -0 "$1" 2>/dev/null || return 0
+		state=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null || true)
+		if [[ ${state%% *} == Z ]]; then
+			wait "$1" 2>/dev/null || true
+			return 0
+		fi
+		sleep 0.1
+	done
+	return 1
+}
+
+# strays: pids of the processes this harness starts (a binary it built, or ours) that name this
+# run directory in their command line, whether or not a pid file still records them (a pid file
+# lost to 'down --purge' or to a crash in the middle of 'up').
+strays() {
+	local p exe cmd
+	for p in $(pgrep -f -- "$E2E_DIR/" || true); do
+		[[ $p == "$$" || $p == "$BASHPID" ]] && continue
+		exe=$(readlink "/proc/$p/exe" 2>/dev/null) || continue
+		exe=${exe% (deleted)}
+		case $exe in
+		"$E2E_CACHE"/bin/* | "$REPO_ROOT"/target/* | "$(readlink -f "${OURS_BIN:-/nonexistent}")") ;;
+		*) continue ;;
+		esac
+		cmd=$(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null || true)
+		[[ $cmd == *"$E2E_DIR/"* ]] && echo "$p"
+	done
+}
+
+# port_holder PORT: what listens on 127.0.0.1:PORT (empty when free).
+port_holder() {
+	if command -v ss >/dev/null 2>&1; then
+		ss -Hltnp "sport = :$1" 2>/dev/null | head -n 3
+	elif (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+		echo "(something; ss is not available to tell what)"
+	fi
 }
 
 # fail_component NAME MESSAGE: print the tail of NAME's log, how it ended if it did, and exit.
@@ -157,15 +199,9 @@ wait_until() {
 
 # check_port NAME PORT: fail clearly if something else listens on 127.0.0.1:PORT.
 check_port() {
-	local name=$1 port=$2 who=""
-	if command -v ss >/dev/null 2>&1; then
-		who=$(ss -Hltnp "sport = :$port" 2>/dev/null | head -n 3)
-		[[ -z $who ]] && return 0
-	elif (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-		who="(ss not available to tell which process)"
-	else
-		return 0
-	fi
+	local name=$1 port=$2 who
+	who=$(port_holder "$port")
+	[[ -z $who ]] && return 0
 	die "port $port needed by $name is already in use:
 $who
   Stop that process, or choose another port (see 'e2e/cluster help' for the *_PORT variables)."
