@@ -70,19 +70,27 @@ class Api:
         time.sleep(0.5)
 
     def parallel(self, fn, items, writers=8):
-        """`fn(connection, item)` for every item, over `writers` threads of their own connection."""
+        """`fn(connection, item)` for every item, over `writers` threads of their own connection.
+        A writer that fails (an error status raises SystemExit, which would end its thread
+        quietly) fails the whole call once every writer has stopped."""
         items = list(items)
+        failures = []
 
         def run(part):
-            c = self.conn()
-            for x in part:
-                fn(c, x)
+            try:
+                c = self.conn()
+                for x in part:
+                    fn(c, x)
+            except BaseException as e:  # noqa: B036 - SystemExit too, see above
+                failures.append(e)
 
         threads = [threading.Thread(target=run, args=(items[k::writers],)) for k in range(writers)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        if failures:
+            raise SystemExit(f"{len(failures)} of {writers} writers failed; the first: {failures[0]}")
 
 
 def pct(xs, p):

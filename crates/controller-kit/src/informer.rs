@@ -31,7 +31,8 @@
 use std::any::{Any, TypeId};
 use std::collections::{HashMap, HashSet};
 use std::fmt::{self, Debug};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kube::api::Api;
@@ -268,8 +269,22 @@ trait ErasedInformer: Send {
     fn as_any(&mut self) -> &mut dyn Any;
     fn kind(&self) -> String;
     fn synced_erased(&self) -> watch::Receiver<bool>;
-    fn spawn(self: Box<Self>, client: Client, token: CancellationToken) -> JoinHandle<()>;
+    fn spawn(
+        self: Box<Self>,
+        client: Client,
+        token: CancellationToken,
+        failure: WatchFailure,
+    ) -> JoinHandle<()>;
 }
+
+/// The last failure of an informer's watch (when, and the error), cleared by the next event it
+/// receives. The watch retries with backoff (at most 30 s apart); a failure older than that
+/// with nothing since means the watch is up again on a quiet type.
+type WatchFailure = Arc<Mutex<Option<(Instant, String)>>>;
+
+/// How long after its last failure a watch counts as failing (the watcher's longest backoff,
+/// plus a margin).
+pub const WATCH_FAILING_FOR: Duration = Duration::from_secs(35);
 
 impl<K: Watchable> ErasedInformer for InformerBuilder<K> {
     fn as_any(&mut self) -> &mut dyn Any {
@@ -284,7 +299,12 @@ impl<K: Watchable> ErasedInformer for InformerBuilder<K> {
         self.synced()
     }
 
-    fn spawn(self: Box<Self>, client: Client, token: CancellationToken) -> JoinHandle<()> {
+    fn spawn(
+        self: Box<Self>,
+        client: Client,
+        token: CancellationToken,
+        failure: WatchFailure,
+    ) -> JoinHandle<()> {
         let builder = *self;
         let kind = K::kind(&()).into_owned();
         let api: Api<K> = Api::all(client);
@@ -298,9 +318,19 @@ impl<K: Watchable> ErasedInformer for InformerBuilder<K> {
                     next = stream.next() => next,
                 };
                 match next {
-                    Some(Ok(event)) => running.handle(event),
+                    Some(Ok(event)) => {
+                        if let Ok(mut f) = failure.lock()
+                            && f.take().is_some()
+                        {
+                            tracing::info!(kind = %kind, "watch restored");
+                        }
+                        running.handle(event)
+                    }
                     Some(Err(error)) => {
-                        tracing::warn!(kind = %kind, %error, "watch failed; retrying with backoff")
+                        tracing::warn!(kind = %kind, %error, "watch failed; retrying with backoff");
+                        if let Ok(mut f) = failure.lock() {
+                            *f = Some((Instant::now(), error.to_string()));
+                        }
                     }
                     None => return,
                 }
@@ -326,6 +356,7 @@ impl Debug for Informers {
 #[derive(Debug)]
 pub struct RunningInformers {
     synced: Vec<(String, watch::Receiver<bool>)>,
+    failures: Vec<(String, WatchFailure)>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -341,6 +372,21 @@ impl RunningInformers {
             .iter()
             .filter(|(_, rx)| !*rx.borrow())
             .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// The informers whose watch failed within `within` and has received nothing since, as
+    /// `"<kind>: <error> (<n>s ago)"`: what the process waits on while the API server is out.
+    pub fn failing(&self, within: Duration) -> Vec<String> {
+        let now = Instant::now();
+        self.failures
+            .iter()
+            .filter_map(|(kind, f)| {
+                let f = f.lock().ok()?;
+                let (at, error) = f.as_ref()?;
+                let ago = now.saturating_duration_since(*at);
+                (ago <= within).then(|| format!("{kind}: {error} ({}s ago)", ago.as_secs()))
+            })
             .collect()
     }
 
@@ -384,12 +430,19 @@ impl Informers {
     /// Starts one watch per registered type; they run until `token` is cancelled.
     pub fn start(self, token: CancellationToken) -> RunningInformers {
         let mut synced = Vec::new();
+        let mut failures = Vec::new();
         let mut tasks = Vec::new();
         for informer in self.informers.into_values() {
+            let failure = WatchFailure::default();
             synced.push((informer.kind(), informer.synced_erased()));
-            tasks.push(informer.spawn(self.client.clone(), token.clone()));
+            failures.push((informer.kind(), failure.clone()));
+            tasks.push(informer.spawn(self.client.clone(), token.clone(), failure));
         }
-        RunningInformers { synced, tasks }
+        RunningInformers {
+            synced,
+            failures,
+            tasks,
+        }
     }
 }
 

@@ -224,10 +224,18 @@ pub async fn run(flags: Flags) -> Result<(), AppError> {
         let informers = running_informers.clone();
         health.add_ready("informers", move || {
             let unsynced = informers.unsynced();
-            if unsynced.is_empty() {
+            let failing = informers.failing(controller_kit::informer::WATCH_FAILING_FOR);
+            let mut waits = Vec::new();
+            if !unsynced.is_empty() {
+                waits.push(format!("not synced: {}", unsynced.join(", ")));
+            }
+            if !failing.is_empty() {
+                waits.push(format!("watch failing: {}", failing.join("; ")));
+            }
+            if waits.is_empty() {
                 Ok(())
             } else {
-                Err(format!("not synced: {}", unsynced.join(", ")))
+                Err(waits.join("; "))
             }
         });
     }

@@ -117,6 +117,10 @@ pub struct MockConfig {
     /// Secrets CreateVolume and DeleteVolume must carry (key and value), like a driver that needs
     /// credentials; a call without them fails with UNAUTHENTICATED. Empty: none needed.
     pub required_secrets: BTreeMap<String, String>,
+    /// The same secrets are also required by ControllerPublish/UnpublishVolume,
+    /// ControllerExpandVolume and Create/DeleteSnapshot (each of which has a secret of its own
+    /// in a StorageClass or VolumeSnapshotClass).
+    pub secrets_on_every_call: bool,
 }
 
 impl Default for MockConfig {
@@ -144,6 +148,7 @@ impl Default for MockConfig {
             node_expand_volume: false,
             state_file: None,
             required_secrets: BTreeMap::new(),
+            secrets_on_every_call: false,
         }
     }
 }

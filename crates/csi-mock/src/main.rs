@@ -88,6 +88,10 @@ struct Args {
     /// without it fail with UNAUTHENTICATED.
     #[arg(long = "required-secret", value_parser = parse_key_value)]
     required_secrets: Vec<(String, String)>,
+    /// Require the --required-secret secrets on ControllerPublish/UnpublishVolume,
+    /// ControllerExpandVolume and Create/DeleteSnapshot too.
+    #[arg(long)]
+    secrets_on_every_call: bool,
     /// Serve the HTTP control API (GET /state, GET /calls, POST|GET|DELETE /faults, PUT /ready)
     /// on this host:port.
     #[arg(long)]
@@ -175,6 +179,7 @@ fn config_from(args: &Args) -> Result<MockConfig, String> {
         node_expand_volume: args.node_expand_volume,
         state_file: args.state_file.clone(),
         required_secrets: args.required_secrets.iter().cloned().collect(),
+        secrets_on_every_call: args.secrets_on_every_call,
     })
 }
 

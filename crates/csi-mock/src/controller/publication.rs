@@ -31,6 +31,7 @@ impl Backend<'_> {
         req: pb::ControllerPublishVolumeRequest,
     ) -> Result<pb::ControllerPublishVolumeResponse, Status> {
         self.require_cap(Cap::PublishUnpublishVolume)?;
+        self.require_secrets_on_call(&req.secrets)?;
         require(!req.volume_id.is_empty(), "volume_id")?;
         require(!req.node_id.is_empty(), "node_id")?;
         let cap = req
@@ -112,6 +113,7 @@ impl Backend<'_> {
         req: pb::ControllerUnpublishVolumeRequest,
     ) -> Result<pb::ControllerUnpublishVolumeResponse, Status> {
         self.require_cap(Cap::PublishUnpublishVolume)?;
+        self.require_secrets_on_call(&req.secrets)?;
         require(!req.volume_id.is_empty(), "volume_id")?;
         if let Some(volume) = self.state.volumes.get_mut(&req.volume_id) {
             if req.node_id.is_empty() {

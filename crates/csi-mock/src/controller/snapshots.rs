@@ -28,6 +28,7 @@ impl Backend<'_> {
         req: pb::CreateSnapshotRequest,
     ) -> Result<pb::CreateSnapshotResponse, Status> {
         self.require_cap(Cap::CreateDeleteSnapshot)?;
+        self.require_secrets_on_call(&req.secrets)?;
         require(!req.name.is_empty(), "name")?;
         if req.name.len() > MAX_NAME_BYTES {
             return Err(invalid(format!(
@@ -81,6 +82,7 @@ impl Backend<'_> {
         req: pb::DeleteSnapshotRequest,
     ) -> Result<pb::DeleteSnapshotResponse, Status> {
         self.require_cap(Cap::CreateDeleteSnapshot)?;
+        self.require_secrets_on_call(&req.secrets)?;
         require(!req.snapshot_id.is_empty(), "snapshot_id")?;
         if let Some(snapshot) = self.state.snapshots.get(&req.snapshot_id) {
             if let Some(group) = &snapshot.group_snapshot_id {

@@ -118,4 +118,17 @@ impl Backend<'_> {
             )))
         }
     }
+
+    /// [`Self::require_secrets`] for the calls beyond CreateVolume and DeleteVolume, when
+    /// [`MockConfig::secrets_on_every_call`] is set.
+    pub(super) fn require_secrets_on_call(
+        &self,
+        secrets: &HashMap<String, String>,
+    ) -> Result<(), Status> {
+        if self.config.secrets_on_every_call {
+            self.require_secrets(secrets)
+        } else {
+            Ok(())
+        }
+    }
 }

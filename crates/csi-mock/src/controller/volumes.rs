@@ -391,6 +391,7 @@ impl Backend<'_> {
         req: pb::ControllerExpandVolumeRequest,
     ) -> Result<pb::ControllerExpandVolumeResponse, Status> {
         self.require_cap(Cap::ExpandVolume)?;
+        self.require_secrets_on_call(&req.secrets)?;
         require(!req.volume_id.is_empty(), "volume_id")?;
         let range = req
             .capacity_range

@@ -511,3 +511,86 @@ async fn required_secrets_guard_create_and_delete() {
     .unwrap();
     assert!(h.driver.state().volumes.is_empty());
 }
+
+#[tokio::test]
+async fn secrets_on_every_call_guard_publish_expand_and_snapshots_too() {
+    let h = Harness::start(MockConfig {
+        required_secrets: [("user".to_string(), "admin".to_string())].into(),
+        secrets_on_every_call: true,
+        ..MockConfig::default()
+    })
+    .await;
+    let secrets: HashMap<String, String> = [("user".to_string(), "admin".to_string())].into();
+    let mut c = h.controller();
+    let mut req = create_req("v", GIB);
+    req.secrets = secrets.clone();
+    let id = c
+        .create_volume(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap()
+        .volume_id;
+
+    let err = c
+        .controller_publish_volume(publish_req(&id, "n1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let mut publish = publish_req(&id, "n1");
+    publish.secrets = secrets.clone();
+    c.controller_publish_volume(publish).await.unwrap();
+
+    let expand = |secrets| pb::ControllerExpandVolumeRequest {
+        volume_id: id.clone(),
+        capacity_range: Some(pb::CapacityRange {
+            required_bytes: 2 * GIB,
+            limit_bytes: 0,
+        }),
+        secrets,
+        ..Default::default()
+    };
+    let err = c
+        .controller_expand_volume(expand(Default::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    c.controller_expand_volume(expand(secrets.clone()))
+        .await
+        .unwrap();
+
+    let snapshot = |secrets| pb::CreateSnapshotRequest {
+        source_volume_id: id.clone(),
+        name: "s".to_string(),
+        secrets,
+        ..Default::default()
+    };
+    let err = c
+        .create_snapshot(snapshot(Default::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let snap = c
+        .create_snapshot(snapshot(secrets.clone()))
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot
+        .unwrap()
+        .snapshot_id;
+    let err = c
+        .delete_snapshot(pb::DeleteSnapshotRequest {
+            snapshot_id: snap.clone(),
+            secrets: Default::default(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    c.delete_snapshot(pb::DeleteSnapshotRequest {
+        snapshot_id: snap,
+        secrets,
+    })
+    .await
+    .unwrap();
+}
