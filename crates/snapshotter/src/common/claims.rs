@@ -133,18 +133,26 @@ impl Shared {
 
     /// Upstream `ensurePVCFinalizer`: the source claim holds `pvc-as-source-protection` while
     /// the snapshot is cut; a claim being deleted is refused.
+    /// Errors read as upstream's (`snapshot controller failed to update <name> on API server:
+    /// …`), naming the snapshot when the claim cannot be read, else the claim.
     pub(super) async fn protect_claim(&self, vs: &VolumeSnapshot) -> Result<(), String> {
         let Ok(mut pvc) = self.source_claim(vs).await else {
-            return Err("cannot get claim from snapshot".into());
+            return Err(update_error(
+                vs.metadata.name.as_deref().unwrap_or_default(),
+                "cannot get claim from snapshot",
+            ));
         };
         if controller_kit::meta::has_finalizer(&pvc.metadata, FIN_PVC_AS_SOURCE) {
             return Ok(());
         }
-        if pvc.metadata.deletion_timestamp.is_some() {
-            return Err("cannot add finalizer on claim because it is being deleted".into());
-        }
         let ns = pvc.metadata.namespace.clone().unwrap_or_default();
         let name = pvc.metadata.name.clone().unwrap_or_default();
+        if pvc.metadata.deletion_timestamp.is_some() {
+            return Err(update_error(
+                &name,
+                "cannot add finalizer on claim because it is being deleted",
+            ));
+        }
         pvc.metadata
             .finalizers
             .get_or_insert_default()
@@ -155,6 +163,11 @@ impl Shared {
         )
         .await
         .map(|_| ())
-        .map_err(|e| e.to_string())
+        .map_err(|e| update_error(&name, &e.to_string()))
     }
+}
+
+/// Upstream's `newControllerUpdateError`.
+fn update_error(name: &str, message: &str) -> String {
+    format!("snapshot controller failed to update {name} on API server: {message}")
 }

@@ -198,9 +198,11 @@ pub fn live_step(f: &GroupFacts<'_>) -> GroupStep {
                 REASON_GROUP_CONTENT_MISSING,
                 "VolumeGroupSnapshotContent is missing",
             ),
+            // As for a snapshot: a bind that would change nothing goes on to the status.
             Some(c)
                 if c.group_snapshot_uid().is_empty()
-                    || c.spec.volume_group_snapshot_class_name.is_none() =>
+                    || (c.spec.volume_group_snapshot_class_name.is_none()
+                        && vgs.spec.volume_group_snapshot_class_name.is_some()) =>
             {
                 GroupStep::BindContent {
                     content: wanted.to_string(),

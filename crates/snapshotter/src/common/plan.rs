@@ -284,8 +284,14 @@ pub fn live_step(f: &SnapshotFacts<'_>) -> SnapshotStep {
                 "VolumeSnapshotContent is missing",
             )),
             Some(c) => {
+                // Upstream patches the UID (and the snapshot's class, if it names one) while
+                // either is missing, then updates the status in the same pass; a bind that
+                // would change nothing (no class on either side) goes on to the status here,
+                // or the snapshot would wait for an event that never comes.
                 let uid = c.snapshot_uid();
-                if uid.is_empty() || c.spec.volume_snapshot_class_name.is_none() {
+                let class_missing = c.spec.volume_snapshot_class_name.is_none()
+                    && vs.spec.volume_snapshot_class_name.is_some();
+                if uid.is_empty() || class_missing {
                     SnapshotStep::BindContent {
                         content: wanted.to_string(),
                         uid: vs.metadata.uid.clone().unwrap_or_default(),

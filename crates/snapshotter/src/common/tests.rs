@@ -187,6 +187,38 @@ fn live_steps(
 }
 
 #[test]
+fn a_bound_pre_provisioned_snapshot_without_a_class_takes_the_content_status() {
+    // Neither side names a class: binding would change nothing, so the status follows the
+    // content's (its error too), as upstream's does after its bind.
+    let mut vs = pre_provisioned(&[FIN_SNAPSHOT_AS_SOURCE]);
+    vs.spec.volume_snapshot_class_name = None;
+    let mut c = imported(UID);
+    c.spec.volume_snapshot_class_name = None;
+    c.status = Some(VolumeSnapshotContentStatus {
+        error: Some(VolumeSnapshotError {
+            message: Some("can not find snapshot".into()),
+            time: None,
+        }),
+        ..Default::default()
+    });
+    let SnapshotStep::UpdateStatus(u) = live_step(&facts(&vs, Some(&c))) else {
+        panic!(
+            "a status update, not {:?}",
+            live_step(&facts(&vs, Some(&c)))
+        );
+    };
+    assert_eq!(
+        u.status.bound_volume_snapshot_content_name.as_deref(),
+        Some("imported")
+    );
+    assert!(
+        u.status
+            .error
+            .is_some_and(|e| e.message.as_deref() == Some("can not find snapshot"))
+    );
+}
+
+#[test]
 fn a_bound_snapshot_takes_the_content_status_once() {
     let vs = bound(dynamic(BOTH), "snapcontent-uid-1", false);
     let c = with_status(
