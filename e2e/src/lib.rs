@@ -367,6 +367,24 @@ impl OwnDriver {
         }
     }
 
+    /// Creates StorageClass `name` of this driver (Delete, Immediate, expandable) with
+    /// `parameters`; returns its name.
+    pub async fn create_class(
+        &self,
+        name: &str,
+        parameters: std::collections::BTreeMap<String, String>,
+    ) -> String {
+        let mut class = storage_class(name, &self.driver_name, "Delete", parameters);
+        class.allow_volume_expansion = Some(true);
+        let classes: kube::Api<k8s_openapi::api::storage::v1::StorageClass> =
+            kube::Api::all(clients().await.main.clone());
+        classes
+            .create(&Default::default(), &class)
+            .await
+            .expect("create the StorageClass");
+        name.to_string()
+    }
+
     /// Stops the manager and the driver, deletes the namespace.
     pub async fn stop(mut self) {
         self.manager.kill().await;

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use csi_mock::Method;
-use e2e::{OwnDriver, claim, clients, eventually, storage_class};
+use e2e::{OwnDriver, claim, clients, eventually};
 use k8s_openapi::api::core::v1::{
     Event, Node, PersistentVolume, PersistentVolumeClaim, TypedLocalObjectReference,
 };
@@ -61,22 +61,13 @@ struct World {
 
 impl World {
     async fn class(&self, suffix: &str, params: &[(&str, &str)]) -> String {
-        let name = format!("{}-{suffix}", self.ns);
-        let mut class = storage_class(
-            &name,
-            &self.own.driver_name,
-            "Delete",
-            params
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        );
-        class.allow_volume_expansion = Some(true);
-        self.classes
-            .create(&PostParams::default(), &class)
+        let params = params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.own
+            .create_class(&format!("{}-{suffix}", self.ns), params)
             .await
-            .unwrap();
-        name
     }
 
     async fn claim(&self, pvc: PersistentVolumeClaim) {

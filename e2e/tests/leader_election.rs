@@ -142,13 +142,7 @@ async fn the_standby_takes_over_on_sigterm_and_sigkill_and_provisions_once() {
     let leases = Arc::new(Leases::new(c.main.clone(), &own.driver_name));
 
     let classes: Api<StorageClass> = Api::all(c.main.clone());
-    classes
-        .create(
-            &PostParams::default(),
-            &storage_class(&own.name, &own.driver_name, "Delete", Default::default()),
-        )
-        .await
-        .unwrap();
+    own.create_class(&own.name, Default::default()).await;
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(c.main.clone(), &own.name);
 
     // "a" leads; "b" is started only then (started together, either may win the primary on a

@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use csi_mock::Method;
-use e2e::{ManagerProcess, OwnDriver, clients, eventually, storage_class};
+use e2e::{ManagerProcess, OwnDriver, clients, eventually};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::{StorageClass, VolumeAttachment};
@@ -186,13 +186,7 @@ async fn from_the_sidecars_to_us_and_back() {
     .await;
     let c = clients().await;
     let classes: Api<StorageClass> = Api::all(c.main.clone());
-    classes
-        .create(
-            &PostParams::default(),
-            &storage_class(&own.name, &own.driver_name, "Delete", Default::default()),
-        )
-        .await
-        .unwrap();
+    own.create_class(&own.name, Default::default()).await;
     let snapshot_classes: Api<VolumeSnapshotClass> = Api::all(c.main.clone());
     let snapshot_class = VolumeSnapshotClass {
         metadata: ObjectMeta {

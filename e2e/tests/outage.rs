@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use csi_mock::Method;
-use e2e::{OwnDriver, claim, clients, eventually, storage_class};
+use e2e::{OwnDriver, claim, clients, eventually};
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::{
     StorageClass, VolumeAttachment, VolumeAttachmentSource, VolumeAttachmentSpec,
@@ -191,13 +191,7 @@ async fn the_manager_rides_out_api_server_and_etcd_outages() {
     .await;
     let c = clients().await;
     let classes: Api<StorageClass> = Api::all(c.main.clone());
-    classes
-        .create(
-            &PostParams::default(),
-            &storage_class(&own.name, &own.driver_name, "Delete", Default::default()),
-        )
-        .await
-        .unwrap();
+    own.create_class(&own.name, Default::default()).await;
     let marks = e2e::mark_nodes(&own.driver_name, &format!("{}/zone", own.name), |_| {
         "z".into()
     })

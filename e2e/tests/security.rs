@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use e2e::{OwnDriver, claim, clients, eventually, storage_class};
+use e2e::{OwnDriver, claim, clients, eventually};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Event, PersistentVolume, PersistentVolumeClaim, Secret,
@@ -92,12 +92,7 @@ async fn a_planted_secret_appears_in_no_log_event_metric_status_or_object() {
         .await
         .unwrap();
     let classes: Api<StorageClass> = Api::all(c.main.clone());
-    let mut class = storage_class(&ns, &own.driver_name, "Delete", secret_parameters(&ns));
-    class.allow_volume_expansion = Some(true);
-    classes
-        .create(&PostParams::default(), &class)
-        .await
-        .unwrap();
+    own.create_class(&ns, secret_parameters(&ns)).await;
     // A class whose secret does not exist: provisioning fails with an Event naming the Secret.
     let missing = format!("{ns}-missing");
     let mut params = secret_parameters(&ns);
@@ -105,13 +100,7 @@ async fn a_planted_secret_appears_in_no_log_event_metric_status_or_object() {
         "csi.storage.k8s.io/provisioner-secret-name".into(),
         "no-such-creds".into(),
     );
-    classes
-        .create(
-            &PostParams::default(),
-            &storage_class(&missing, &own.driver_name, "Delete", params),
-        )
-        .await
-        .unwrap();
+    own.create_class(&missing, params).await;
     let snapshot_classes: Api<VolumeSnapshotClass> = Api::all(c.main.clone());
     snapshot_classes
         .create(
