@@ -3,7 +3,7 @@
 //! gets the Event or status message it should (naming what is wrong), the good objects beside
 //! them are served, the manager stays up, and nothing loops hot: over a quiet window afterwards
 //! the driver calls, Events and log lines grow no faster than the retry backoff allows.
-//! (Bad flags and kubeconfigs are `crates/controller-manager/tests/bad_settings.rs`.)
+//! (Bad flags and kubeconfigs are `crates/controller-manager/tests/startup.rs`.)
 //!
 //! Runs the cluster-wide snapshot controller, so the file holds one test and runs alone.
 #![cfg(feature = "cluster")]
