@@ -116,6 +116,34 @@ pub fn volume_snapshot(
     }
 }
 
+/// A VolumeAttachment `name` by `attacher` of PV `pv` to `node`, as kube-controller-manager's
+/// attach/detach controller makes them.
+pub fn volume_attachment(
+    name: &str,
+    attacher: &str,
+    node: &str,
+    pv: &str,
+) -> k8s_openapi::api::storage::v1::VolumeAttachment {
+    use k8s_openapi::api::storage::v1::{
+        VolumeAttachment, VolumeAttachmentSource, VolumeAttachmentSpec,
+    };
+    VolumeAttachment {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_string()),
+            ..Default::default()
+        },
+        spec: VolumeAttachmentSpec {
+            attacher: attacher.to_string(),
+            node_name: node.to_string(),
+            source: VolumeAttachmentSource {
+                persistent_volume_name: Some(pv.to_string()),
+                ..Default::default()
+            },
+        },
+        status: None,
+    }
+}
+
 /// A ReadWriteOnce claim of `size` (a Kubernetes quantity) in `class`.
 pub fn claim(
     name: &str,

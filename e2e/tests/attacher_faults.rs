@@ -20,10 +20,7 @@ use k8s_openapi::api::core::v1::{
     CSIPersistentVolumeSource, Node, ObjectReference, PersistentVolume, PersistentVolumeClaim,
     PersistentVolumeClaimSpec, PersistentVolumeSpec, Pod, VolumeResourceRequirements,
 };
-use k8s_openapi::api::storage::v1::{
-    CSINode, CSINodeDriver, CSINodeSpec, VolumeAttachment, VolumeAttachmentSource,
-    VolumeAttachmentSpec,
-};
+use k8s_openapi::api::storage::v1::{CSINode, CSINodeDriver, CSINodeSpec, VolumeAttachment};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
@@ -845,21 +842,7 @@ async fn a_deleted_nodes_volume_is_unpublished_with_the_recorded_node_id() {
     w.vas
         .create(
             &PostParams::default(),
-            &VolumeAttachment {
-                metadata: ObjectMeta {
-                    name: Some(hand.clone()),
-                    ..Default::default()
-                },
-                spec: VolumeAttachmentSpec {
-                    attacher: w.driver.clone(),
-                    node_name: node.clone(),
-                    source: VolumeAttachmentSource {
-                        persistent_volume_name: Some(name.clone()),
-                        ..Default::default()
-                    },
-                },
-                status: None,
-            },
+            &e2e::volume_attachment(&hand, &w.driver, &node, &name),
         )
         .await
         .unwrap();
@@ -907,24 +890,6 @@ const ATTACHES: usize = 20;
 /// Bound on each attach's completion (VA created → `status.attached`). With one shared FIFO
 /// the attaches would wait behind 200 × 1 s / 10 workers ≈ 20 s of detaches.
 const ATTACH_BOUND: Duration = Duration::from_secs(5);
-
-fn hand_va(name: &str, driver: &str, node: &str, pv: &str) -> VolumeAttachment {
-    VolumeAttachment {
-        metadata: ObjectMeta {
-            name: Some(name.to_string()),
-            ..Default::default()
-        },
-        spec: VolumeAttachmentSpec {
-            attacher: driver.to_string(),
-            node_name: node.to_string(),
-            source: VolumeAttachmentSource {
-                persistent_volume_name: Some(pv.to_string()),
-                ..Default::default()
-            },
-        },
-        status: None,
-    }
-}
 
 /// The names among `names` whose VolumeAttachment exists / is attached.
 async fn va_census(vas: &Api<VolumeAttachment>, prefix: &str) -> BTreeMap<String, bool> {
@@ -986,7 +951,10 @@ async fn attaches_are_not_starved_by_a_detach_backlog() {
             let w = &w;
             async move {
                 w.vas
-                    .create(&PostParams::default(), &hand_va(va, &w.driver, node, pv))
+                    .create(
+                        &PostParams::default(),
+                        &e2e::volume_attachment(va, &w.driver, node, pv),
+                    )
                     .await
                     .unwrap();
             }
@@ -1034,7 +1002,10 @@ async fn attaches_are_not_starved_by_a_detach_backlog() {
     let mut created_at = BTreeMap::new();
     for (va, pv) in attach_vas.iter().zip(&pv_names[DETACHES..]) {
         w.vas
-            .create(&PostParams::default(), &hand_va(va, &w.driver, node, pv))
+            .create(
+                &PostParams::default(),
+                &e2e::volume_attachment(va, &w.driver, node, pv),
+            )
             .await
             .unwrap();
         created_at.insert(va.clone(), Instant::now());

@@ -79,11 +79,7 @@ impl World {
 
     async fn va(&self, name: &str, pv: &str, node: &str) -> String {
         let name = format!("{}-{name}", self.ns);
-        let va: VolumeAttachment = obj(json!({
-            "metadata": {"name": name},
-            "spec": {"attacher": self.own.driver_name, "nodeName": node,
-                     "source": {"persistentVolumeName": pv}},
-        }));
+        let va = e2e::volume_attachment(&name, &self.own.driver_name, node, pv);
         self.vas.create(&PostParams::default(), &va).await.unwrap();
         name
     }

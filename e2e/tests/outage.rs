@@ -18,10 +18,8 @@ use std::time::{Duration, Instant};
 use csi_mock::Method;
 use e2e::{OwnDriver, claim, clients, eventually};
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
-use k8s_openapi::api::storage::v1::{
-    StorageClass, VolumeAttachment, VolumeAttachmentSource, VolumeAttachmentSpec,
-};
-use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
+use k8s_openapi::api::storage::v1::{StorageClass, VolumeAttachment};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 
 /// `e2e/cluster ARGS…`, which must succeed.
 async fn cluster(args: &[&str]) {
@@ -90,21 +88,8 @@ impl Wave {
     /// A VolumeAttachment `<pv>` of each PV, spread over the nodes.
     async fn attach(&self, pvs: &[String]) {
         for (i, pv) in pvs.iter().enumerate() {
-            let va = VolumeAttachment {
-                metadata: ObjectMeta {
-                    name: Some(pv.clone()),
-                    ..Default::default()
-                },
-                spec: VolumeAttachmentSpec {
-                    attacher: self.driver.clone(),
-                    node_name: self.nodes[i % self.nodes.len()].clone(),
-                    source: VolumeAttachmentSource {
-                        persistent_volume_name: Some(pv.clone()),
-                        ..Default::default()
-                    },
-                },
-                status: None,
-            };
+            let va =
+                e2e::volume_attachment(pv, &self.driver, &self.nodes[i % self.nodes.len()], pv);
             self.vas.create(&PostParams::default(), &va).await.unwrap();
         }
     }

@@ -16,9 +16,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Event, PersistentVolume, PersistentVolumeClaim, Secret,
 };
-use k8s_openapi::api::storage::v1::{
-    StorageClass, VolumeAttachment, VolumeAttachmentSource, VolumeAttachmentSpec,
-};
+use k8s_openapi::api::storage::v1::{StorageClass, VolumeAttachment};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -169,21 +167,7 @@ async fn a_planted_secret_appears_in_no_log_event_metric_status_or_object() {
     let va_name = format!("{ns}-va");
     vas.create(
         &PostParams::default(),
-        &VolumeAttachment {
-            metadata: ObjectMeta {
-                name: Some(va_name.clone()),
-                ..Default::default()
-            },
-            spec: VolumeAttachmentSpec {
-                attacher: own.driver_name.clone(),
-                node_name: node.clone(),
-                source: VolumeAttachmentSource {
-                    persistent_volume_name: Some(pv_name.clone()),
-                    ..Default::default()
-                },
-            },
-            status: None,
-        },
+        &e2e::volume_attachment(&va_name, &own.driver_name, &node, &pv_name),
     )
     .await
     .unwrap();
