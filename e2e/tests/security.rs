@@ -135,7 +135,7 @@ async fn a_planted_secret_appears_in_no_log_event_metric_status_or_object() {
     let snapshots: Api<VolumeSnapshot> = Api::namespaced(c.main.clone(), &ns);
     let contents: Api<VolumeSnapshotContent> = Api::all(c.main.clone());
     let mut seen: Vec<(String, String)> = Vec::new();
-    let mut keep = |what: &str, v: &dyn erased::Json| seen.push((what.to_string(), v.json()));
+    let mut keep = |what: &str, text: String| seen.push((what.to_string(), text));
 
     // Provisioned (the driver refuses CreateVolume without the secret).
     pvcs.create(&PostParams::default(), &claim("data", &ns, "1Gi"))
@@ -176,7 +176,7 @@ async fn a_planted_secret_appears_in_no_log_event_metric_status_or_object() {
         va.status.as_ref()?.attached.then_some(va)
     })
     .await;
-    keep("VolumeAttachment", &va);
+    keep("VolumeAttachment", json(&va));
 
     // Expanded (ControllerExpandVolume needs it).
     pvcs.patch(
@@ -192,7 +192,7 @@ async fn a_planted_secret_appears_in_no_log_event_metric_status_or_object() {
             .then_some(pv)
     })
     .await;
-    keep("PersistentVolume", &pv);
+    keep("PersistentVolume", json(&pv));
 
     // Snapshotted (CreateSnapshot needs it).
     snapshots
@@ -215,9 +215,12 @@ async fn a_planted_secret_appears_in_no_log_event_metric_status_or_object() {
         .get(vs.bound_content().expect("a bound content"))
         .await
         .unwrap();
-    keep("VolumeSnapshot", &vs);
-    keep("VolumeSnapshotContent", &content);
-    keep("PersistentVolumeClaim", &pvcs.get("data").await.unwrap());
+    keep("VolumeSnapshot", json(&vs));
+    keep("VolumeSnapshotContent", json(&content));
+    keep(
+        "PersistentVolumeClaim",
+        json(&pvcs.get("data").await.unwrap()),
+    );
 
     // The claim whose secret is missing is reported, by the Secret's name.
     let events: Api<Event> = Api::namespaced(c.main.clone(), &ns);
@@ -240,7 +243,7 @@ async fn a_planted_secret_appears_in_no_log_event_metric_status_or_object() {
     .await;
     keep(
         "PersistentVolumeClaim nosecret",
-        &pvcs.get("nosecret").await.unwrap(),
+        json(&pvcs.get("nosecret").await.unwrap()),
     );
     let journal: Api<ConfigMap> = Api::namespaced(c.main.clone(), "default");
     for cm in journal
@@ -255,7 +258,7 @@ async fn a_planted_secret_appears_in_no_log_event_metric_status_or_object() {
             })
         })
     {
-        keep("journal ConfigMap", &cm);
+        keep("journal ConfigMap", json(&cm));
     }
     for path in [
         "/metrics",
@@ -290,7 +293,7 @@ async fn a_planted_secret_appears_in_no_log_event_metric_status_or_object() {
 
     let all_events: Api<Event> = Api::all(c.main.clone());
     for e in all_events.list(&ListParams::default()).await.unwrap().items {
-        seen.push(("Event".into(), erased::Json::json(&e)));
+        seen.push(("Event".into(), json(&e)));
     }
     own.manager.kill().await;
     let log = std::fs::read_to_string(&own.manager.log).expect("the manager's log");
@@ -302,7 +305,7 @@ async fn a_planted_secret_appears_in_no_log_event_metric_status_or_object() {
     seen.push(("the manager's log".into(), log));
 
     // The value as a Secret's data carries it (base64).
-    let encoded = erased::Json::json(&ByteString(planted.clone().into_bytes()))
+    let encoded = json(&ByteString(planted.clone().into_bytes()))
         .trim_matches('"')
         .to_string();
     let leaks: Vec<&str> = seen
@@ -328,14 +331,7 @@ async fn a_planted_secret_appears_in_no_log_event_metric_status_or_object() {
     own.stop().await;
 }
 
-/// Objects of any kind as JSON text, to search.
-mod erased {
-    pub trait Json {
-        fn json(&self) -> String;
-    }
-    impl<T: serde::Serialize> Json for T {
-        fn json(&self) -> String {
-            serde_json::to_string(self).expect("an object serializes")
-        }
-    }
+/// An object of any kind as JSON text, to search.
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("an object serializes")
 }

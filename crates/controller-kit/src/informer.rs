@@ -278,8 +278,8 @@ trait ErasedInformer: Send {
 }
 
 /// The last failure of an informer's watch (when, and the error), cleared by the next event it
-/// receives. The watch retries with backoff (at most 30 s apart); a failure older than that
-/// with nothing since means the watch is up again on a quiet type.
+/// receives. The watch retries with backoff ([`watch_backoff`]); a failure older than
+/// [`WATCH_FAILING_FOR`] with nothing since means the watch is up again on a quiet type.
 type WatchFailure = Arc<Mutex<Option<(Instant, String)>>>;
 
 /// How long after its last failure a watch counts as failing (the longest watch backoff with
@@ -336,6 +336,9 @@ impl<K: Watchable> ErasedInformer for InformerBuilder<K> {
             let mut stream = std::pin::pin!(stream);
             let mut backoff = watch_backoff();
             let mut relisted = false;
+            // Whether `failure` holds a failure: the shared lock is taken only on a change,
+            // not for every event.
+            let mut failed = false;
             loop {
                 let next = tokio::select! {
                     () = token.cancelled() => return,
@@ -344,14 +347,17 @@ impl<K: Watchable> ErasedInformer for InformerBuilder<K> {
                 match next {
                     Some(Ok(event)) => {
                         relisted = false;
-                        if let Ok(mut f) = failure.lock()
-                            && f.take().is_some()
-                        {
+                        if failed {
+                            failed = false;
+                            if let Ok(mut f) = failure.lock() {
+                                *f = None;
+                            }
                             tracing::info!(kind = %kind, "watch restored");
                         }
                         running.handle(event)
                     }
                     Some(Err(error)) => {
+                        failed = true;
                         if let Ok(mut f) = failure.lock() {
                             *f = Some((Instant::now(), error.to_string()));
                         }
