@@ -323,7 +323,7 @@ pub struct OwnDriver {
     pub endpoint: String,
     /// The manager.
     pub manager: ManagerProcess,
-    server: Option<csi_mock::MockServer>,
+    server: std::sync::Mutex<Option<csi_mock::MockServer>>,
     dir: std::path::PathBuf,
 }
 
@@ -390,7 +390,7 @@ impl OwnDriver {
             driver,
             endpoint,
             manager,
-            server: Some(server),
+            server: std::sync::Mutex::new(Some(server)),
             dir,
         }
     }
@@ -420,10 +420,26 @@ impl OwnDriver {
         let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
             kube::Api::all(c.main.clone());
         let _ = namespaces.delete(&self.name, &Default::default()).await;
-        if let Some(server) = self.server.take() {
+        let server = self.server.lock().expect("the server slot").take();
+        if let Some(server) = server {
             let _ = server.shutdown().await;
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+
+    /// Stops the driver's server (calls in flight fail, the socket goes away), waits `down`,
+    /// and serves again on the same socket with the same state: a driver restarted with
+    /// persistent storage.
+    pub async fn restart_driver(&self, down: Duration) {
+        let server = self.server.lock().expect("the server slot").take();
+        if let Some(server) = server {
+            server.shutdown().await.expect("csi-mock stops");
+        }
+        tokio::time::sleep(down).await;
+        let server = csi_mock::MockServer::start(&self.endpoint, self.driver.clone())
+            .await
+            .expect("csi-mock serves again");
+        *self.server.lock().expect("the server slot") = Some(server);
     }
 }
 

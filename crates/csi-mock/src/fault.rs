@@ -49,6 +49,20 @@ pub enum Outcome {
         /// Process exit status.
         code: i32,
     },
+    /// Serve the call, then spoil its answer (see [`WrongAnswer`]): a driver that is wrong
+    /// without saying so. Calls whose answer has nothing to spoil are served normally.
+    Wrong(WrongAnswer),
+}
+
+/// How [`Outcome::Wrong`] spoils an answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WrongAnswer {
+    /// Half the size: a CreateVolume or ControllerExpandVolume answer with half the capacity
+    /// asked for (and actually given), a snapshot with half its size.
+    Smaller,
+    /// No identifier: an empty `volume_id`, `snapshot_id` or `group_snapshot_id`.
+    NoId,
 }
 
 /// A fault to inject into calls of one method: a delay, then an [`Outcome`], for a number of calls.
@@ -100,6 +114,11 @@ impl Fault {
         Self::new(Outcome::Exit { code })
     }
 
+    /// Serve calls, then spoil their answers as `wrong` says.
+    pub fn wrong(wrong: WrongAnswer) -> Self {
+        Self::new(Outcome::Wrong(wrong))
+    }
+
     /// Apply to the next `n` matching calls only (default: every call until cleared).
     #[must_use]
     pub fn times(mut self, n: u64) -> Self {
@@ -135,6 +154,7 @@ impl fmt::Display for Fault {
             Outcome::Error { code, message } => write!(f, "{} {message:?}", code_name(*code))?,
             Outcome::Hang => f.write_str("hang")?,
             Outcome::Exit { code } => write!(f, "exit({code})")?,
+            Outcome::Wrong(wrong) => write!(f, "wrong answer ({wrong:?})")?,
         }
         if let Some(delay) = self.delay {
             write!(f, " after {delay:?}")?;
@@ -208,6 +228,7 @@ impl FaultQueue {
 /// {"method": "ListVolumes", "delay_ms": 1500}
 /// {"method": "ControllerPublishVolume", "hang": true, "count": 1}
 /// {"method": "CreateVolume", "exit": true, "exit_code": 137, "after": true, "count": 1}
+/// {"method": "CreateVolume", "wrong": "no_id", "count": 1}
 /// ```
 ///
 /// - `method`: a gRPC method name (`CreateVolume`, case-insensitive); absent or `"*"` for every
@@ -219,8 +240,10 @@ impl FaultQueue {
 /// - `hang`: never answer, until the client cancels.
 /// - `exit`: exit the process (status `exit_code`, default 1).
 /// - `after`: handle the call first, then apply the fault (the call's effects are kept).
+/// - `wrong`: serve the call, then spoil its answer: `"smaller"` or `"no_id"` ([`WrongAnswer`]).
 ///
-/// At most one of `code`, `hang` and `exit` may be given; at least one of them or `delay_ms`.
+/// At most one of `code`, `hang`, `exit` and `wrong` may be given; at least one of them or
+/// `delay_ms`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FaultSpec {
@@ -251,6 +274,9 @@ pub struct FaultSpec {
     /// Apply after the call was handled.
     #[serde(default, skip_serializing_if = "is_false")]
     pub after: bool,
+    /// Spoil the answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wrong: Option<WrongAnswer>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -299,11 +325,11 @@ pub enum FaultSpecError {
     /// The code is not a gRPC code, or is OK.
     #[error("invalid gRPC code {0:?}: use a name such as \"UNAVAILABLE\" or a number 1-16")]
     InvalidCode(CodeSpec),
-    /// More than one of `code`, `hang` and `exit`.
-    #[error("give at most one of code, hang and exit")]
+    /// More than one of `code`, `hang`, `exit` and `wrong`.
+    #[error("give at most one of code, hang, exit and wrong")]
     Conflicting,
-    /// None of `code`, `hang`, `exit` and `delay_ms`.
-    #[error("the fault does nothing: give code, hang, exit or delay_ms")]
+    /// None of `code`, `hang`, `exit`, `wrong` and `delay_ms`.
+    #[error("the fault does nothing: give code, hang, exit, wrong or delay_ms")]
     Empty,
     /// `count` is zero.
     #[error("count must be at least 1 (leave it out for unlimited)")]
@@ -320,8 +346,10 @@ impl FaultSpec {
             None | Some("" | "*") => None,
             Some(name) => Some(name.parse::<Method>()?),
         };
-        let chosen =
-            usize::from(self.code.is_some()) + usize::from(self.hang) + usize::from(self.exit);
+        let chosen = usize::from(self.code.is_some())
+            + usize::from(self.hang)
+            + usize::from(self.exit)
+            + usize::from(self.wrong.is_some());
         if chosen > 1 {
             return Err(FaultSpecError::Conflicting);
         }
@@ -343,6 +371,8 @@ impl FaultSpec {
             Outcome::Exit {
                 code: self.exit_code.unwrap_or(1),
             }
+        } else if let Some(wrong) = self.wrong {
+            Outcome::Wrong(wrong)
         } else if self.delay_ms.is_some() {
             Outcome::Proceed
         } else {
@@ -385,6 +415,7 @@ impl FaultSpec {
                 spec.exit = true;
                 spec.exit_code = Some(*code);
             }
+            Outcome::Wrong(wrong) => spec.wrong = Some(*wrong),
         }
         spec
     }

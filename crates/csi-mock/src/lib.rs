@@ -41,7 +41,7 @@ pub use config::{ControllerCapability, MockConfig, TopologyConfig};
 pub use control::ControlServer;
 pub use driver::{ExitHook, MockDriver};
 pub use error::MockError;
-pub use fault::{Fault, FaultRule, FaultSpec, Outcome};
+pub use fault::{Fault, FaultRule, FaultSpec, Outcome, WrongAnswer};
 pub use method::Method;
 pub use server::MockServer;
 pub use state::{

@@ -4,7 +4,8 @@
 //! 1. count the call and take the fault that applies (see [`crate::fault`]);
 //! 2. a fault not marked `after` is applied: delay, then error / hang / exit / carry on;
 //! 3. the handler runs under the state lock (state persisted if it changed);
-//! 4. a fault marked `after` is applied to the finished call, replacing its answer.
+//! 4. a fault marked `after` is applied to the finished call, replacing its answer;
+//! 5. a wrong-answer fault spoils a successful answer ([`Spoil`]).
 //!
 //! Requests are logged at debug level with their `Debug` form, which redacts secret values.
 //! Delays and hangs end early when the server shuts down, so shutdown is never blocked by a fault.
@@ -21,7 +22,7 @@ use tonic::{Request, Response, Status};
 
 use crate::controller::Backend;
 use crate::driver::MockDriver;
-use crate::fault::{Fault, Outcome, code_name};
+use crate::fault::{Fault, Outcome, WrongAnswer, code_name};
 use crate::method::Method;
 
 /// One server's view of a driver: the driver plus the server's shutdown signal.
@@ -55,6 +56,8 @@ impl CsiService {
                 self.shutdown.cancelled().await;
                 Err(Status::unavailable("the mock driver is shutting down"))
             }
+            // Served normally; the answer is spoiled afterwards.
+            Outcome::Wrong(_) => Ok(()),
             Outcome::Exit { code } => {
                 if self.driver.exit(*code) {
                     tracing::warn!(method = %method, code, "exit hook returned");
@@ -74,7 +77,7 @@ impl CsiService {
     ) -> Result<Response<Resp>, Status>
     where
         Req: fmt::Debug,
-        Resp: fmt::Debug,
+        Resp: fmt::Debug + Spoil,
     {
         let request = request.into_inner();
         tracing::debug!(method = %method, request = ?request, "CSI call");
@@ -82,9 +85,14 @@ impl CsiService {
         if let Some(fault) = fault.as_ref().filter(|f| !f.after) {
             self.apply(method, fault).await?;
         }
-        let result = self
+        let mut result = self
             .driver
             .handle(method, |backend| handler(backend, request));
+        if let (Some(Outcome::Wrong(wrong)), Ok(response)) =
+            (fault.as_ref().map(|f| &f.outcome), result.as_mut())
+        {
+            response.spoil(*wrong);
+        }
         if let Some(fault) = fault.as_ref().filter(|f| f.after) {
             self.apply(method, fault).await?;
         }
@@ -102,6 +110,83 @@ impl CsiService {
         result.map(Response::new)
     }
 }
+
+/// An answer a [`WrongAnswer`] fault can spoil; answers with nothing to spoil keep the default.
+pub(crate) trait Spoil {
+    fn spoil(&mut self, _wrong: WrongAnswer) {}
+}
+
+impl Spoil for pb::CreateVolumeResponse {
+    fn spoil(&mut self, wrong: WrongAnswer) {
+        if let Some(v) = self.volume.as_mut() {
+            match wrong {
+                WrongAnswer::Smaller => v.capacity_bytes /= 2,
+                WrongAnswer::NoId => v.volume_id.clear(),
+            }
+        }
+    }
+}
+
+impl Spoil for pb::ControllerExpandVolumeResponse {
+    fn spoil(&mut self, wrong: WrongAnswer) {
+        if wrong == WrongAnswer::Smaller {
+            self.capacity_bytes /= 2;
+        }
+    }
+}
+
+impl Spoil for pb::CreateSnapshotResponse {
+    fn spoil(&mut self, wrong: WrongAnswer) {
+        if let Some(s) = self.snapshot.as_mut() {
+            match wrong {
+                WrongAnswer::Smaller => s.size_bytes /= 2,
+                WrongAnswer::NoId => s.snapshot_id.clear(),
+            }
+        }
+    }
+}
+
+impl Spoil for pb::CreateVolumeGroupSnapshotResponse {
+    fn spoil(&mut self, wrong: WrongAnswer) {
+        if let (WrongAnswer::NoId, Some(g)) = (wrong, self.group_snapshot.as_mut()) {
+            g.group_snapshot_id.clear();
+        }
+    }
+}
+
+/// Answers with nothing a wrong-answer fault spoils.
+macro_rules! nothing_to_spoil {
+    ($($resp:ident),* $(,)?) => { $(impl Spoil for pb::$resp {})* };
+}
+
+nothing_to_spoil!(
+    GetPluginInfoResponse,
+    GetPluginCapabilitiesResponse,
+    ProbeResponse,
+    DeleteVolumeResponse,
+    ControllerPublishVolumeResponse,
+    ControllerUnpublishVolumeResponse,
+    ValidateVolumeCapabilitiesResponse,
+    ListVolumesResponse,
+    GetCapacityResponse,
+    ControllerGetCapabilitiesResponse,
+    DeleteSnapshotResponse,
+    ListSnapshotsResponse,
+    GetSnapshotResponse,
+    ControllerGetVolumeResponse,
+    ControllerModifyVolumeResponse,
+    GroupControllerGetCapabilitiesResponse,
+    DeleteVolumeGroupSnapshotResponse,
+    GetVolumeGroupSnapshotResponse,
+    NodeStageVolumeResponse,
+    NodeUnstageVolumeResponse,
+    NodePublishVolumeResponse,
+    NodeUnpublishVolumeResponse,
+    NodeGetVolumeStatsResponse,
+    NodeExpandVolumeResponse,
+    NodeGetCapabilitiesResponse,
+    NodeGetInfoResponse,
+);
 
 /// Implements a tonic service trait by routing every method through [`CsiService::call`].
 macro_rules! serve {
@@ -273,5 +358,58 @@ mod tests {
             "{logs}"
         );
         assert_eq!(driver.calls(Method::CreateVolume), 2);
+    }
+
+    #[tokio::test]
+    async fn a_wrong_answer_fault_spoils_the_answer_but_not_the_work() {
+        let driver = MockDriver::new(MockConfig::default());
+        let spec: crate::FaultSpec =
+            serde_json::from_str(r#"{"method": "CreateVolume", "wrong": "no_id", "count": 1}"#)
+                .unwrap();
+        let (method, fault) = spec.to_rule().unwrap();
+        assert_eq!(
+            crate::FaultSpec::from_rule(&crate::FaultRule {
+                method,
+                fault: fault.clone()
+            }),
+            spec
+        );
+        driver.inject(Method::CreateVolume, fault);
+        driver.inject(
+            Method::CreateVolume,
+            Fault::wrong(WrongAnswer::Smaller).once(),
+        );
+        let service = CsiService::new(driver.clone(), CancellationToken::new());
+        let create = |name: &str| pb::CreateVolumeRequest {
+            name: name.into(),
+            capacity_range: Some(pb::CapacityRange {
+                required_bytes: 1 << 20,
+                limit_bytes: 0,
+            }),
+            volume_capabilities: vec![pb::VolumeCapability {
+                access_type: Some(pb::volume_capability::AccessType::Block(
+                    pb::volume_capability::BlockVolume {},
+                )),
+                access_mode: Some(pb::volume_capability::AccessMode {
+                    mode: pb::volume_capability::access_mode::Mode::SingleNodeWriter.into(),
+                }),
+            }],
+            ..Default::default()
+        };
+        let volume = |r: Result<Response<pb::CreateVolumeResponse>, Status>| {
+            r.unwrap().into_inner().volume.unwrap()
+        };
+        let no_id = volume(Controller::create_volume(&service, Request::new(create("a"))).await);
+        assert_eq!(no_id.volume_id, "");
+        assert_eq!(no_id.capacity_bytes, 1 << 20);
+        let smaller = volume(Controller::create_volume(&service, Request::new(create("b"))).await);
+        assert_eq!(smaller.capacity_bytes, 1 << 19);
+        let right = volume(Controller::create_volume(&service, Request::new(create("c"))).await);
+        assert_eq!(right.capacity_bytes, 1 << 20);
+        assert!(!right.volume_id.is_empty());
+        // The driver did the work each time: three volumes of the full size.
+        let state = driver.state();
+        assert_eq!(state.volumes.len(), 3);
+        assert!(state.volumes.values().all(|v| v.capacity_bytes == 1 << 20));
     }
 }

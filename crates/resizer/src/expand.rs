@@ -231,10 +231,14 @@ impl Shared {
         let req = request::expand_request(pv, bytes, secrets, self.single_node_multi_writer)
             .map_err(|e| (None, e))?;
         match self.csi.controller_expand_volume(req).await {
-            Ok(r) => Ok((
-                Quantity(controller_kit::quantity::format_binary_si(r.capacity_bytes)),
-                r.node_expansion_required,
-            )),
+            Ok(r) => {
+                let capacity =
+                    plan::expanded_bytes(r.capacity_bytes, bytes).map_err(|m| (None, m))?;
+                Ok((
+                    Quantity(controller_kit::quantity::format_binary_si(capacity)),
+                    r.node_expansion_required,
+                ))
+            }
             Err(e) => Err((e.code(), e.go_message())),
         }
     }

@@ -22,6 +22,20 @@ pub fn bytes(q: Option<&Quantity>) -> i64 {
         .unwrap_or(0)
 }
 
+/// The size ControllerExpandVolume's answer gives the volume: 0 (the field is required, but
+/// some drivers leave it out) means the size asked for; less than asked is an error, so a
+/// wrong answer never shrinks the PV's capacity or marks a resize done that was not (upstream
+/// records whatever the driver says).
+pub fn expanded_bytes(returned: i64, requested: i64) -> Result<i64, String> {
+    match returned {
+        0 => Ok(requested),
+        r if r < requested => Err(format!(
+            "ControllerExpandVolume returned capacity {r}, less than the requested {requested}"
+        )),
+        r => Ok(r),
+    }
+}
+
 /// `spec.resources.requests.storage`.
 pub fn requested(pvc: &PersistentVolumeClaim) -> Option<&Quantity> {
     storage(

@@ -392,7 +392,17 @@ impl Shared {
         let name = pvc.metadata.name.as_deref().unwrap_or_default();
         let request = intent.request.to_csi(&intent.volume_name, secrets.clone());
         let volume = match self.csi.create_volume(request).await {
-            Ok(v1::CreateVolumeResponse { volume: Some(v) }) => v,
+            Ok(v1::CreateVolumeResponse { volume: Some(v) }) if !v.volume_id.is_empty() => v,
+            Ok(v1::CreateVolumeResponse { volume: Some(_) }) => {
+                // Beyond upstream, which would make a PV the API server refuses. The intent
+                // stays: the driver may hold a volume under this name, and the next
+                // CreateVolume (idempotent by name) may name it.
+                let e = ProvisionError::new(
+                    ProvisioningState::InBackground,
+                    "CreateVolume returned a volume without an ID",
+                );
+                return self.failed(pvc, e).await;
+            }
             Ok(_) => {
                 let e = ProvisionError::new(
                     ProvisioningState::InBackground,

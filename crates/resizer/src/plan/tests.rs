@@ -311,3 +311,14 @@ fn the_pre_resize_annotation_goes_once_the_claim_caught_up() {
     assert!(!pre_resize_annotation_done(&pvc("2Gi", "1Gi"), &p));
     assert!(pre_resize_annotation_done(&pvc("2Gi", "2Gi"), &p));
 }
+
+#[test]
+fn an_expansion_answer_below_the_request_is_an_error_and_zero_means_the_request() {
+    assert_eq!(expanded_bytes(0, 100), Ok(100));
+    assert_eq!(expanded_bytes(100, 100), Ok(100));
+    assert_eq!(expanded_bytes(150, 100), Ok(150));
+    assert_eq!(
+        expanded_bytes(50, 100),
+        Err("ControllerExpandVolume returned capacity 50, less than the requested 100".into())
+    );
+}

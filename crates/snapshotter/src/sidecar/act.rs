@@ -313,7 +313,24 @@ impl Shared {
         tracing::info!(content = %c.name(), snapshot = %request.name, volume = %volume, "CreateSnapshot");
         let answer = self.csi.create_snapshot(request).await;
         let snapshot = match answer {
-            Ok(r) => r.snapshot.unwrap_or_default(),
+            Ok(r)
+                if r.snapshot
+                    .as_ref()
+                    .is_some_and(|s| !s.snapshot_id.is_empty()) =>
+            {
+                r.snapshot.unwrap_or_default()
+            }
+            Ok(_) => {
+                // Beyond upstream, which would record an empty handle. Not final: the driver
+                // may hold a snapshot under this name, and the next call (idempotent by name)
+                // may name it, so the guard annotation stays.
+                return Err(CreateError {
+                    message: format!(
+                        "failed to take snapshot of the volume {volume}: \"CreateSnapshot returned no snapshot ID\""
+                    ),
+                    final_answer: false,
+                });
+            }
             Err(e) => {
                 let final_answer = e.is_final();
                 if final_answer {
@@ -460,8 +477,14 @@ impl Shared {
         };
         tracing::info!(content = %c.name(), snapshot = %request.snapshot_id, "DeleteSnapshot");
         if let Err(e) = self.csi.delete_snapshot(request).await {
-            self.event(c, REASON_DELETE_ERROR, "Failed to delete snapshot")
-                .await;
+            // Upstream's Event says only "Failed to delete snapshot" (the cause is in its log);
+            // ours adds the driver's answer, so `kubectl describe` shows why.
+            self.event(
+                c,
+                REASON_DELETE_ERROR,
+                &format!("Failed to delete snapshot: {}", e.go_message()),
+            )
+            .await;
             return Err(format!(
                 "failed to delete snapshot \"{}\", err: {}",
                 c.name(),

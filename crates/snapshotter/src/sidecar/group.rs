@@ -345,7 +345,23 @@ impl Shared {
         };
         tracing::info!(group_content = %c.name(), group_snapshot = %request.name, volumes = ?volumes, "CreateVolumeGroupSnapshot");
         let group = match self.csi.create_volume_group_snapshot(request).await {
-            Ok(r) => r.group_snapshot.unwrap_or_default(),
+            Ok(r)
+                if r.group_snapshot.as_ref().is_some_and(|g| {
+                    !g.group_snapshot_id.is_empty()
+                        && g.snapshots.iter().all(|s| !s.snapshot_id.is_empty())
+                }) =>
+            {
+                r.group_snapshot.unwrap_or_default()
+            }
+            Ok(_) => {
+                // As for a single snapshot: not final, the guard stays.
+                return Err(CreateError {
+                    message: format!(
+                        "failed to take group snapshot of the volumes {volumes:?}: \"CreateVolumeGroupSnapshot returned no group snapshot ID or a member without an ID\""
+                    ),
+                    final_answer: false,
+                });
+            }
             Err(e) => {
                 let final_answer = e.is_final();
                 if final_answer {
