@@ -669,51 +669,54 @@ pub async fn http_get(port: u16, path: &str) -> String {
 }
 
 /// Under upstream's RBAC (`OURS_KUBECONFIG`, see `e2e/cluster rbac`), grants the manager in
-/// namespace `ns` what a deployment there would have: a copy of upstream's namespaced provisioner
-/// Role (`external-provisioner-cfg`: Leases, CSIStorageCapacities, Pods, ReplicaSets) bound to
-/// the manager's ServiceAccount. Without `OURS_KUBECONFIG`, nothing.
+/// namespace `ns` what a deployment there would have: copies of upstream's namespaced provisioner
+/// Role (`external-provisioner-cfg`: Leases, CSIStorageCapacities, Pods, ReplicaSets) and of our
+/// journal Role (`csi-controller-manager-journal`, e2e/rbac/additions.yaml), bound to the
+/// manager's ServiceAccount. Without `OURS_KUBECONFIG`, nothing.
 pub async fn grant_upstream_namespace_role(ns: &str) {
     use k8s_openapi::api::rbac::v1::{Role, RoleBinding, RoleRef, Subject};
     if !std::env::var("OURS_KUBECONFIG").is_ok_and(|k| !k.is_empty()) {
         return;
     }
     let c = clients().await;
-    let upstream: kube::Api<Role> = kube::Api::namespaced(c.main.clone(), "default");
-    let mut role = upstream
-        .get("external-provisioner-cfg")
-        .await
-        .expect("upstream's Role, applied by e2e/cluster rbac");
-    role.metadata = kube::api::ObjectMeta {
-        name: role.metadata.name.clone(),
-        namespace: Some(ns.to_string()),
-        ..Default::default()
-    };
+    let applied: kube::Api<Role> = kube::Api::namespaced(c.main.clone(), "default");
     let roles: kube::Api<Role> = kube::Api::namespaced(c.main.clone(), ns);
-    roles
-        .create(&Default::default(), &role)
-        .await
-        .expect("copy the Role");
-    let binding = RoleBinding {
-        metadata: kube::api::ObjectMeta {
-            name: Some("csi-controller-manager-provisioner-cfg".into()),
+    let bindings: kube::Api<RoleBinding> = kube::Api::namespaced(c.main.clone(), ns);
+    for name in ["external-provisioner-cfg", "csi-controller-manager-journal"] {
+        let mut role = applied
+            .get(name)
+            .await
+            .expect("the Role, applied by e2e/cluster rbac");
+        role.metadata = kube::api::ObjectMeta {
+            name: Some(name.into()),
             namespace: Some(ns.to_string()),
             ..Default::default()
-        },
-        role_ref: RoleRef {
-            api_group: Some("rbac.authorization.k8s.io".into()),
-            kind: "Role".into(),
-            name: "external-provisioner-cfg".into(),
-        },
-        subjects: Some(vec![Subject {
-            kind: "ServiceAccount".into(),
-            name: "csi-controller-manager".into(),
-            namespace: Some("default".into()),
-            ..Default::default()
-        }]),
-    };
-    let bindings: kube::Api<RoleBinding> = kube::Api::namespaced(c.main.clone(), ns);
-    bindings
-        .create(&Default::default(), &binding)
-        .await
-        .expect("bind the Role");
+        };
+        roles
+            .create(&Default::default(), &role)
+            .await
+            .expect("copy the Role");
+        let binding = RoleBinding {
+            metadata: kube::api::ObjectMeta {
+                name: Some(format!("csi-controller-manager-{name}")),
+                namespace: Some(ns.to_string()),
+                ..Default::default()
+            },
+            role_ref: RoleRef {
+                api_group: Some("rbac.authorization.k8s.io".into()),
+                kind: "Role".into(),
+                name: name.into(),
+            },
+            subjects: Some(vec![Subject {
+                kind: "ServiceAccount".into(),
+                name: "csi-controller-manager".into(),
+                namespace: Some("default".into()),
+                ..Default::default()
+            }]),
+        };
+        bindings
+            .create(&Default::default(), &binding)
+            .await
+            .expect("bind the Role");
+    }
 }

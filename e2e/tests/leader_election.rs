@@ -1,13 +1,17 @@
-//! Leader election of two replicas of csi-controller-manager on one driver (issue 16): the leader
-//! is stopped with SIGTERM, then (restarted as the standby, the other now leading) SIGKILL. A
-//! claim created at the moment of each stop is provisioned exactly once (the driver sees one
-//! CreateVolume), the standby does not call the driver before it holds every Lease, and the
-//! measured handover and failover times are printed (`--nocapture`) and bounded loosely, since
-//! the machine may be loaded; `e2e/bench/leader-election.sh` measures them properly.
+//! Leader election of csi-controller-manager's replicas on one driver (issues 15 and 16):
+//! - two replicas (provisioner and attacher): the leader is stopped with SIGTERM, then (restarted
+//!   as the standby, the other now leading) SIGKILL; a claim created at the moment of each stop is
+//!   provisioned exactly once (the driver sees one CreateVolume) and the standby does not call the
+//!   driver before it holds every Lease;
+//! - three replicas running all five controllers: SIGKILL of the leader, then SIGTERM of its
+//!   successor; each time one replica takes all five Leases and a claim created at the stop goes
+//!   through provisioning, expansion, a snapshot and an attachment, each call made once;
+//! - an upstream csi-resizer beside ours takes its own Lease.
 //!
-//! Short durations (4 s / 3 s / 1 s) keep the test quick; the Leases live in `default`, named after
-//! the test's own driver. Needs `e2e/cluster up` and KUBECONFIG; the binary is found next to the
-//! test executable (or `OURS_BIN`).
+//! Handover and failover times are printed (`--nocapture`) and bounded loosely, since the machine
+//! may be loaded; `e2e/bench/leader-election.sh` measures them properly. Short durations (4 s /
+//! 3 s / 1 s) keep the tests quick. Needs `e2e/cluster up` and KUBECONFIG; the binary is found
+//! next to the test executable (or `OURS_BIN`).
 #![cfg(feature = "cluster")]
 
 use std::sync::Arc;
@@ -50,14 +54,14 @@ fn replica_args(identity: &str) -> Vec<String> {
 /// The Leases of the provisioner (primary) and the attacher, as the Go sidecars name them.
 struct Leases {
     api: Api<Lease>,
-    names: [String; 2],
+    names: Vec<String>,
 }
 
 impl Leases {
     fn new(client: kube::Client, driver: &str) -> Self {
         Self {
             api: Api::namespaced(client, LEASE_NAMESPACE),
-            names: [
+            names: vec![
                 sanitize_name(driver),
                 sanitize_name(&format!("external-attacher-leader-{driver}")),
             ],
@@ -71,7 +75,8 @@ impl Leases {
             let lease = self.api.get_opt(name).await.ok()??;
             holders.push(lease.spec?.holder_identity.unwrap_or_default());
         }
-        (!holders[0].is_empty() && holders[0] == holders[1]).then(|| holders[0].clone())
+        (!holders[0].is_empty() && holders.iter().all(|h| *h == holders[0]))
+            .then(|| holders[0].clone())
     }
 
     /// Waits until `who` holds both Leases; returns when that was seen.
@@ -373,4 +378,330 @@ async fn an_upstream_resizer_beside_us_takes_its_lease_and_expands() {
         .api
         .delete(&resizer_lease, &DeleteParams::default())
         .await;
+}
+
+/// Every controller, as the chart runs them.
+const ALL_FIVE: &str = "--controllers=provisioner,attacher,resizer,snapshotter,snapshot-controller";
+
+/// Three replicas running all five controllers, Leases in the test's namespace (the snapshot
+/// controller's Lease name is not per driver). The leader is SIGKILLed, then its successor gets
+/// SIGTERM: each time one replica takes all five Leases, no replica calls the driver before it
+/// holds them all, and a claim created at the stop is provisioned, expanded, snapshotted and
+/// attached by the new leader, each call made once.
+#[tokio::test]
+async fn three_replicas_move_every_controller_together() {
+    let own = OwnDriver::prepare("le3", |_| {}, &[]).await;
+    let ns = own.name.clone();
+    e2e::grant_upstream_namespace_role(&ns).await;
+    let args = |identity: &str| -> Vec<String> {
+        [
+            ALL_FIVE,
+            "--leader-election",
+            "--leader-election-lease-duration=4s",
+            "--leader-election-renew-deadline=3s",
+            "--leader-election-retry-period=1s",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([
+            format!("--leader-election-namespace={ns}"),
+            format!("--leader-election-identity={identity}"),
+        ])
+        .collect()
+    };
+    let replica = |identity: &str| {
+        let a = args(identity);
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        ManagerProcess::new(&format!("{ns}-{identity}"), &own.endpoint, &refs)
+    };
+    let mut replicas = vec![
+        ("a", replica("a")),
+        ("b", replica("b")),
+        ("c", replica("c")),
+    ];
+    let c = clients().await;
+    let d = own.driver_name.clone();
+    let leases = Arc::new(Leases {
+        api: Api::namespaced(c.main.clone(), &ns),
+        names: vec![
+            sanitize_name(&d),
+            sanitize_name(&format!("external-attacher-leader-{d}")),
+            sanitize_name(&format!("external-resizer-{d}")),
+            sanitize_name(&format!("external-snapshotter-leader-{d}")),
+            "snapshot-controller-leader".into(),
+        ],
+    });
+    let w = Workload::new(&own, &ns).await;
+
+    replicas[0].1.start();
+    leases.wait_held_by("a", Duration::from_secs(90)).await;
+    for (_, r) in &mut replicas[1..] {
+        r.start();
+    }
+    for (id, r) in &replicas[1..] {
+        eventually(
+            &format!("{id} to observe a leading"),
+            Duration::from_secs(90),
+            || async {
+                let log = std::fs::read_to_string(&r.log).ok()?;
+                log.contains("new leader elected").then_some(())
+            },
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(leases.common_holder().await.as_deref(), Some("a"));
+    assert_eq!(w.calls(), 0, "no replica acted before a claim existed");
+
+    let mut leader = "a".to_string();
+    for (round, signal) in ["SIGKILL", "SIGTERM"].into_iter().enumerate() {
+        let stop_watch = CancellationToken::new();
+        let stopped = Instant::now();
+        let r = &mut replicas.iter_mut().find(|(id, _)| *id == leader).unwrap().1;
+        if signal == "SIGKILL" {
+            r.kill().await;
+        } else {
+            assert!(
+                r.terminate(Duration::from_secs(30)).await,
+                "the leader exits"
+            );
+        }
+        let early = watch_for_calls_without_a_leader(
+            &w,
+            leases.clone(),
+            leader.clone(),
+            stop_watch.clone(),
+        );
+        let name = format!("at-{}", signal.to_lowercase());
+        w.claim(&name).await;
+        let successor = eventually(
+            "one replica to hold every Lease",
+            Duration::from_secs(60),
+            || async {
+                let holder = leases.common_holder().await?;
+                (holder != leader).then_some(holder)
+            },
+        )
+        .await;
+        let took = stopped.elapsed();
+        w.exercise(&name).await;
+        stop_watch.cancel();
+        println!(
+            "{signal} of {leader}: {successor} held all five Leases after {took:?}; the claim \
+             created at the stop was provisioned, expanded, snapshotted and attached after {:?}",
+            stopped.elapsed()
+        );
+        assert!(
+            !early.await.unwrap(),
+            "a replica called the driver before it held every Lease"
+        );
+        let n = round as u64 + 1;
+        for method in Workload::METHODS {
+            assert_eq!(own.driver.calls(method), n, "{method} once per claim");
+        }
+        let bound = if signal == "SIGKILL" {
+            LEASE_DURATION + RETRY_PERIOD + MARGIN
+        } else {
+            SIGTERM_BOUND
+        };
+        assert!(took < bound, "{signal} failover took {took:?}");
+        // The stopped replica comes back as a standby.
+        let r = &mut replicas.iter_mut().find(|(id, _)| *id == leader).unwrap().1;
+        r.start();
+        leader = successor;
+    }
+    for (id, r) in &mut replicas {
+        assert!(
+            r.unexpected_exits.is_empty(),
+            "{id}: {:?}",
+            r.unexpected_exits
+        );
+        r.kill().await;
+    }
+    w.clean_up().await;
+    own.stop().await;
+}
+
+/// Like [`watch_for_early_calls`] for every call of [`Workload`]: true if a call was counted
+/// while no live replica held every Lease.
+fn watch_for_calls_without_a_leader(
+    w: &Workload,
+    leases: Arc<Leases>,
+    stopped: String,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<bool> {
+    let driver = w.driver.clone();
+    let calls = move || {
+        Workload::METHODS
+            .iter()
+            .map(|m| driver.calls(*m))
+            .sum::<u64>()
+    };
+    let baseline = calls();
+    tokio::spawn(async move {
+        let mut early = false;
+        while !stop.is_cancelled() {
+            let n = calls();
+            let holder = leases.common_holder().await;
+            if n > baseline && holder.is_none_or(|h| h == stopped) {
+                early = true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        early
+    })
+}
+
+/// A claim's whole life across the controllers: provisioned, expanded, snapshotted, attached.
+struct Workload {
+    driver: csi_mock::MockDriver,
+    driver_name: String,
+    ns: String,
+    node: String,
+    marks: e2e::NodeMarks,
+    pvcs: Api<PersistentVolumeClaim>,
+    snapshots: Api<snapshotter::types::VolumeSnapshot>,
+    vas: Api<k8s_openapi::api::storage::v1::VolumeAttachment>,
+}
+
+impl Workload {
+    const METHODS: [Method; 4] = [
+        Method::CreateVolume,
+        Method::ControllerExpandVolume,
+        Method::CreateSnapshot,
+        Method::ControllerPublishVolume,
+    ];
+
+    async fn new(own: &OwnDriver, ns: &str) -> Self {
+        let c = clients().await;
+        own.create_class(ns, Default::default()).await;
+        let classes: Api<snapshotter::types::VolumeSnapshotClass> = Api::all(c.main.clone());
+        let class = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": ns}, "driver": own.driver_name, "deletionPolicy": "Delete",
+        }))
+        .unwrap();
+        classes
+            .create(&PostParams::default(), &class)
+            .await
+            .unwrap();
+        let marks = e2e::mark_nodes(&own.driver_name, &format!("{ns}/zone"), |_| "z".into()).await;
+        Self {
+            driver: own.driver.clone(),
+            driver_name: own.driver_name.clone(),
+            ns: ns.to_string(),
+            node: marks.zones[0].0.clone(),
+            marks,
+            pvcs: Api::namespaced(c.main.clone(), ns),
+            snapshots: Api::namespaced(c.main.clone(), ns),
+            vas: Api::all(c.main.clone()),
+        }
+    }
+
+    fn calls(&self) -> u64 {
+        Self::METHODS.iter().map(|m| self.driver.calls(*m)).sum()
+    }
+
+    async fn claim(&self, name: &str) {
+        self.pvcs
+            .create(&PostParams::default(), &claim(name, &self.ns, "1Mi"))
+            .await
+            .unwrap();
+    }
+
+    /// Waits for the claim to be Bound, then expands, snapshots and attaches it, each to the end.
+    async fn exercise(&self, name: &str) {
+        wait_bound(&self.pvcs, name).await;
+        let patch = serde_json::json!({"spec": {"resources": {"requests": {"storage": "2Mi"}}}});
+        self.pvcs
+            .patch(
+                name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(patch),
+            )
+            .await
+            .unwrap();
+        let pv = self
+            .pvcs
+            .get(name)
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .volume_name
+            .unwrap();
+        let pvs: Api<k8s_openapi::api::core::v1::PersistentVolume> =
+            Api::all(self.pvcs.clone().into_client());
+        eventually(
+            &format!("{name} expanded"),
+            Duration::from_secs(60),
+            || async {
+                let pv = pvs.get(&pv).await.ok()?;
+                (pv.spec?.capacity?.get("storage")?.0 == "2Mi").then_some(())
+            },
+        )
+        .await;
+        self.snapshots
+            .create(
+                &PostParams::default(),
+                &e2e::volume_snapshot(name, name, Some(&self.ns)),
+            )
+            .await
+            .unwrap();
+        eventually(
+            &format!("{name} snapshot ready"),
+            Duration::from_secs(60),
+            || async {
+                let vs = self.snapshots.get(name).await.ok()?;
+                (vs.status?.ready_to_use == Some(true)).then_some(())
+            },
+        )
+        .await;
+        let va_name = format!("{}-{name}", self.ns);
+        self.vas
+            .create(
+                &PostParams::default(),
+                &e2e::volume_attachment(&va_name, &self.driver_name, &self.node, &pv),
+            )
+            .await
+            .unwrap();
+        eventually(
+            &format!("{name} attached"),
+            Duration::from_secs(60),
+            || async {
+                let va = self.vas.get(&va_name).await.ok()?;
+                va.status?.attached.then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// Removes what the test made outside its namespace (with no manager left, objects with
+    /// finalizers stay; the namespace goes with the driver).
+    async fn clean_up(&self) {
+        let c = clients().await;
+        for va in self.vas.list(&Default::default()).await.unwrap().items {
+            if va.spec.attacher == self.driver_name {
+                let name = va.metadata.name.unwrap_or_default();
+                let _ = self.vas.delete(&name, &DeleteParams::default()).await;
+                let _ = self
+                    .vas
+                    .patch(
+                        &name,
+                        &kube::api::PatchParams::default(),
+                        &kube::api::Patch::Merge(
+                            serde_json::json!({"metadata": {"finalizers": null}}),
+                        ),
+                    )
+                    .await;
+            }
+        }
+        let classes: Api<StorageClass> = Api::all(c.main.clone());
+        let _ = classes.delete(&self.ns, &DeleteParams::default()).await;
+        let snapshot_classes: Api<snapshotter::types::VolumeSnapshotClass> =
+            Api::all(c.main.clone());
+        let _ = snapshot_classes
+            .delete(&self.ns, &DeleteParams::default())
+            .await;
+        self.marks.remove().await;
+    }
 }
