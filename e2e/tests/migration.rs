@@ -37,6 +37,11 @@ const ELECTION: [&str; 4] = [
 
 /// The upstream provisioner, attacher and csi-snapshotter for `own`'s driver.
 fn upstream(own: &OwnDriver) -> Vec<ManagerProcess> {
+    upstream_of(own, true)
+}
+
+/// The upstream provisioner and attacher for `own`'s driver, and csi-snapshotter if `snapshots`.
+fn upstream_of(own: &OwnDriver, snapshots: bool) -> Vec<ManagerProcess> {
     let sidecar = |dir: &str, bin: &str| {
         let mut args = vec![
             format!("--kubeconfig={}", e2e::env("KUBECONFIG")),
@@ -55,11 +60,14 @@ fn upstream(own: &OwnDriver) -> Vec<ManagerProcess> {
         p.start();
         p
     };
-    vec![
+    let mut all = vec![
         sidecar("PROVISIONER_DIR", "csi-provisioner"),
         sidecar("ATTACHER_DIR", "csi-attacher"),
-        sidecar("SNAPSHOTTER_DIR", "csi-snapshotter"),
-    ]
+    ];
+    if snapshots {
+        all.push(sidecar("SNAPSHOTTER_DIR", "csi-snapshotter"));
+    }
+    all
 }
 
 /// Upstream's snapshot-controller, the cluster's common controller for the whole test.
@@ -378,6 +386,183 @@ async fn from_the_sidecars_to_us_and_back() {
         )),
     ] {
         let _ = leases.delete(&name, &DeleteParams::default()).await;
+    }
+    own.stop().await;
+}
+
+/// Ours beside the upstream provisioner and attacher of the same driver, when only one of them
+/// stops (a container crashing in the old pod of a rolling update): ours takes the dead one's
+/// Lease but acts only once it holds every Lease of its controllers, so there are never two
+/// active provisioners or attachers. Meanwhile the live upstream attacher keeps attaching and a
+/// new claim waits; once the upstream attacher stops too, ours serves both, each call once.
+#[tokio::test]
+async fn beside_one_live_upstream_sidecar_ours_waits_for_every_lease() {
+    let mut args = vec![
+        "--controllers=provisioner,attacher",
+        "--leader-election-identity=ours",
+    ];
+    let ns_arg = format!("--leader-election-namespace={LEASE_NAMESPACE}");
+    args.push(&ns_arg);
+    args.extend(ELECTION);
+    let mut own = OwnDriver::prepare("beside", |_| {}, &args).await;
+    let marks = e2e::mark_nodes(
+        &own.driver_name,
+        &format!("topology.{}/zone", own.name),
+        |_| "z".into(),
+    )
+    .await;
+    let nodes: Vec<String> = marks.zones.iter().map(|(n, _)| n.clone()).collect();
+    let c = clients().await;
+    let classes: Api<StorageClass> = Api::all(c.main.clone());
+    own.create_class(&own.name, Default::default()).await;
+    let k = Cluster {
+        snapshots: Api::namespaced(c.main.clone(), &own.name),
+        pvcs: Api::namespaced(c.main.clone(), &own.name),
+        pvs: Api::all(c.main.clone()),
+        pods: Api::namespaced(c.main.clone(), &own.name),
+        vas: Api::all(c.main.clone()),
+        class: own.name.clone(),
+    };
+    let leases: Api<Lease> = Api::namespaced(c.main.clone(), LEASE_NAMESPACE);
+    let provisioner_lease = controller_kit::leader::sanitize_name(&own.driver_name);
+    let attacher_lease = controller_kit::leader::sanitize_name(&format!(
+        "external-attacher-leader-{}",
+        own.driver_name
+    ));
+    let attach = |name: &str, pv: &str, node: &str| {
+        let va =
+            e2e::volume_attachment(&format!("{}-{name}", own.name), &own.driver_name, node, pv);
+        let vas = k.vas.clone();
+        async move { vas.create(&PostParams::default(), &va).await.unwrap() }
+    };
+    let attached = |pv: String| {
+        let k = &k;
+        async move {
+            eventually(
+                &format!("{pv} to be attached"),
+                Duration::from_secs(60),
+                || async { (k.attached(&pv).await == Some(true)).then_some(()) },
+            )
+            .await
+        }
+    };
+    let calls = |m| own.driver.calls(m);
+
+    // 1. The sidecars lead and serve; ours starts beside them and waits.
+    let mut sidecars = upstream_of(&own, false);
+    k.claim("up-0").await;
+    k.claim("up-1").await;
+    let up_0 = k.bound("up-0").await;
+    let up_1 = k.bound("up-1").await;
+    attach("up-0", &up_0, &nodes[0]).await;
+    attached(up_0.clone()).await;
+    let upstream_attacher = holder(&leases, &attacher_lease).await.unwrap_or_default();
+    assert!(!upstream_attacher.is_empty() && upstream_attacher != "ours");
+    own.manager.start();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_ne!(
+        holder(&leases, &provisioner_lease).await.as_deref(),
+        Some("ours")
+    );
+    assert_eq!(
+        (
+            calls(Method::CreateVolume),
+            calls(Method::ControllerPublishVolume)
+        ),
+        (2, 1)
+    );
+
+    // 2. Only the upstream provisioner dies. Ours takes its Lease but not the attacher's, held
+    //    by the live upstream attacher: ours does not act, the upstream attacher still attaches,
+    //    and a new claim waits.
+    sidecars[0].kill().await;
+    k.claim("while-mixed").await;
+    eventually(
+        "ours to take the provisioner's Lease",
+        Duration::from_secs(30),
+        || async {
+            (holder(&leases, &provisioner_lease).await.as_deref() == Some("ours")).then_some(())
+        },
+    )
+    .await;
+    attach("up-1", &up_1, &nodes[1 % nodes.len()]).await;
+    attached(up_1.clone()).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        holder(&leases, &attacher_lease).await.as_deref(),
+        Some(upstream_attacher.as_str()),
+        "the live upstream attacher keeps its Lease"
+    );
+    assert_eq!(
+        calls(Method::CreateVolume),
+        2,
+        "ours does not provision without every Lease"
+    );
+    assert_eq!(
+        calls(Method::ControllerPublishVolume),
+        2,
+        "one attacher attached"
+    );
+    let log = std::fs::read_to_string(&own.manager.log).unwrap_or_default();
+    assert!(
+        !log.contains("leading: starting controllers"),
+        "ours started no controller"
+    );
+
+    // 3. The upstream attacher stops too: ours takes its Lease and serves both.
+    sidecars[1].terminate(Duration::from_secs(10)).await;
+    let mixed = k.bound("while-mixed").await;
+    eventually(
+        "ours to hold both Leases",
+        Duration::from_secs(30),
+        || async {
+            (holder(&leases, &attacher_lease).await.as_deref() == Some("ours")).then_some(())
+        },
+    )
+    .await;
+    attach("mixed", &mixed, &nodes[0]).await;
+    attached(mixed.clone()).await;
+    assert_eq!(
+        (
+            calls(Method::CreateVolume),
+            calls(Method::ControllerPublishVolume)
+        ),
+        (3, 3),
+        "each claim provisioned once, each attachment published once"
+    );
+    let mut named = Vec::new();
+    for pv in [&up_0, &up_1, &mixed] {
+        let pv = k.pvs.get(pv).await.unwrap();
+        named.push(pv.spec.unwrap().csi.unwrap().volume_handle);
+    }
+    named.sort();
+    let volumes: Vec<String> = own.driver.state().volumes.into_keys().collect();
+    assert_eq!(volumes, named, "the driver holds exactly the PVs' volumes");
+
+    for va in k.vas.list(&ListParams::default()).await.unwrap().items {
+        if va.spec.attacher == own.driver_name {
+            let _ = k
+                .vas
+                .delete(
+                    &va.metadata.name.unwrap_or_default(),
+                    &DeleteParams::default(),
+                )
+                .await;
+        }
+    }
+    for claim in ["up-0", "up-1", "while-mixed"] {
+        let _ = k.pvcs.delete(claim, &DeleteParams::default()).await;
+    }
+    for pv in [&up_0, &up_1, &mixed] {
+        e2e::until_gone(&k.pvs, pv, Duration::from_secs(90)).await;
+    }
+    for s in &mut sidecars {
+        s.kill().await;
+    }
+    marks.remove().await;
+    let _ = classes.delete(&own.name, &DeleteParams::default()).await;
+    for name in [&provisioner_lease, &attacher_lease] {
+        let _ = leases.delete(name, &DeleteParams::default()).await;
     }
     own.stop().await;
 }
