@@ -6,6 +6,8 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+pub mod state;
+
 /// API clients for the cluster under test (`KUBECONFIG`); panics with a clear message without one.
 pub async fn clients() -> controller_kit::kubeclient::Clients {
     let path = std::env::var_os("KUBECONFIG")

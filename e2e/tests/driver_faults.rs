@@ -330,72 +330,8 @@ impl World {
             .collect()
     }
 
-    /// The driver's volumes, publications, sizes and snapshots equal the cluster's.
     async fn driver_matches_cluster(&self) {
-        let state = self.own.driver.state();
-        let pvs = self.our_pvs().await;
-        let mut handles: Vec<&String> = pvs.values().collect();
-        handles.sort();
-        let volumes: Vec<&String> = state.volumes.keys().collect();
-        assert_eq!(
-            volumes, handles,
-            "the driver's volumes are the PVs' handles"
-        );
-        let mut published = Vec::new();
-        for va in self.vas.list(&ListParams::default()).await.unwrap().items {
-            if va.spec.attacher != self.own.driver_name {
-                continue;
-            }
-            let pv = va.spec.source.persistent_volume_name.unwrap_or_default();
-            if va.status.is_some_and(|s| s.attached) {
-                published.push((pvs[&pv].clone(), va.spec.node_name));
-            }
-        }
-        published.sort();
-        let mut publications: Vec<(String, String)> = state
-            .volumes
-            .values()
-            .flat_map(|v| v.publications.keys().map(|n| (v.id.clone(), n.clone())))
-            .collect();
-        publications.sort();
-        assert_eq!(
-            publications, published,
-            "the driver's publications are the attached VAs"
-        );
-        for pv in self.pvs.list(&ListParams::default()).await.unwrap().items {
-            let Some(csi) = pv.spec.as_ref().and_then(|s| s.csi.as_ref()) else {
-                continue;
-            };
-            if csi.driver != self.own.driver_name {
-                continue;
-            }
-            let capacity = pv.spec.as_ref().unwrap().capacity.as_ref().unwrap()["storage"]
-                .0
-                .clone();
-            let bytes = controller_kit::quantity::parse_bytes(&capacity).unwrap();
-            assert_eq!(
-                state.volumes[&csi.volume_handle].capacity_bytes, bytes,
-                "the size of {}",
-                csi.volume_handle
-            );
-        }
-        let mut snapshot_handles: Vec<String> = self
-            .contents
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .filter(|c| c.spec.driver == self.own.driver_name)
-            .filter_map(|c| c.status?.snapshot_handle)
-            .collect();
-        snapshot_handles.sort();
-        let snapshots: Vec<&String> = state.snapshots.keys().collect();
-        assert_eq!(
-            snapshots,
-            snapshot_handles.iter().collect::<Vec<_>>(),
-            "the driver's snapshots are the contents' handles"
-        );
+        e2e::state::assert_driver_matches_cluster(&self.own.driver, &self.own.driver_name).await;
     }
 
     /// Queues one fault of each code for `method`, runs `act`, waits for `done`; then each

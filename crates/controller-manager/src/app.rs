@@ -149,6 +149,16 @@ pub async fn run(flags: Flags) -> Result<(), AppError> {
     } else {
         None
     };
+    // The intent journal's requests gate every claim: a limiter of their own, so the other
+    // controllers' resync after a start or a failover never queues them.
+    let journal_client = if kinds.contains(&ControllerKind::Provisioner) {
+        Some(
+            kubeclient::client_with_budget(source, flags.kube_api_qps, flags.kube_api_burst)
+                .await?,
+        )
+    } else {
+        None
+    };
     let csi_driver = csi::Driver {
         client: csi.clone(),
         discovery: discovery.clone(),
@@ -214,6 +224,7 @@ pub async fn run(flags: Flags) -> Result<(), AppError> {
             context: &context,
             driver: &csi_driver,
             capacity_client,
+            journal_client,
         },
         &mut informers,
     );

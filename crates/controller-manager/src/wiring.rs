@@ -236,6 +236,9 @@ pub struct Wiring<'a> {
     pub driver: &'a csi::Driver,
     /// Capacity tracking's own API client, with `--enable-capacity`.
     pub capacity_client: Option<kube::Client>,
+    /// The intent journal's own API client (same budget as the controllers', a limiter of its
+    /// own), when the provisioner runs.
+    pub journal_client: Option<kube::Client>,
 }
 
 /// Builds the controllers of `kinds`, registering their informers; returns those built.
@@ -251,6 +254,7 @@ pub fn build_controllers(
         context,
         driver,
         capacity_client,
+        journal_client,
     } = wiring;
     let mut built: Vec<(ControllerKind, Arc<dyn Controller>)> = Vec::new();
     for kind in kinds {
@@ -282,7 +286,14 @@ pub fn build_controllers(
                 };
                 built.push((
                     *kind,
-                    provisioner::build(context, driver, config, informers, capacity),
+                    provisioner::build(
+                        context,
+                        driver,
+                        config,
+                        informers,
+                        capacity,
+                        journal_client.clone(),
+                    ),
                 ));
             }
             ControllerKind::Resizer => {

@@ -122,13 +122,18 @@ fn has_intent_finalizer(pvc: &PersistentVolumeClaim) -> bool {
 }
 
 /// Builds the provisioner: registers its informers and handlers. Call before the informers start.
-/// `capacity` is capacity tracking's handle, with `--enable-capacity`.
+/// `capacity` is capacity tracking's handle, with `--enable-capacity`. `journal_client`, if
+/// given, carries the intent journal's reads and writes on a rate limit of its own (else
+/// `ctx.client`): every claim waits on the journal, and it must not queue behind the other
+/// controllers' requests (after a restart, their resync held the journal's first read back for
+/// seconds).
 pub fn build(
     ctx: ControllerContext,
     driver: &csi::Driver,
     config: ProvisionerConfig,
     informers: &mut Informers,
     capacity: Option<CapacityHandle>,
+    journal_client: Option<kube::Client>,
 ) -> Arc<dyn Controller> {
     let name = driver.discovery.driver_name.clone();
     let caps = DriverCaps::from_discovery(&driver.discovery, config.topology_gate);
@@ -136,7 +141,7 @@ pub fn build(
     let volumes = WorkQueue::new(QUEUE_VOLUMES, ctx.backoff, ctx.metrics.queues());
     let node_mode = config.node_deployment.clone();
     let journal = Arc::new(Journal::new(
-        ctx.client.clone(),
+        journal_client.unwrap_or_else(|| ctx.client.clone()),
         &ctx.namespace,
         &name,
         node_mode.as_ref().map(|n| n.node.as_str()),

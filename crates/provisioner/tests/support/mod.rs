@@ -81,6 +81,7 @@ impl Harness {
             config,
             &mut informers,
             None,
+            None,
         );
         let token = CancellationToken::new();
         let running = informers.start(token.clone());
