@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+pub mod churn;
 pub mod state;
 
 /// API clients for the cluster under test (`KUBECONFIG`); panics with a clear message without one.
@@ -290,6 +291,11 @@ impl ManagerProcess {
                 false
             }
         }
+    }
+
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
     }
 
     /// Whether the process runs (started and not exited).

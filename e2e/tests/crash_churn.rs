@@ -12,160 +12,17 @@
 //! Runs the cluster-wide snapshot controller, so the file holds one test.
 #![cfg(feature = "cluster")]
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use csi_mock::Fault;
-use e2e::{OwnDriver, claim, clients, eventually};
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
-use k8s_openapi::api::storage::v1::{StorageClass, VolumeAttachment};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use e2e::OwnDriver;
+use e2e::churn::Churn;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde_json::json;
-use snapshotter::types::{VolumeSnapshot, VolumeSnapshotClass, VolumeSnapshotContent};
 
 /// Claims living their lives at once.
 const SLOTS: usize = 20;
-/// Each step of a life may wait through several kills and restarts.
-const STEP: Duration = Duration::from_secs(180);
-
-struct Churn {
-    ns: String,
-    driver_name: String,
-    nodes: Vec<String>,
-    pvcs: Api<PersistentVolumeClaim>,
-    pvs: Api<PersistentVolume>,
-    vas: Api<VolumeAttachment>,
-    snapshots: Api<VolumeSnapshot>,
-    contents: Api<VolumeSnapshotContent>,
-    operations: AtomicU64,
-    /// Time spent waiting, per step.
-    waits: std::sync::Mutex<std::collections::BTreeMap<&'static str, Duration>>,
-}
-
-impl Churn {
-    fn op(&self) {
-        self.operations.fetch_add(1, Ordering::Relaxed);
-    }
-
-    async fn timed<T>(&self, step: &'static str, wait: impl std::future::Future<Output = T>) -> T {
-        let started = Instant::now();
-        let out = wait.await;
-        *self.waits.lock().unwrap().entry(step).or_default() += started.elapsed();
-        out
-    }
-
-    /// Creates, expands, snapshots and attaches claim `name`; returns its PV.
-    async fn grow(&self, name: &str, node: &str) -> String {
-        self.pvcs
-            .create(&PostParams::default(), &claim(name, &self.ns, "1Mi"))
-            .await
-            .unwrap();
-        self.op();
-        let pv = self
-            .timed(
-                "bind",
-                eventually(&format!("{name} Bound"), STEP, || async {
-                    let pvc = self.pvcs.get(name).await.ok()?;
-                    (pvc.status?.phase.as_deref() == Some("Bound"))
-                        .then_some(pvc.spec?.volume_name?)
-                }),
-            )
-            .await;
-        let patch = json!({"spec": {"resources": {"requests": {"storage": "2Mi"}}}});
-        self.pvcs
-            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
-            .await
-            .unwrap();
-        self.op();
-        self.timed(
-            "expand",
-            eventually(&format!("{name} expanded"), STEP, || async {
-                let pv = self.pvs.get(&pv).await.ok()?;
-                (pv.spec?.capacity?.get("storage")?.0 == "2Mi").then_some(())
-            }),
-        )
-        .await;
-        let vs = e2e::volume_snapshot(name, name, Some(&self.ns));
-        self.snapshots
-            .create(&PostParams::default(), &vs)
-            .await
-            .unwrap();
-        self.op();
-        self.timed(
-            "snapshot",
-            eventually(&format!("snapshot {name} ready"), STEP, || async {
-                let vs = self.snapshots.get(name).await.ok()?;
-                (vs.status?.ready_to_use == Some(true)).then_some(())
-            }),
-        )
-        .await;
-        let va = e2e::volume_attachment(&self.va(name), &self.driver_name, node, &pv);
-        self.vas.create(&PostParams::default(), &va).await.unwrap();
-        self.op();
-        self.timed(
-            "attach",
-            eventually(&format!("{name} attached"), STEP, || async {
-                let va = self.vas.get(&self.va(name)).await.ok()?;
-                va.status?.attached.then_some(())
-            }),
-        )
-        .await;
-        pv
-    }
-
-    /// Detaches claim `name`, deletes its snapshot, then the claim, each to the end.
-    async fn wither(&self, name: &str, pv: &str) {
-        self.vas
-            .delete(&self.va(name), &DeleteParams::default())
-            .await
-            .unwrap();
-        self.op();
-        self.timed("detach", e2e::until_gone(&self.vas, &self.va(name), STEP))
-            .await;
-        let content = self
-            .snapshots
-            .get(name)
-            .await
-            .unwrap()
-            .status
-            .and_then(|s| s.bound_volume_snapshot_content_name)
-            .unwrap();
-        self.snapshots
-            .delete(name, &DeleteParams::default())
-            .await
-            .unwrap();
-        self.op();
-        self.timed(
-            "delete snapshot",
-            e2e::until_gone(&self.contents, &content, STEP),
-        )
-        .await;
-        self.pvcs
-            .delete(name, &DeleteParams::default())
-            .await
-            .unwrap();
-        self.op();
-        self.timed("delete volume", e2e::until_gone(&self.pvs, pv, STEP))
-            .await;
-    }
-
-    fn va(&self, claim: &str) -> String {
-        format!("{}-{claim}", self.ns)
-    }
-
-    /// One slot: `lives` whole lives, then one left mid-life.
-    async fn slot(&self, slot: usize, lives: usize) {
-        let node = &self.nodes[slot % self.nodes.len()];
-        for life in 0..lives {
-            let name = format!("s{slot}-{life}");
-            let pv = self.grow(&name, node).await;
-            self.wither(&name, &pv).await;
-        }
-        self.grow(&format!("s{slot}-kept"), node).await;
-    }
-}
 
 #[tokio::test]
 async fn kills_during_mixed_churn_leak_and_lose_nothing() {
@@ -191,31 +48,7 @@ async fn kills_during_mixed_churn_leak_and_lose_nothing() {
     // answer, the case that leaks if anything does.
     own.driver
         .inject_all(Fault::delay(Duration::from_millis(300)).after_handling());
-    let c = clients().await;
-    let ns = own.name.clone();
-    own.create_class(&ns, Default::default()).await;
-    let snapshot_classes: Api<VolumeSnapshotClass> = Api::all(c.main.clone());
-    let class = serde_json::from_value(
-        json!({"metadata": {"name": ns}, "driver": own.driver_name, "deletionPolicy": "Delete"}),
-    )
-    .unwrap();
-    snapshot_classes
-        .create(&PostParams::default(), &class)
-        .await
-        .unwrap();
-    let marks = e2e::mark_nodes(&own.driver_name, &format!("{ns}/zone"), |_| "z".into()).await;
-    let churn = Churn {
-        ns: ns.clone(),
-        driver_name: own.driver_name.clone(),
-        nodes: marks.zones.iter().map(|(n, _)| n.clone()).collect(),
-        pvcs: Api::namespaced(c.main.clone(), &ns),
-        pvs: Api::all(c.main.clone()),
-        vas: Api::all(c.main.clone()),
-        snapshots: Api::namespaced(c.main.clone(), &ns),
-        contents: Api::all(c.main.clone()),
-        operations: AtomicU64::new(0),
-        waits: Default::default(),
-    };
+    let churn = Churn::prepare(&own).await;
 
     let started = Instant::now();
     let done = AtomicBool::new(false);
@@ -246,15 +79,12 @@ async fn kills_during_mixed_churn_leak_and_lose_nothing() {
         done.store(true, Ordering::Relaxed);
     };
     let (kills, ()) = futures::join!(killer, work);
-    let operations = churn.operations.load(Ordering::Relaxed);
+    let operations = churn.operations();
     eprintln!(
         "{operations} operations, {kills} kills in {:?}",
         started.elapsed()
     );
-    eprintln!(
-        "time waited per step, all slots: {:?}",
-        churn.waits.lock().unwrap()
-    );
+    eprintln!("time waited per step, all slots: {:?}", churn.waits());
     assert!(kills >= 10, "the manager was killed often ({kills})");
 
     // The kept claims stay mid-life: attached, expanded, snapshotted. Let the manager settle.
@@ -277,15 +107,7 @@ async fn kills_during_mixed_churn_leak_and_lose_nothing() {
     own.driver.clear_faults();
     for slot in 0..SLOTS {
         let name = format!("s{slot}-kept");
-        let pv = churn
-            .pvcs
-            .get(&name)
-            .await
-            .unwrap()
-            .spec
-            .unwrap()
-            .volume_name
-            .unwrap();
+        let pv = churn.pv_of(&name).await;
         churn.wither(&name, &pv).await;
     }
     e2e::state::assert_driver_matches_cluster(&own.driver, &own.driver_name).await;
@@ -294,18 +116,7 @@ async fn kills_during_mixed_churn_leak_and_lose_nothing() {
         state.volumes.is_empty() && state.snapshots.is_empty(),
         "the driver holds nothing"
     );
-    let leftovers = churn
-        .pvcs
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .len();
-    assert_eq!(leftovers, 0, "no claim is stuck");
-
-    let classes: Api<StorageClass> = Api::all(c.main.clone());
-    let _ = classes.delete(&ns, &DeleteParams::default()).await;
-    let _ = snapshot_classes.delete(&ns, &DeleteParams::default()).await;
-    marks.remove().await;
+    assert_eq!(churn.claims_left().await, 0, "no claim is stuck");
+    churn.remove().await;
     own.stop().await;
 }

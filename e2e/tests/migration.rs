@@ -464,12 +464,14 @@ async fn beside_one_live_upstream_sidecar_ours_waits_for_every_lease() {
         holder(&leases, &provisioner_lease).await.as_deref(),
         Some("ours")
     );
-    assert_eq!(
-        (
-            calls(Method::CreateVolume),
-            calls(Method::ControllerPublishVolume)
-        ),
-        (2, 1)
+    assert_eq!(calls(Method::CreateVolume), 2);
+    // Upstream's attacher may repeat its idempotent ControllerPublish when its status write
+    // races (seen in CI), so its calls are counted as "some"; ours' are counted exactly below.
+    let published_by_upstream = calls(Method::ControllerPublishVolume);
+    let log = std::fs::read_to_string(&own.manager.log).unwrap_or_default();
+    assert!(
+        !log.contains("leading: starting controllers"),
+        "ours stands by"
     );
 
     // 2. Only the upstream provisioner dies. Ours takes its Lease but not the attacher's, held
@@ -498,10 +500,9 @@ async fn beside_one_live_upstream_sidecar_ours_waits_for_every_lease() {
         2,
         "ours does not provision without every Lease"
     );
-    assert_eq!(
-        calls(Method::ControllerPublishVolume),
-        2,
-        "one attacher attached"
+    assert!(
+        calls(Method::ControllerPublishVolume) > published_by_upstream,
+        "the upstream attacher attached"
     );
     let log = std::fs::read_to_string(&own.manager.log).unwrap_or_default();
     assert!(
@@ -520,15 +521,18 @@ async fn beside_one_live_upstream_sidecar_ours_waits_for_every_lease() {
         },
     )
     .await;
+    let before = calls(Method::ControllerPublishVolume);
     attach("mixed", &mixed, &nodes[0]).await;
     attached(mixed.clone()).await;
     assert_eq!(
-        (
-            calls(Method::CreateVolume),
-            calls(Method::ControllerPublishVolume)
-        ),
-        (3, 3),
-        "each claim provisioned once, each attachment published once"
+        calls(Method::CreateVolume),
+        3,
+        "each claim provisioned once"
+    );
+    assert_eq!(
+        calls(Method::ControllerPublishVolume),
+        before + 1,
+        "ours published the new attachment once"
     );
     let mut named = Vec::new();
     for pv in [&up_0, &up_1, &mixed] {
