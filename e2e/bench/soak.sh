@@ -30,6 +30,10 @@ export OURS_BIN=${OURS_BIN:-$REPO_ROOT/target/debug/csi-controller-manager}
 trap '"$CLUSTER" down >/dev/null 2>&1 || true' EXIT
 "$CLUSTER" down >/dev/null 2>&1 || true
 "$CLUSTER" up
+# The snapshot CRDs come with the controllers; the test runs a manager of its own.
+"$CLUSTER" driver mock
+"$CLUSTER" sidecars ours
+"$CLUSTER" sidecars stop
 eval "$("$CLUSTER" env)"
 mkdir -p "$(dirname "$REPORT")"
 log "soak: ${SECONDS_}s with $OURS_BIN; samples to $REPORT"

@@ -50,6 +50,42 @@ const CODES: [Code; 16] = [
 
 const WAIT: Duration = Duration::from_secs(120);
 
+/// A volume's life, one RPC per step, in order.
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    Provision,
+    Expand,
+    Snapshot,
+    Attach,
+    Detach,
+    DeleteSnapshot,
+    DeleteVolume,
+}
+
+impl Step {
+    const ALL: [Step; 7] = [
+        Step::Provision,
+        Step::Expand,
+        Step::Snapshot,
+        Step::Attach,
+        Step::Detach,
+        Step::DeleteSnapshot,
+        Step::DeleteVolume,
+    ];
+
+    fn method(self) -> Method {
+        match self {
+            Step::Provision => Method::CreateVolume,
+            Step::Expand => Method::ControllerExpandVolume,
+            Step::Snapshot => Method::CreateSnapshot,
+            Step::Attach => Method::ControllerPublishVolume,
+            Step::Detach => Method::ControllerUnpublishVolume,
+            Step::DeleteSnapshot => Method::DeleteSnapshot,
+            Step::DeleteVolume => Method::DeleteVolume,
+        }
+    }
+}
+
 /// Every message a user could read about the test's objects, as it appears: Event messages,
 /// VolumeAttachments' attach and detach errors, snapshot contents' errors (the last two are
 /// cleared on success, so they are watched, not listed at the end).
@@ -334,15 +370,41 @@ impl World {
         e2e::state::assert_driver_matches_cluster(&self.own.driver, &self.own.driver_name).await;
     }
 
-    /// Queues one fault of each code for `method`, runs `act`, waits for `done`; then each
-    /// fault was used, its message reached a user-visible message, and the driver was called
-    /// at most `limit` times. Returns (calls, an example message) for the report.
-    async fn each_code<A, D, DF>(&self, method: Method, act: A, done: D) -> (u64, String)
-    where
-        A: std::future::Future<Output = ()>,
-        D: FnMut() -> DF,
-        DF: std::future::Future<Output = Option<()>>,
-    {
+    /// Asks for `step` of the claims `names`.
+    async fn act(&self, step: Step, names: &[String]) {
+        match step {
+            Step::Provision => self.create_claims(names).await,
+            Step::Expand => self.expand(names, "2Gi").await,
+            Step::Snapshot => self.snapshot(names).await,
+            Step::Attach => self.attach(names).await,
+            Step::Detach => self.detach(names).await,
+            Step::DeleteSnapshot => self.delete_snapshots(names).await,
+            Step::DeleteVolume => self.delete_claims(names).await,
+        }
+    }
+
+    /// Whether `step` is done for the claims `names` (a deletion: for everything of the
+    /// driver's kind).
+    async fn done(&self, step: Step, names: &[String]) -> Option<()> {
+        match step {
+            Step::Provision => self.all_bound(names).await,
+            Step::Expand => self.all_expanded(names, "2Gi").await,
+            Step::Snapshot => self.all_ready(names).await,
+            Step::Attach => self.all_attached(names).await,
+            Step::Detach => {
+                self.all_gone(&self.vas, names.iter().map(|c| self.va_name(c)))
+                    .await
+            }
+            Step::DeleteSnapshot => self.our_contents().await.is_empty().then_some(()),
+            Step::DeleteVolume => self.our_pvs().await.is_empty().then_some(()),
+        }
+    }
+
+    /// Queues one fault of each code for `step`'s RPC, asks for the step and waits until it
+    /// is done; then each fault was used, its message reached a user-visible message, and the
+    /// driver was called a bounded number of times. Returns (calls, an example message).
+    async fn each_code(&self, step: Step, names: &[String]) -> (u64, String) {
+        let method = step.method();
         let before = self.own.driver.calls(method);
         let tokens: Vec<String> = CODES
             .iter()
@@ -353,8 +415,11 @@ impl World {
                 .driver
                 .inject(method, Fault::error(*code, token.clone()).once());
         }
-        act.await;
-        eventually(&format!("{method} recovered"), WAIT, done).await;
+        self.act(step, names).await;
+        eventually(&format!("{method} recovered"), WAIT, || {
+            self.done(step, names)
+        })
+        .await;
         eventually(
             &format!("{method} errors shown"),
             Duration::from_secs(30),
@@ -380,20 +445,16 @@ impl World {
         (calls, example)
     }
 
-    /// Makes every call of `method` hang after the driver did its work (the answer is lost),
-    /// runs `act`, and once three calls hang restarts the driver; `done` must follow. Returns
-    /// how long after the restart.
-    async fn restart_during<A, D, DF>(&self, method: Method, act: A, done: D) -> Duration
-    where
-        A: std::future::Future<Output = ()>,
-        D: FnMut() -> DF,
-        DF: std::future::Future<Output = Option<()>>,
-    {
+    /// Makes every call of `step`'s RPC hang after the driver did its work (the answer is
+    /// lost), asks for the step, and once three calls hang restarts the driver; the step must
+    /// then finish. Returns how long after the restart.
+    async fn restart_during(&self, step: Step, names: &[String]) -> Duration {
+        let method = step.method();
         let before = self.own.driver.calls(method);
         self.own
             .driver
             .inject(method, Fault::hang().after_handling());
-        act.await;
+        self.act(step, names).await;
         eventually(
             &format!("three {method} calls hanging"),
             Duration::from_secs(60),
@@ -403,7 +464,10 @@ impl World {
         self.own.driver.clear_faults();
         self.own.restart_driver(Duration::from_secs(2)).await;
         let back = Instant::now();
-        eventually(&format!("{method} done after the restart"), WAIT, done).await;
+        eventually(&format!("{method} done after the restart"), WAIT, || {
+            self.done(step, names)
+        })
+        .await;
         back.elapsed()
     }
 
@@ -454,64 +518,14 @@ impl World {
 async fn every_grpc_code_from_every_call_is_shown_then_recovered() {
     let _alone = ALONE.lock().await;
     let mut w = World::start("codes").await;
-    let n = CODES.len();
-    let claims = w.names("c", n);
+    let claims = w.names("c", CODES.len());
     let mut report = Vec::new();
-
-    report.push((
-        Method::CreateVolume,
-        w.each_code(Method::CreateVolume, w.create_claims(&claims), || {
-            w.all_bound(&claims)
-        })
-        .await,
-    ));
-    report.push((
-        Method::ControllerExpandVolume,
-        w.each_code(
-            Method::ControllerExpandVolume,
-            w.expand(&claims, "2Gi"),
-            || w.all_expanded(&claims, "2Gi"),
-        )
-        .await,
-    ));
-    report.push((
-        Method::CreateSnapshot,
-        w.each_code(Method::CreateSnapshot, w.snapshot(&claims), || {
-            w.all_ready(&claims)
-        })
-        .await,
-    ));
-    report.push((
-        Method::ControllerPublishVolume,
-        w.each_code(Method::ControllerPublishVolume, w.attach(&claims), || {
-            w.all_attached(&claims)
-        })
-        .await,
-    ));
-    w.driver_matches_cluster().await;
-    report.push((
-        Method::ControllerUnpublishVolume,
-        w.each_code(Method::ControllerUnpublishVolume, w.detach(&claims), || {
-            w.all_gone(&w.vas, claims.iter().map(|c| w.va_name(c)))
-        })
-        .await,
-    ));
-    let contents = w.our_contents().await;
-    report.push((
-        Method::DeleteSnapshot,
-        w.each_code(Method::DeleteSnapshot, w.delete_snapshots(&claims), || {
-            w.all_gone(&w.contents, contents.clone())
-        })
-        .await,
-    ));
-    let pvs: Vec<String> = w.our_pvs().await.into_keys().collect();
-    report.push((
-        Method::DeleteVolume,
-        w.each_code(Method::DeleteVolume, w.delete_claims(&claims), || {
-            w.all_gone(&w.pvs, pvs.clone())
-        })
-        .await,
-    ));
+    for step in Step::ALL {
+        report.push((step.method(), w.each_code(step, &claims).await));
+        if let Step::Attach = step {
+            w.driver_matches_cluster().await;
+        }
+    }
     w.nothing_left().await;
     for (method, (calls, example)) in &report {
         eprintln!("{method}: 16 codes shown and recovered, {calls} calls; e.g. {example:?}");
@@ -525,60 +539,12 @@ async fn a_driver_restarted_while_each_kind_of_call_hangs_loses_and_repeats_noth
     let mut w = World::start("restart").await;
     let claims = w.names("r", 3);
     let mut report = Vec::new();
-    report.push((
-        Method::CreateVolume,
-        w.restart_during(Method::CreateVolume, w.create_claims(&claims), || {
-            w.all_bound(&claims)
-        })
-        .await,
-    ));
-    report.push((
-        Method::ControllerExpandVolume,
-        w.restart_during(
-            Method::ControllerExpandVolume,
-            w.expand(&claims, "2Gi"),
-            || w.all_expanded(&claims, "2Gi"),
-        )
-        .await,
-    ));
-    report.push((
-        Method::CreateSnapshot,
-        w.restart_during(Method::CreateSnapshot, w.snapshot(&claims), || {
-            w.all_ready(&claims)
-        })
-        .await,
-    ));
-    report.push((
-        Method::ControllerPublishVolume,
-        w.restart_during(Method::ControllerPublishVolume, w.attach(&claims), || {
-            w.all_attached(&claims)
-        })
-        .await,
-    ));
-    w.driver_matches_cluster().await;
-    report.push((
-        Method::ControllerUnpublishVolume,
-        w.restart_during(Method::ControllerUnpublishVolume, w.detach(&claims), || {
-            w.all_gone(&w.vas, claims.iter().map(|c| w.va_name(c)))
-        })
-        .await,
-    ));
-    let contents = w.our_contents().await;
-    report.push((
-        Method::DeleteSnapshot,
-        w.restart_during(Method::DeleteSnapshot, w.delete_snapshots(&claims), || {
-            w.all_gone(&w.contents, contents.clone())
-        })
-        .await,
-    ));
-    let pvs: Vec<String> = w.our_pvs().await.into_keys().collect();
-    report.push((
-        Method::DeleteVolume,
-        w.restart_during(Method::DeleteVolume, w.delete_claims(&claims), || {
-            w.all_gone(&w.pvs, pvs.clone())
-        })
-        .await,
-    ));
+    for step in Step::ALL {
+        report.push((step.method(), w.restart_during(step, &claims).await));
+        if let Step::Attach = step {
+            w.driver_matches_cluster().await;
+        }
+    }
     w.nothing_left().await;
     for (method, took) in &report {
         eprintln!("{method}: 3 calls hung, driver restarted, done {took:?} after it was back");

@@ -126,6 +126,19 @@ fn watch_for_early_calls(
     })
 }
 
+/// Waits until standby `id` has seen the leader (it competes from then on).
+async fn wait_observing(r: &ManagerProcess, id: &str) {
+    eventually(
+        &format!("{id} to observe the leader"),
+        Duration::from_secs(90),
+        || async {
+            let log = std::fs::read_to_string(&r.log).ok()?;
+            log.contains("new leader elected").then_some(())
+        },
+    )
+    .await;
+}
+
 async fn wait_bound(pvcs: &Api<PersistentVolumeClaim>, name: &str) -> Instant {
     eventually(
         &format!("claim {name} to be bound"),
@@ -160,15 +173,7 @@ async fn the_standby_takes_over_on_sigterm_and_sigkill_and_provisions_once() {
     let mut b = ManagerProcess::new(&format!("{}-b", own.name), &own.endpoint, &b_refs);
     b.start();
     // "b" competes once it has seen "a" leading.
-    eventually(
-        "b to observe a leading",
-        Duration::from_secs(90),
-        || async {
-            let log = std::fs::read_to_string(&b.log).ok()?;
-            log.contains("new leader elected").then_some(())
-        },
-    )
-    .await;
+    wait_observing(&b, "b").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(leases.common_holder().await.as_deref(), Some("a"));
     assert_eq!(own.driver.calls(Method::CreateVolume), 0);
@@ -439,15 +444,7 @@ async fn three_replicas_move_every_controller_together() {
         r.start();
     }
     for (id, r) in &replicas[1..] {
-        eventually(
-            &format!("{id} to observe a leading"),
-            Duration::from_secs(90),
-            || async {
-                let log = std::fs::read_to_string(&r.log).ok()?;
-                log.contains("new leader elected").then_some(())
-            },
-        )
-        .await;
+        wait_observing(r, id).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(leases.common_holder().await.as_deref(), Some("a"));

@@ -176,25 +176,43 @@ async fn holder(leases: &Api<Lease>, name: &str) -> Option<String> {
     leases.get_opt(name).await.ok()??.spec?.holder_identity
 }
 
-#[tokio::test]
-async fn from_the_sidecars_to_us_and_back() {
-    let mut args = vec![
-        "--controllers=provisioner,attacher,snapshotter",
-        "--leader-election-identity=ours",
-    ];
+/// Ours for a driver of its own (`--controllers=<controllers>`, identity `ours`, leader election
+/// in `LEASE_NAMESPACE`), not started; its class; the driver listed in the kwok nodes'
+/// CSINodes; and the APIs of the test's objects.
+async fn prepare(prefix: &str, controllers: &str) -> (OwnDriver, e2e::NodeMarks, Cluster) {
+    let controllers = format!("--controllers={controllers}");
     let ns_arg = format!("--leader-election-namespace={LEASE_NAMESPACE}");
-    args.push(&ns_arg);
+    let mut args = vec![
+        controllers.as_str(),
+        "--leader-election-identity=ours",
+        ns_arg.as_str(),
+    ];
     args.extend(ELECTION);
-    let mut own = OwnDriver::prepare("migrate", |_| {}, &args).await;
+    let own = OwnDriver::prepare(prefix, |_| {}, &args).await;
     let marks = e2e::mark_nodes(
         &own.driver_name,
         &format!("topology.{}/zone", own.name),
         |_| "z".into(),
     )
     .await;
+    own.create_class(&own.name, Default::default()).await;
+    let c = clients().await;
+    let k = Cluster {
+        snapshots: Api::namespaced(c.main.clone(), &own.name),
+        pvcs: Api::namespaced(c.main.clone(), &own.name),
+        pvs: Api::all(c.main.clone()),
+        pods: Api::namespaced(c.main.clone(), &own.name),
+        vas: Api::all(c.main.clone()),
+        class: own.name.clone(),
+    };
+    (own, marks, k)
+}
+
+#[tokio::test]
+async fn from_the_sidecars_to_us_and_back() {
+    let (mut own, marks, k) = prepare("migrate", "provisioner,attacher,snapshotter").await;
     let c = clients().await;
     let classes: Api<StorageClass> = Api::all(c.main.clone());
-    own.create_class(&own.name, Default::default()).await;
     let snapshot_classes: Api<VolumeSnapshotClass> = Api::all(c.main.clone());
     let snapshot_class = VolumeSnapshotClass {
         metadata: ObjectMeta {
@@ -210,14 +228,6 @@ async fn from_the_sidecars_to_us_and_back() {
         .await
         .unwrap();
     let mut common = snapshot_controller(&own);
-    let k = Cluster {
-        snapshots: Api::namespaced(c.main.clone(), &own.name),
-        pvcs: Api::namespaced(c.main.clone(), &own.name),
-        pvs: Api::all(c.main.clone()),
-        pods: Api::namespaced(c.main.clone(), &own.name),
-        vas: Api::all(c.main.clone()),
-        class: own.name.clone(),
-    };
     let leases: Api<Lease> = Api::namespaced(c.main.clone(), LEASE_NAMESPACE);
     let provisioner_lease = controller_kit::leader::sanitize_name(&own.driver_name);
 
@@ -397,32 +407,10 @@ async fn from_the_sidecars_to_us_and_back() {
 /// new claim waits; once the upstream attacher stops too, ours serves both, each call once.
 #[tokio::test]
 async fn beside_one_live_upstream_sidecar_ours_waits_for_every_lease() {
-    let mut args = vec![
-        "--controllers=provisioner,attacher",
-        "--leader-election-identity=ours",
-    ];
-    let ns_arg = format!("--leader-election-namespace={LEASE_NAMESPACE}");
-    args.push(&ns_arg);
-    args.extend(ELECTION);
-    let mut own = OwnDriver::prepare("beside", |_| {}, &args).await;
-    let marks = e2e::mark_nodes(
-        &own.driver_name,
-        &format!("topology.{}/zone", own.name),
-        |_| "z".into(),
-    )
-    .await;
+    let (mut own, marks, k) = prepare("beside", "provisioner,attacher").await;
     let nodes: Vec<String> = marks.zones.iter().map(|(n, _)| n.clone()).collect();
     let c = clients().await;
     let classes: Api<StorageClass> = Api::all(c.main.clone());
-    own.create_class(&own.name, Default::default()).await;
-    let k = Cluster {
-        snapshots: Api::namespaced(c.main.clone(), &own.name),
-        pvcs: Api::namespaced(c.main.clone(), &own.name),
-        pvs: Api::all(c.main.clone()),
-        pods: Api::namespaced(c.main.clone(), &own.name),
-        vas: Api::all(c.main.clone()),
-        class: own.name.clone(),
-    };
     let leases: Api<Lease> = Api::namespaced(c.main.clone(), LEASE_NAMESPACE);
     let provisioner_lease = controller_kit::leader::sanitize_name(&own.driver_name);
     let attacher_lease = controller_kit::leader::sanitize_name(&format!(
