@@ -78,7 +78,14 @@ pub async fn run_workers<C, K, Fut, E>(
                     () = token.cancelled() => return,
                     key = queue.get() => key,
                 };
-                let pass = AssertUnwindSafe(reconcile(context.clone(), key.clone())).catch_unwind();
+                let poisoned = poisoned(controller, &key);
+                let pass = AssertUnwindSafe(async {
+                    if poisoned {
+                        panic!("injected panic ({PANIC_KEY_ENV})");
+                    }
+                    reconcile(context.clone(), key.clone()).await
+                })
+                .catch_unwind();
                 let result = tokio::select! {
                     biased;
                     () = token.cancelled() => {
@@ -118,6 +125,25 @@ pub async fn run_workers<C, K, Fut, E>(
         });
     }
     while set.join_next().await.is_some() {}
+}
+
+/// Debug builds only: `CSI_CONTROLLER_MANAGER_PANIC_KEY=<controller>/<key>` makes every pass of
+/// that key panic, so the end-to-end suite can show a panic loop on a real cluster
+/// (`e2e/tests/isolation.rs`). Release builds have no such switch.
+pub const PANIC_KEY_ENV: &str = "CSI_CONTROLLER_MANAGER_PANIC_KEY";
+
+#[cfg(debug_assertions)]
+fn poisoned(controller: &str, key: &dyn Display) -> bool {
+    static WANTED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    WANTED
+        .get_or_init(|| std::env::var(PANIC_KEY_ENV).ok().filter(|v| !v.is_empty()))
+        .as_deref()
+        .is_some_and(|wanted| wanted == format!("{controller}/{key}"))
+}
+
+#[cfg(not(debug_assertions))]
+fn poisoned(_controller: &str, _key: &dyn Display) -> bool {
+    false
 }
 
 fn panic_message(panic: &(dyn Any + Send)) -> String {
