@@ -47,21 +47,100 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if has $name $ctx.Values.controllers -}}true{{- end -}}
 {{- end -}}
 
+{{/* Flags of every instance of ours: the central Deployment's and the node DaemonSet's. */}}
+{{- define "ccm.commonArgs" -}}
+- --csi-address=unix://{{ .Values.socket.dir }}/{{ .Values.socket.file }}
+- --timeout={{ .Values.timeout }}
+- --kube-api-qps={{ .Values.kubeApi.qps }}
+- --kube-api-burst={{ .Values.kubeApi.burst }}
+- --retry-interval-start={{ .Values.retryInterval.start }}
+- --retry-interval-max={{ .Values.retryInterval.max }}
+- --log-level={{ .Values.logLevel }}
+- --log-format={{ .Values.logFormat }}
+{{- if .Values.metrics.enabled }}
+- --http-endpoint=:{{ .Values.metrics.port }}
+{{- end }}
+{{- with .Values.featureGates }}
+- --feature-gates={{ range $i, $k := keys . | sortAlpha }}{{ if $i }},{{ end }}{{ $k }}={{ index $.Values.featureGates $k }}{{ end }}
+{{- end }}
+{{- end -}}
+
+{{/* The provisioner's own flags. */}}
+{{- define "ccm.provisionerArgs" -}}
+{{- with .Values.provisioner }}
+{{- if not (kindIs "invalid" .workers) }}
+- --provisioner-worker-threads={{ .workers }}
+{{- end }}
+- --extra-create-metadata={{ .extraCreateMetadata }}
+- --strict-topology={{ .strictTopology }}
+- --volume-name-prefix={{ .volumeNamePrefix }}
+{{- if .defaultFsType }}
+- --default-fstype={{ .defaultFsType }}
+{{- end }}
+{{- if .capacity.enabled }}
+- --enable-capacity
+- --capacity-poll-interval={{ .capacity.pollInterval }}
+- --capacity-ownerref-level=-1
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Environment of every instance of ours. */}}
+{{- define "ccm.env" -}}
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: POD_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+- name: NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Our container's ports, probes, mounts and resources. */}}
+{{- define "ccm.containerRest" -}}
+{{- if .Values.metrics.enabled }}
+ports:
+  - name: http
+    containerPort: {{ .Values.metrics.port }}
+    protocol: TCP
+livenessProbe:
+  httpGet:
+    path: /healthz
+    port: http
+  periodSeconds: 10
+  failureThreshold: 6
+readinessProbe:
+  httpGet:
+    path: /readyz
+    port: http
+  periodSeconds: 5
+{{- end }}
+volumeMounts:
+  - name: socket-dir
+    mountPath: {{ .Values.socket.dir }}
+  {{- with .Values.extraVolumeMounts }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+resources:
+  {{- toYaml .Values.resources | nindent 2 }}
+{{- end -}}
+
 {{/* Our container: csi-controller-manager with its flags. */}}
 {{- define "ccm.container" -}}
 name: csi-controller-manager
 image: {{ include "ccm.image" . }}
 imagePullPolicy: {{ .Values.image.pullPolicy }}
 args:
-  - --csi-address=unix://{{ .Values.socket.dir }}/{{ .Values.socket.file }}
+  {{- include "ccm.commonArgs" . | nindent 2 }}
   - --controllers={{ join "," .Values.controllers }}
-  - --timeout={{ .Values.timeout }}
-  - --kube-api-qps={{ .Values.kubeApi.qps }}
-  - --kube-api-burst={{ .Values.kubeApi.burst }}
-  - --retry-interval-start={{ .Values.retryInterval.start }}
-  - --retry-interval-max={{ .Values.retryInterval.max }}
-  - --log-level={{ .Values.logLevel }}
-  - --log-format={{ .Values.logFormat }}
   {{- if .Values.leaderElection.enabled }}
   - --leader-election
   - --leader-election-namespace={{ include "ccm.leaseNamespace" . }}
@@ -69,29 +148,8 @@ args:
   - --leader-election-renew-deadline={{ .Values.leaderElection.renewDeadline }}
   - --leader-election-retry-period={{ .Values.leaderElection.retryPeriod }}
   {{- end }}
-  {{- if .Values.metrics.enabled }}
-  - --http-endpoint=:{{ .Values.metrics.port }}
-  {{- end }}
-  {{- with .Values.featureGates }}
-  - --feature-gates={{ range $i, $k := keys . | sortAlpha }}{{ if $i }},{{ end }}{{ $k }}={{ index $.Values.featureGates $k }}{{ end }}
-  {{- end }}
   {{- if include "ccm.enabled" (list . "provisioner") }}
-  {{- with .Values.provisioner }}
-  {{- if not (kindIs "invalid" .workers) }}
-  - --provisioner-worker-threads={{ .workers }}
-  {{- end }}
-  - --extra-create-metadata={{ .extraCreateMetadata }}
-  - --strict-topology={{ .strictTopology }}
-  - --volume-name-prefix={{ .volumeNamePrefix }}
-  {{- if .defaultFsType }}
-  - --default-fstype={{ .defaultFsType }}
-  {{- end }}
-  {{- if .capacity.enabled }}
-  - --enable-capacity
-  - --capacity-poll-interval={{ .capacity.pollInterval }}
-  - --capacity-ownerref-level=-1
-  {{- end }}
-  {{- end }}
+  {{- include "ccm.provisionerArgs" . | trim | nindent 2 }}
   {{- end }}
   {{- if include "ccm.enabled" (list . "attacher") }}
   {{- if not (kindIs "invalid" .Values.attacher.workers) }}
@@ -127,46 +185,42 @@ args:
   - {{ . | quote }}
   {{- end }}
 env:
-  - name: POD_NAME
-    valueFrom:
-      fieldRef:
-        fieldPath: metadata.name
-  - name: POD_NAMESPACE
-    valueFrom:
-      fieldRef:
-        fieldPath: metadata.namespace
-  - name: NAMESPACE
-    valueFrom:
-      fieldRef:
-        fieldPath: metadata.namespace
-  {{- with .Values.extraEnv }}
-  {{- toYaml . | nindent 2 }}
-  {{- end }}
-{{- if .Values.metrics.enabled }}
-ports:
-  - name: http
-    containerPort: {{ .Values.metrics.port }}
-    protocol: TCP
-livenessProbe:
-  httpGet:
-    path: /healthz
-    port: http
-  periodSeconds: 10
-  failureThreshold: 6
-readinessProbe:
-  httpGet:
-    path: /readyz
-    port: http
-  periodSeconds: 5
-{{- end }}
-volumeMounts:
-  - name: socket-dir
-    mountPath: {{ .Values.socket.dir }}
-  {{- with .Values.extraVolumeMounts }}
-  {{- toYaml . | nindent 2 }}
-  {{- end }}
-resources:
-  {{- toYaml .Values.resources | nindent 2 }}
+  {{- include "ccm.env" . | nindent 2 }}
+{{ include "ccm.containerRest" . | trim }}
 securityContext:
   {{- toYaml .Values.securityContext | nindent 2 }}
+{{- end -}}
+
+{{/* The pod labels of the node DaemonSet: a name of their own, so that neither the
+Deployment, nor its PodDisruptionBudget, anti-affinity or Service select them. */}}
+{{- define "ccm.nodeSelectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}-node
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* Our container in the node DaemonSet: the provisioner alone, for its node's claims. */}}
+{{- define "ccm.nodeContainer" -}}
+name: csi-controller-manager
+image: {{ include "ccm.image" . }}
+imagePullPolicy: {{ .Values.image.pullPolicy }}
+args:
+  {{- include "ccm.commonArgs" . | nindent 2 }}
+  - --controllers=provisioner
+  - --node-deployment
+  - --node-deployment-immediate-binding={{ .Values.nodeDeployment.immediateBinding }}
+  - --node-deployment-base-delay={{ .Values.nodeDeployment.baseDelay }}
+  - --node-deployment-max-delay={{ .Values.nodeDeployment.maxDelay }}
+  {{- include "ccm.provisionerArgs" . | trim | nindent 2 }}
+  {{- range .Values.extraArgs }}
+  - {{ . | quote }}
+  {{- end }}
+env:
+  {{- include "ccm.env" . | nindent 2 }}
+  - name: NODE_NAME
+    valueFrom:
+      fieldRef:
+        fieldPath: spec.nodeName
+{{ include "ccm.containerRest" . | trim }}
+securityContext:
+  {{- toYaml .Values.nodeDeployment.securityContext | nindent 2 }}
 {{- end -}}
