@@ -93,6 +93,7 @@ pub struct InformerBuilder<K: Watchable> {
     store: Store<K>,
     writer: Writer<K>,
     synced: watch::Sender<bool>,
+    after: Vec<watch::Receiver<bool>>,
 }
 
 impl<K: Watchable> Debug for InformerBuilder<K> {
@@ -116,6 +117,7 @@ impl<K: Watchable> InformerBuilder<K> {
             store,
             writer,
             synced: watch::channel(false).0,
+            after: Vec::new(),
         }
     }
 
@@ -138,6 +140,16 @@ impl<K: Watchable> InformerBuilder<K> {
         handler: impl Fn(&Change<'_, K>) + Send + Sync + 'static,
     ) -> &mut Self {
         self.handlers.push(Arc::new(handler));
+        self
+    }
+
+    /// Starts this type's watch only once `ready` is true (another informer's [`synced`]), for a
+    /// keep predicate that looks into another cache: listed before that cache is filled, it
+    /// could not tell, and what it kept then would stay cached until its next change.
+    ///
+    /// [`synced`]: InformerBuilder::synced
+    pub fn after(&mut self, ready: watch::Receiver<bool>) -> &mut Self {
+        self.after.push(ready);
         self
     }
 
@@ -301,6 +313,18 @@ fn watch_backoff() -> ResetTimerBackoff<watcher::ExponentialBackoff> {
     ResetTimerBackoff::new(exponential.into(), Duration::from_secs(120))
 }
 
+/// Waits until every receiver holds true; false when cancelled first (or a sender is gone
+/// without having turned true).
+async fn all_ready(after: Vec<watch::Receiver<bool>>, token: &CancellationToken) -> bool {
+    for mut ready in after {
+        tokio::select! {
+            () = token.cancelled() => return false,
+            r = ready.wait_for(|v| *v) => if r.is_err() { return false },
+        }
+    }
+    true
+}
+
 /// A watch from a resourceVersion the server no longer has (410 Gone, e.g. after an API
 /// server restart): the watcher relists on its next attempt, which comes at once, as
 /// client-go's reflector does, not after a backoff (once: a second 410 in a row backs off).
@@ -327,12 +351,16 @@ impl<K: Watchable> ErasedInformer for InformerBuilder<K> {
         token: CancellationToken,
         failure: WatchFailure,
     ) -> JoinHandle<()> {
-        let builder = *self;
+        let mut builder = *self;
         let kind = K::kind(&()).into_owned();
         let api: Api<K> = Api::all(client);
+        let after = std::mem::take(&mut builder.after);
         let (config, mut running) = builder.into_running();
         let stream = watcher(api, config);
         tokio::spawn(async move {
+            if !all_ready(after, &token).await {
+                return;
+            }
             let mut stream = std::pin::pin!(stream);
             let mut backoff = watch_backoff();
             let mut relisted = false;
@@ -545,6 +573,37 @@ mod tests {
 
     fn take(log: &Log) -> Vec<String> {
         std::mem::take(&mut *log.lock().unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_watch_after_another_waits_for_it_and_for_nothing_else() {
+        let token = CancellationToken::new();
+        assert!(all_ready(Vec::new(), &token).await);
+        let (first, first_rx) = watch::channel(false);
+        let (second, second_rx) = watch::channel(true);
+        let waiting = tokio::spawn({
+            let token = token.clone();
+            async move { all_ready(vec![first_rx, second_rx], &token).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            !waiting.is_finished(),
+            "started before the first informer synced"
+        );
+        first.send_replace(true);
+        assert!(waiting.await.unwrap());
+        drop(second);
+
+        let (_never, never_rx) = watch::channel(false);
+        let cancelled = tokio::spawn({
+            let token = token.clone();
+            async move { all_ready(vec![never_rx], &token).await }
+        });
+        token.cancel();
+        assert!(
+            !cancelled.await.unwrap(),
+            "a cancelled wait must not start the watch"
+        );
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! # Which claims are cached
 //! The claim informer is shared with the provisioner. The resizer keeps a claim whose
 //! provisioner or resizer annotation names this driver, or whose volume is a cached PV of this
-//! driver (every claim until the PV cache has synced, when it cannot be told). A new PV of this
+//! driver. The claims' watch starts once the PV cache has synced (before, every claim would be
+//! kept, since it cannot be told, and stay cached until its next change). A new PV of this
 //! driver queues its claim, in case the claim's change came first. A claim bound to a static PV
 //! of this driver whose bind event arrives before the PV's is cached at its next change.
 //!
@@ -194,6 +195,9 @@ pub(crate) fn build(
         let (resize, modify) = (queue.clone(), modify_queue.clone());
         informers
             .for_type::<PersistentVolumeClaim>()
+            // Claims are listed once the PVs are, so that another driver's claims are never
+            // cached (the keep predicate looks at the PV cache).
+            .after(pvs_synced.clone())
             .keep(move |pvc| !*pvs_synced.borrow() || may_be_ours(pvc, &d, &ours))
             .on_change(move |change: &Change<'_, PersistentVolumeClaim>| {
                 let Some(key) = NamespacedName::of(&change.object().metadata) else {
