@@ -122,9 +122,12 @@ pub(crate) fn build(
     let vas = {
         let name = driver.name.clone();
         let pvs = pvs.clone();
-        // Foreign VAs naming one of our PVs are kept too: they hold the PV finalizer.
+        let pvs_synced = informers.for_type::<PersistentVolume>().synced();
+        // Foreign VAs naming one of our PVs are kept too: they hold the PV finalizer. They are
+        // listed once the PVs are, so that the PV cache can tell them.
         informers
             .for_type::<VolumeAttachment>()
+            .after(pvs_synced)
             .keep(move |va| {
                 va.spec.attacher == name
                     || request::pv_name(va).is_some_and(|pv| {
