@@ -82,11 +82,14 @@ set +e
 NS=smoke-$(date +%s)
 SC=e2e-smoke-$SMOKE_DRIVER
 VSC=e2e-smoke-$SMOKE_DRIVER
+# Fully qualified: the e2e suite's CRD test serves the same kinds in a group of its own, and
+# kubectl's discovery cache, kept per server address between runs, may still name that group.
+SNAPS=volumesnapshots.snapshot.storage.k8s.io CONTENTS=volumesnapshotcontents.snapshot.storage.k8s.io
 echo "== smoke: driver $DRIVER_KIND ($DRIVER_NAME), controllers: $(<"$E2E_DIR/sidecars.mode"), namespace $NS"
 
 diagnose() {
 	echo "---- diagnostics ($*)"
-	k -n "$NS" get pvc,pod,volumesnapshot -o wide 2>&1 || true
+	k -n "$NS" get pvc,pod,"$SNAPS" -o wide 2>&1 || true
 	k get pv,volumeattachment 2>&1 || true
 	k -n "$NS" get events --sort-by=.lastTimestamp 2>&1 | tail -n 15 || true
 	local c
@@ -194,11 +197,11 @@ spec:
   volumeSnapshotClassName: $VSC
   source: {persistentVolumeClaimName: data}
 EOF
-snap_ready() { [[ $(k -n "$NS" get volumesnapshot snap -o jsonpath='{.status.readyToUse}') == true ]]; }
+snap_ready() { [[ $(k -n "$NS" get "$SNAPS" snap -o jsonpath='{.status.readyToUse}') == true ]]; }
 if wait_for "$SMOKE_TIMEOUT" snap_ready; then
-	CONTENT=$(k -n "$NS" get volumesnapshot snap -o jsonpath='{.status.boundVolumeSnapshotContentName}')
-	k -n "$NS" delete volumesnapshot snap --wait=false >/dev/null
-	content_gone() { ! k get volumesnapshotcontent "$CONTENT" >/dev/null 2>&1; }
+	CONTENT=$(k -n "$NS" get "$SNAPS" snap -o jsonpath='{.status.boundVolumeSnapshotContentName}')
+	k -n "$NS" delete "$SNAPS" snap --wait=false >/dev/null
+	content_gone() { ! k get "$CONTENTS" "$CONTENT" >/dev/null 2>&1; }
 	if wait_for "$SMOKE_TIMEOUT" content_gone; then
 		ok "VolumeSnapshot readyToUse, then deleted with its content"
 	else
