@@ -7,6 +7,9 @@
 #                     builds the upstream provisioner; stops the cluster on exit
 #   bench_namespace NAME  a namespace NAME and a StorageClass NAME of the driver (Immediate
 #                     binding, Delete policy)
+#   bench_cpu         a JSON object: CPU seconds (user + system) used so far by each process the
+#                     run dir records (control plane, csi-mock, the benchmark's own), by name
+#   bench_cpu_delta BEFORE AFTER  the CPU seconds used in between, per process, as JSON
 # shellcheck shell=bash
 
 # shellcheck source=common.sh
@@ -32,6 +35,13 @@ bench_env() {
 	# another cluster (the test command's, say) would point them elsewhere.
 	export KUBECONFIG=$KUBECONFIG_FILE
 	[[ -x $OURS_BIN ]] || die "$OURS_BIN not found: build it with 'cargo build -p controller-manager'"
+	# csi-mock from the same build as ours when there is one (a release build for figures: the
+	# debug build's driver took as much CPU as the API server in a 1,000-claim run).
+	local mock
+	mock=$(dirname "$OURS_BIN")/csi-mock
+	if [[ -z ${CSI_MOCK_BIN:-} && -x $mock ]]; then
+		export CSI_MOCK_BIN=$mock
+	fi
 }
 
 bench_cluster() {
@@ -68,4 +78,26 @@ provisioner: $DRIVER_NAME
 reclaimPolicy: Delete
 volumeBindingMode: Immediate
 YAML
+}
+
+bench_cpu() {
+	python3 - "$E2E_DIR/pids" <<'PY'
+import glob, json, os, sys
+tick = os.sysconf("SC_CLK_TCK")
+out = {}
+for f in sorted(glob.glob(os.path.join(sys.argv[1], "*.pid"))):
+    try:
+        stat = open(f"/proc/{open(f).read().strip()}/stat").read()
+    except OSError:
+        continue
+    fields = stat[stat.rindex(")") + 2:].split()
+    out[os.path.basename(f)[:-4]] = (int(fields[11]) + int(fields[12])) / tick
+print(json.dumps(out))
+PY
+}
+
+bench_cpu_delta() {
+	python3 -c 'import json, sys
+a, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+print(json.dumps({k: round(v - a.get(k, 0), 1) for k, v in b.items()}))' "$1" "$2"
 }

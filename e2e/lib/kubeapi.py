@@ -9,10 +9,17 @@ import os
 import platform
 import re
 import ssl
+import sys
 import threading
 import time
 import http.client
 import urllib.parse
+
+
+def fatal(message):
+    """Ends the whole process from any thread (SystemExit would end only the thread, quietly)."""
+    print(message, file=sys.stderr, flush=True)
+    os._exit(1)
 
 
 class Api:
@@ -24,6 +31,8 @@ class Api:
         self.token = re.search(r"token:\s*(\S+)", cfg).group(1)
         self.ctx = ssl._create_unverified_context()  # a local, throwaway control plane
         self.timeout = timeout
+        self.lock = threading.Lock()
+        self.watch_restarts = 0
 
     def conn(self):
         return http.client.HTTPSConnection(self.server.hostname, self.server.port,
@@ -46,25 +55,35 @@ class Api:
         return self.call(self.conn(), "GET", f"{path}{sep}limit=1")["metadata"]["resourceVersion"]
 
     def watch(self, path, on):
-        """Watches `path` from now in a daemon thread: `on(type, object, monotonic time)`."""
+        """Watches `path` from now in a daemon thread: `on(type, object, monotonic time)`. The API
+        server ends a watch whose client reads too slowly; the watch is then resumed from the last
+        resourceVersion seen (the events in between arrive late, so their times are too) and
+        counted in `self.watch_restarts`."""
         rv = self.resource_version(path)
 
         def run():
-            c = self.conn()
+            nonlocal rv
             sep = "&" if "?" in path else "?"
-            c.request("GET", f"{path}{sep}watch=1&resourceVersion={rv}",
-                      headers={"Authorization": "Bearer " + self.token})
-            r = c.getresponse()
-            buf = b""
             while True:
-                line = r.readline()
-                if not line:
-                    return
-                buf += line
-                if not buf.endswith(b"\n"):
-                    continue
-                ev, buf = json.loads(buf), b""
-                on(ev["type"], ev["object"], time.monotonic())
+                c = self.conn()
+                c.request("GET", f"{path}{sep}watch=1&resourceVersion={rv}",
+                          headers={"Authorization": "Bearer " + self.token})
+                r = c.getresponse()
+                if r.status != 200:
+                    fatal(f"watch {path}: {r.status} {r.read()[:300]!r}")
+                while True:
+                    line = r.readline()
+                    if not line.endswith(b"\n"):
+                        break
+                    ev = json.loads(line)
+                    if ev["type"] == "ERROR":
+                        fatal(f"watch {path}: {ev['object']}")
+                    rv = ev["object"]["metadata"]["resourceVersion"]
+                    on(ev["type"], ev["object"], time.monotonic())
+                c.close()
+                with self.lock:
+                    self.watch_restarts += 1
+                print(f"watch {path} ended by the server; resumed from {rv}", file=sys.stderr)
 
         threading.Thread(target=run, daemon=True).start()
         time.sleep(0.5)
