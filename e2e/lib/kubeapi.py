@@ -66,13 +66,17 @@ class Api:
             sep = "&" if "?" in path else "?"
             while True:
                 c = self.conn()
-                c.request("GET", f"{path}{sep}watch=1&resourceVersion={rv}",
+                # The server ends the watch before the socket's timeout would in a quiet spell.
+                c.request("GET", f"{path}{sep}watch=1&resourceVersion={rv}&timeoutSeconds={self.timeout // 2}",
                           headers={"Authorization": "Bearer " + self.token})
                 r = c.getresponse()
                 if r.status != 200:
                     fatal(f"watch {path}: {r.status} {r.read()[:300]!r}")
                 while True:
-                    line = r.readline()
+                    try:
+                        line = r.readline()
+                    except OSError:  # a timeout or a reset: resume as after the server's end
+                        break
                     if not line.endswith(b"\n"):
                         break
                     ev = json.loads(line)

@@ -3,10 +3,11 @@
 //! never delay a lease renewal.
 
 use std::path::Path;
-use std::time::Duration;
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
+
+mod token_bucket;
 
 /// The User-Agent of the controllers' client.
 pub const USER_AGENT: &str = concat!("csi-controller-manager/", env!("CARGO_PKG_VERSION"));
@@ -146,11 +147,10 @@ async fn load_config(source: Source<'_>) -> Result<Config, ClientError> {
     Ok(config)
 }
 
-/// `burst` requests per `burst / qps` seconds: the same long-run rate as client-go's token
-/// bucket, and the same largest burst.
+/// client-go's token bucket: `burst` requests at once, `qps` a second sustained
+/// ([`token_bucket`]).
 fn rate_limited(config: Config, qps: f32, burst: u32) -> Result<Client, ClientError> {
-    let window = Duration::from_secs_f64(f64::from(burst) / f64::from(qps));
     Ok(kube::client::ClientBuilder::try_from(config)?
-        .with_layer(&tower::limit::RateLimitLayer::new(u64::from(burst), window))
+        .with_layer(&token_bucket::TokenBucketLayer::new(qps, burst))
         .build())
 }

@@ -23,6 +23,7 @@ mod claims;
 mod content;
 mod deletion;
 mod group;
+mod group_writes;
 pub mod group_plan;
 mod members;
 pub mod plan;
