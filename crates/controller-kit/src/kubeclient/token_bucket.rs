@@ -153,7 +153,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn requests_after_the_burst_wait_for_the_next_token_not_a_window() {
         let t0 = Instant::now();
-        let inner = tower::service_fn(|()| async { Ok::<_, std::convert::Infallible>(Instant::now()) });
+        let inner =
+            tower::service_fn(|()| async { Ok::<_, std::convert::Infallible>(Instant::now()) });
         let mut svc = TokenBucketLayer::new(2.0, 4).layer(inner);
         let mut sent = Vec::new();
         for _ in 0..6 {

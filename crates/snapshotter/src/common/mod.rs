@@ -23,8 +23,8 @@ mod claims;
 mod content;
 mod deletion;
 mod group;
-mod group_writes;
 pub mod group_plan;
+mod group_writes;
 mod members;
 pub mod plan;
 
