@@ -240,6 +240,11 @@ async fn a_transient_error_keeps_the_target_until_it_resolves() {
         current(&h).as_deref() == Some("platinum")
     })
     .await;
+    // The success Event follows the status write (as upstream's): wait for it too.
+    eventually("the platinum success event", || {
+        h.has_event("VolumeModifySuccessful/Modify: external resizer modified volume c with vac platinum successfully")
+    })
+    .await;
     let events = h.events();
     let gold_done = events
         .iter()
