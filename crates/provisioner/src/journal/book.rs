@@ -2,7 +2,7 @@
 //! yet made and the records waiting for them ([`Book`]), what one write sends ([`Batch`]), and
 //! when the writer writes ([`next`], group commit). The I/O around it is in the parent module.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -29,16 +29,21 @@ pub enum Next {
     Wait(Duration),
 }
 
-/// Group commit, decided when no write is in flight: `records` how many records wait,
+/// Group commit, decided whenever the writer may start a write (fewer than
+/// [`MAX_IN_FLIGHT`](super::MAX_IN_FLIGHT) in flight): `records` how many records wait,
 /// `anything` whether a record or a release waits, `since_record_write` how long ago the last
-/// write with records started, `full` how many waiting records are worth a write at once.
+/// write with records started, `full` how many waiting records are worth a write at once,
+/// `in_flight` how many writes are in flight.
 ///
 /// - A record after a quiet spell (no record write for [`LINGER`]) is written at once: a lone
 ///   claim pays one round trip.
 /// - While records stream in, they share one patch per [`LINGER`], unless `full` of them wait
-///   (half the claim workers, at most `FULL_WRITE`): then at once, so the journal never holds
-///   most workers idle; a burst is written as fast as the API server stores it, each patch
-///   carrying what arrived during the previous one.
+///   (half the claim workers, at most `FULL_WRITE`): then at once, also while other writes are
+///   in flight, so the journal never holds most workers idle; a burst is written as fast as the
+///   API server stores it, in several patches at a time, each carrying what arrived since the
+///   one before.
+/// - Fewer than `full` records never start a write while another is in flight: they wait for
+///   its answer (or for more records), so a trickle is not split into a write per record.
 /// - Releases never start a write while records flow: they ride along with the next record, or
 ///   go alone after [`RELEASE_WINDOW`] without one (the last releases of a burst share one).
 pub fn next(
@@ -46,9 +51,13 @@ pub fn next(
     anything: bool,
     since_record_write: Option<Duration>,
     full: usize,
+    in_flight: usize,
 ) -> Next {
     if records >= full.max(1) {
         return Next::Write;
+    }
+    if in_flight > 0 {
+        return Next::Idle;
     }
     if records > 0 {
         return match since_record_write {
@@ -94,6 +103,10 @@ pub struct Book {
     waiters: Vec<Waiter>,
     /// Bytes of the entries plus the records pending, per shard.
     bytes: Vec<usize>,
+    /// Volume names in a write in flight. A name stays out of new batches until that write is
+    /// answered: two writes in flight may be applied in either order, so a later write of the
+    /// same name (a release after its record) must not start before the earlier one is stored.
+    in_flight: BTreeSet<String>,
 }
 
 /// One batched write.
@@ -195,28 +208,71 @@ impl Book {
         self.pending_shard.insert(volume.to_string(), shard);
     }
 
-    /// Whether any record waits, whether anything (a record or a release) waits.
+    /// Whether any record waits, whether anything (a record or a release) waits, for a write
+    /// that may start now (names in a write in flight wait for its answer and do not count).
     pub fn waiting(&self) -> (bool, bool) {
-        (!self.waiters.is_empty(), !self.pending.is_empty())
+        let free = |k: &String| !self.in_flight.contains(k);
+        (self.records_waiting() > 0, self.pending.keys().any(free))
     }
 
-    /// How many records wait.
+    /// How many records wait for a write that may start now.
     pub fn records_waiting(&self) -> usize {
-        self.waiters.len()
+        self.waiters
+            .iter()
+            .filter(|w| !self.in_flight.contains(&w.intent.volume_name))
+            .count()
     }
 
-    /// Takes everything pending as one batch, with the waiters it answers.
+    /// Takes everything pending as one batch, with the waiters it answers, except the names in
+    /// a write in flight (they wait for its answer); the batch's names are in flight until
+    /// [`Book::stored`] or [`Book::failed`].
     pub fn take(&mut self) -> (Batch, Vec<Waiter>) {
-        let data = std::mem::take(&mut self.pending);
-        let shard = std::mem::take(&mut self.pending_shard);
-        (Batch { data, shard }, std::mem::take(&mut self.waiters))
+        let held: BTreeSet<String> = self
+            .pending
+            .keys()
+            .filter(|k| self.in_flight.contains(*k))
+            .cloned()
+            .collect();
+        let (mut data, mut shard) = (
+            std::mem::take(&mut self.pending),
+            std::mem::take(&mut self.pending_shard),
+        );
+        for k in &held {
+            if let Some(v) = data.remove(k) {
+                self.pending.insert(k.clone(), v);
+            }
+            if let Some(s) = shard.remove(k) {
+                self.pending_shard.insert(k.clone(), s);
+            }
+        }
+        let (waiters, kept) = std::mem::take(&mut self.waiters)
+            .into_iter()
+            .partition(|w| !held.contains(&w.intent.volume_name));
+        self.waiters = kept;
+        self.in_flight.extend(data.keys().cloned());
+        (Batch { data, shard }, waiters)
+    }
+
+    /// How many names are in writes in flight.
+    pub fn names_in_flight(&self) -> usize {
+        self.in_flight.len()
     }
 
     /// The batch was stored: recorded entries become visible.
-    pub fn stored(&mut self, waiters: Vec<Waiter>) {
+    pub fn stored(&mut self, batch: &Batch, waiters: Vec<Waiter>) {
+        for k in batch.data.keys() {
+            self.in_flight.remove(k);
+        }
         for w in waiters {
-            // The pending bytes become the entry's.
             let volume = w.intent.volume_name.clone();
+            if matches!(self.pending.get(&volume), Some(None)) {
+                // Released while its write was in flight: stored, and already on its way out.
+                let bytes = self.shard_bytes(w.shard);
+                *bytes = bytes.saturating_sub(w.size);
+                let _ = w.answer.send(Ok(()));
+                continue;
+            }
+            // The pending bytes become the entry's.
             if let Some((_, old, at)) = self.entries.insert(volume, (w.intent, w.size, w.shard)) {
                 let bytes = self.shard_bytes(at);
                 *bytes = bytes.saturating_sub(old);
@@ -228,6 +284,9 @@ impl Book {
     /// The batch failed: records are answered with the error (their passes retry); releases are
     /// queued again unless something newer replaced them.
     pub fn failed(&mut self, batch: Batch, waiters: Vec<Waiter>, error: &str) {
+        for k in batch.data.keys() {
+            self.in_flight.remove(k);
+        }
         for w in waiters {
             let bytes = self.shard_bytes(w.shard);
             *bytes = bytes.saturating_sub(w.size);

@@ -2,12 +2,13 @@
 //! volumes it may be creating (see `README.md`, "No leak").
 //!
 //! ConfigMaps in the manager's namespace (one per driver, sharded beyond 900 KiB, see [`Book`])
-//! hold one entry per volume name (the [`Intent`] as JSON). Writes use group commit ([`next`]): one writer makes one JSON merge patch
-//! at a time, and whatever arrives during a write goes into the next one. A record after a quiet
-//! spell is written at once (a lone claim pays one round trip); while records stream in, they share
-//! one patch per [`LINGER`], or go at once when half the claim workers (at most [`FULL_WRITE`])
-//! wait (so a burst is written as fast as the API server stores it, each patch carrying what
-//! arrived during the previous one, and the journal never caps throughput at workers per window).
+//! hold one entry per volume name (the [`Intent`] as JSON). Writes use group commit ([`next`]): one
+//! writer task makes JSON merge patches, and whatever arrives during a write goes into a later
+//! one. A record after a quiet spell is written at once (a lone claim pays one round trip); while
+//! records stream in, they share one patch per [`LINGER`], or go at once when half the claim
+//! workers (at most [`FULL_WRITE`]) wait, even while other writes are in flight (up to
+//! [`MAX_IN_FLIGHT`]): a burst is written as fast as the API server stores it, a record waiting
+//! one round trip, and the journal never caps throughput at workers per window.
 //! Releases never start a write of their own while records flow: they ride along with the next
 //! record, or go alone after [`RELEASE_WINDOW`] without one, so they cost about one patch per
 //! burst, not one per volume. Users' PVCs carry nothing of ours.
@@ -17,7 +18,8 @@
 //!   after the patch returned), and its entry is visible to lookups only from then on.
 //! - A release may be lost in a crash, which is harmless: the entry's PV exists, and the next
 //!   leader releases it again after one look at its cache.
-//! - At most one write is in flight (a single writer task), so patches are applied in order.
+//! - A volume name is in at most one write in flight ([`Book::take`]): writes in flight may be
+//!   applied in any order, and each names only its own keys, so no write undoes another.
 //!
 //! Only the leader writes (the writer runs inside the controller's leader-only `run`), and each
 //! patch names only the keys it sets or removes, so nothing another writer stored is overwritten.
@@ -57,6 +59,12 @@ pub const FULL_WRITE: usize = 10;
 /// claim back for 20 s after the server's return (`e2e/tests/outage.rs`), where 5 s costs one
 /// write attempt per 5 s while the server is away.
 const WRITE_BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(5));
+
+/// Journal writes in flight at most. While claims stream in, a write of `FULL_WRITE` waiting
+/// records starts without waiting for the one before (a record's wait is one round trip, not
+/// up to two); each write names only its own keys, and a key is never in two at once (see
+/// [`Book::take`]), so their order does not matter.
+pub const MAX_IN_FLIGHT: usize = 4;
 
 /// Label on every journal ConfigMap.
 pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
@@ -212,70 +220,90 @@ impl Journal {
         serde_json::json!({"journal": self.name, "intents": self.book().in_flight()})
     }
 
-    /// The writer (group commit, see [`next`]): one patch at a time, until `token` is cancelled.
+    /// The writer (group commit, see [`next`]): until `token` is cancelled.
     pub async fn write(&self, token: CancellationToken) {
         self.write_to(self, token).await;
     }
 
-    /// The writer's loop, storing each batch with `store` (the API server, or a test's fake).
+    /// The writer's loop, storing each batch with `store` (the API server, or a test's fake):
+    /// up to [`MAX_IN_FLIGHT`] writes at a time, each started when [`next`] says so.
     async fn write_to(&self, store: &impl Store, token: CancellationToken) {
+        use futures::stream::{FuturesUnordered, StreamExt};
         use tokio::time::Instant;
         let mut backoff = WRITE_BACKOFF.0;
+        // After a failed write, no new one starts before this.
+        let mut paused_until: Option<Instant> = None;
         let mut last_record_write: Option<Instant> = None;
+        // When a waiting write goes (a later look may only bring it forward).
         let mut deadline: Option<Instant> = None;
+        let mut writes = FuturesUnordered::new();
         loop {
-            let (records, anything) = {
-                let book = self.book();
-                (book.records_waiting(), book.waiting().1)
+            let now = Instant::now();
+            let paused = paused_until.is_some_and(|t| t > now);
+            let decision = if paused || writes.len() >= MAX_IN_FLIGHT {
+                Next::Idle
+            } else {
+                let (records, anything) = {
+                    let book = self.book();
+                    (book.records_waiting(), book.waiting().1)
+                };
+                let since = last_record_write.map(|t| now - t);
+                next(records, anything, since, self.full, writes.len())
             };
-            let since = last_record_write.map(|t| t.elapsed());
-            match next(records, anything, since, self.full) {
-                Next::Idle => {
-                    tokio::select! {
-                        () = token.cancelled() => return,
-                        () = self.wake.notified() => continue,
-                    }
-                }
+            let write_now = match decision {
+                Next::Write => true,
                 Next::Wait(wait) => {
-                    // A later look may only bring the write forward.
-                    let until = *deadline.insert(
-                        deadline.map_or(Instant::now() + wait, |d| d.min(Instant::now() + wait)),
-                    );
-                    tokio::select! {
-                        () = token.cancelled() => return,
-                        () = tokio::time::sleep_until(until) => {}
-                        () = self.wake.notified() => continue,
-                    }
+                    let until =
+                        *deadline.insert(deadline.map_or(now + wait, |d| d.min(now + wait)));
+                    until <= now
                 }
-                Next::Write => {}
-            }
-            deadline = None;
-            let (batch, waiters) = self.book().take();
-            let started = Instant::now();
-            if !waiters.is_empty() {
-                last_record_write = Some(started);
-            }
-            match store.store(&batch).await {
-                Ok(()) => {
-                    tracing::debug!(
-                        journal = %self.name,
-                        records = waiters.len(),
-                        releases = batch.data.values().filter(|v| v.is_none()).count(),
-                        elapsed_ms = started.elapsed().as_millis() as u64,
-                        "journal written"
-                    );
-                    self.book().stored(waiters);
-                    backoff = WRITE_BACKOFF.0;
+                Next::Idle => false,
+            };
+            if write_now {
+                deadline = None;
+                let (batch, waiters) = self.book().take();
+                if !waiters.is_empty() {
+                    last_record_write = Some(now);
                 }
-                Err(e) => {
-                    let message = e.to_string();
-                    tracing::warn!(journal = %self.name, error = %message, "journal write failed");
-                    self.book().failed(batch, waiters, &message);
-                    tokio::select! {
-                        () = token.cancelled() => return,
-                        () = tokio::time::sleep(backoff) => {}
+                writes.push(async move {
+                    let result = store.store(&batch).await;
+                    (batch, waiters, now, result)
+                });
+                continue;
+            }
+            let wake_at = if paused {
+                paused_until
+            } else if matches!(decision, Next::Wait(_)) {
+                deadline
+            } else {
+                None
+            };
+            tokio::select! {
+                () = token.cancelled() => return,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep_until(wake_at.unwrap_or(now)), if wake_at.is_some() => {}
+                Some((batch, waiters, started, result)) = writes.next(), if !writes.is_empty() => {
+                    match result {
+                        Ok(()) => {
+                            tracing::debug!(
+                                journal = %self.name,
+                                records = waiters.len(),
+                                releases = batch.data.values().filter(|v| v.is_none()).count(),
+                                in_flight = writes.len(),
+                                elapsed_ms = started.elapsed().as_millis() as u64,
+                                "journal written"
+                            );
+                            self.book().stored(&batch, waiters);
+                            backoff = WRITE_BACKOFF.0;
+                        }
+                        Err(e) => {
+                            let message = e.to_string();
+                            tracing::warn!(journal = %self.name, error = %message, "journal write failed");
+                            self.book().failed(batch, waiters, &message);
+                            paused_until = Some(Instant::now() + backoff);
+                            backoff = (backoff * 2).min(WRITE_BACKOFF.1);
+                        }
                     }
-                    backoff = (backoff * 2).min(WRITE_BACKOFF.1);
                 }
             }
         }

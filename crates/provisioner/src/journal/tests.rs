@@ -29,8 +29,8 @@ fn book_with_pvc_1() -> Book {
     let mut book = Book::default();
     let (tx, _rx) = waiter();
     book.record(&intent("pvc-1", "1"), tx).unwrap();
-    let (_, waiters) = book.take();
-    book.stored(waiters);
+    let (batch, waiters) = book.take();
+    book.stored(&batch, waiters);
     book
 }
 
@@ -48,24 +48,30 @@ fn ms(n: u64) -> Duration {
 
 #[rstest]
 // A lone record (no record write for LINGER, or ever) is written at once.
-#[case::first_record(1, true, None, 50, Next::Write)]
-#[case::after_a_quiet_spell(1, true, Some(LINGER), 50, Next::Write)]
+#[case::first_record(1, true, None, 50, 0, Next::Write)]
+#[case::after_a_quiet_spell(1, true, Some(LINGER), 50, 0, Next::Write)]
 // While records stream in, they wait for others until LINGER after the last record write...
-#[case::in_a_stream(3, true, Some(ms(100)), 50, Next::Wait(LINGER - ms(100)))]
+#[case::in_a_stream(3, true, Some(ms(100)), 50, 0, Next::Wait(LINGER - ms(100)))]
 // ... unless half the workers wait on the journal.
-#[case::full(50, true, Some(ms(10)), 50, Next::Write)]
-#[case::full_of_one(1, true, Some(ms(10)), 1, Next::Write)]
+#[case::full(50, true, Some(ms(10)), 50, 0, Next::Write)]
+#[case::full_of_one(1, true, Some(ms(10)), 1, 0, Next::Write)]
+// A full write goes also while others are in flight...
+#[case::full_behind_a_write(50, true, Some(ms(10)), 50, 3, Next::Write)]
+// ... where fewer records, even after a quiet spell, wait for the write in flight.
+#[case::few_behind_a_write(3, true, Some(LINGER * 2), 50, 1, Next::Idle)]
+#[case::releases_behind_a_write(0, true, Some(ms(10)), 50, 1, Next::Idle)]
 // Releases alone wait for a record to ride along with.
-#[case::releases_only(0, true, Some(ms(10)), 50, Next::Wait(RELEASE_WINDOW))]
-#[case::nothing(0, false, None, 50, Next::Idle)]
+#[case::releases_only(0, true, Some(ms(10)), 50, 0, Next::Wait(RELEASE_WINDOW))]
+#[case::nothing(0, false, None, 50, 0, Next::Idle)]
 fn group_commit(
     #[case] records: usize,
     #[case] anything: bool,
     #[case] since: Option<Duration>,
     #[case] full: usize,
+    #[case] in_flight: usize,
     #[case] want: Next,
 ) {
-    assert_eq!(next(records, anything, since, full), want);
+    assert_eq!(next(records, anything, since, full, in_flight), want);
 }
 
 #[test]
@@ -79,7 +85,7 @@ fn what_arrives_during_a_write_goes_in_the_next_one() {
     book.record(&intent("pvc-3", "3"), tx).unwrap();
     book.release("pvc-1");
     assert_eq!(first.data.keys().collect::<Vec<_>>(), vec!["pvc-2"]);
-    book.stored(first_waiters);
+    book.stored(&first, first_waiters);
     assert_eq!(rx2.try_recv().unwrap(), Ok(()));
     assert!(rx3.try_recv().is_err(), "pvc-3 waits for its own write");
     assert_eq!(book.for_claim("3"), None);
@@ -88,8 +94,46 @@ fn what_arrives_during_a_write_goes_in_the_next_one() {
         second.data.keys().collect::<Vec<_>>(),
         vec!["pvc-1", "pvc-3"]
     );
-    book.stored(waiters);
+    book.stored(&second, waiters);
     assert_eq!(rx3.try_recv().unwrap(), Ok(()));
+}
+
+#[test]
+fn a_name_in_a_write_in_flight_waits_for_its_answer() {
+    let mut book = Book::default();
+    let (tx, mut rx1) = waiter();
+    book.record(&intent("pvc-1", "1"), tx).unwrap();
+    let (first, first_waiters) = book.take();
+    assert_eq!(book.names_in_flight(), 1);
+    // While pvc-1's record is in flight: its release, and another record.
+    book.release("pvc-1");
+    let (tx, mut rx2) = waiter();
+    book.record(&intent("pvc-2", "2"), tx).unwrap();
+    assert_eq!(book.waiting(), (true, true));
+    assert_eq!(book.records_waiting(), 1);
+    let (second, second_waiters) = book.take();
+    assert_eq!(
+        second.data.keys().collect::<Vec<_>>(),
+        vec!["pvc-2"],
+        "pvc-1 is held back while its record is in flight"
+    );
+    assert_eq!(book.waiting(), (false, false), "nothing may start now");
+    // The second write is answered first: pvc-2 is stored, pvc-1's release still waits.
+    book.stored(&second, second_waiters);
+    assert_eq!(rx2.try_recv().unwrap(), Ok(()));
+    assert_eq!(book.waiting(), (false, false));
+    book.stored(&first, first_waiters);
+    assert_eq!(rx1.try_recv().unwrap(), Ok(()));
+    assert_eq!(book.for_claim("1"), None, "released while in flight");
+    assert_eq!(book.waiting(), (false, true), "the release may go now");
+    let (third, _) = book.take();
+    assert_eq!(third.data, BTreeMap::from([("pvc-1".to_string(), None)]));
+    assert_eq!(book.len(), 1);
+    assert_eq!(
+        book.bytes(),
+        "pvc-2".len() + serde_json::to_string(&intent("pvc-2", "2")).unwrap().len(),
+        "pvc-1's bytes are no longer counted"
+    );
 }
 
 #[test]
@@ -103,7 +147,7 @@ fn a_record_is_seen_only_once_stored() {
     assert_eq!(batch.data.len(), 1);
     assert!(batch.patch()["data"]["pvc-1"].is_string());
     assert!(rx.try_recv().is_err(), "not answered before the write");
-    book.stored(waiters);
+    book.stored(&batch, waiters);
     assert_eq!(rx.try_recv().unwrap(), Ok(()));
     assert_eq!(book.for_claim("1"), Some(intent("pvc-1", "1")));
     assert_eq!(book.for_key("ns", "claim-1").len(), 1);
@@ -134,8 +178,8 @@ fn the_intents_in_flight_say_where_each_record_is() {
         state(&book),
         [("ns/claim-1".to_string(), "recording".to_string())]
     );
-    let (_, waiters) = book.take();
-    book.stored(waiters);
+    let (batch, waiters) = book.take();
+    book.stored(&batch, waiters);
     assert_eq!(
         state(&book),
         [("ns/claim-1".to_string(), "stored".to_string())]
@@ -165,7 +209,7 @@ fn records_and_releases_share_one_patch() {
     let patch = batch.patch();
     assert_eq!(patch["data"].as_object().unwrap().len(), 4);
     assert!(patch["data"]["pvc-1"].is_null(), "the release rides along");
-    book.stored(waiters);
+    book.stored(&batch, waiters);
     for mut rx in rxs {
         assert_eq!(rx.try_recv().unwrap(), Ok(()));
     }
@@ -262,7 +306,7 @@ fn a_full_shard_spills_into_the_next_and_releases_go_where_the_entry_is() {
     }
     let (batch, waiters) = book.take();
     assert_eq!(batch.shards(), BTreeSet::from([0]));
-    book.stored(waiters);
+    book.stored(&batch, waiters);
     // The next one does not fit in shard 0.
     let (tx, _rx) = waiter();
     book.record(&big_intent("new", "new", 110), tx)
@@ -271,7 +315,7 @@ fn a_full_shard_spills_into_the_next_and_releases_go_where_the_entry_is() {
     assert_eq!(batch.shards(), BTreeSet::from([1]));
     assert!(batch.patch_for(1)["data"]["new"].is_string());
     assert!(batch.patch_for(0)["data"].as_object().unwrap().is_empty());
-    book.stored(waiters);
+    book.stored(&batch, waiters);
     // Its release is written to its shard; a stuck one's to shard 0.
     book.release("new");
     book.release("stuck-3");
@@ -321,9 +365,11 @@ mod writer {
 
     /// Each write reports its keys (`None` for a release) and when it started, then waits for a
     /// permit.
+    /// Writes holding a key of `failing` fail once their permit comes.
     struct Fake {
         writes: mpsc::UnboundedSender<(Vec<(String, bool)>, Instant)>,
         done: Semaphore,
+        failing: std::sync::Mutex<BTreeSet<String>>,
     }
 
     impl Store for Arc<Fake> {
@@ -335,7 +381,11 @@ mod writer {
                 .collect();
             self.writes.send((keys, Instant::now())).unwrap();
             self.done.acquire().await.unwrap().forget();
-            Ok(())
+            let failing = self.failing.lock().unwrap();
+            match batch.data.keys().find(|k| failing.contains(*k)) {
+                Some(k) => Err(Error::Journal(format!("{k} refused"))),
+                None => Ok(()),
+            }
         }
     }
 
@@ -351,6 +401,7 @@ mod writer {
         let fake = Arc::new(Fake {
             writes: tx,
             done: Semaphore::new(0),
+            failing: Default::default(),
         });
         let token = CancellationToken::new();
         let (j, f, t) = (journal.clone(), fake.clone(), token.clone());
@@ -400,7 +451,10 @@ mod writer {
         let later: Vec<_> = (2..5).map(|n| record(&journal, n)).collect();
         settle().await;
         journal.release("pvc-0");
-        assert!(writes.try_recv().is_err(), "one write in flight at a time");
+        assert!(
+            writes.try_recv().is_err(),
+            "fewer than half the workers wait for the write in flight"
+        );
         tokio::time::sleep(ms(50)).await;
         fake.done.add_permits(1);
         first.await.unwrap().unwrap();
@@ -422,24 +476,24 @@ mod writer {
         token.cancel();
     }
 
-    /// With `workers` claim workers, a write in flight and `full` records waiting behind it, the
-    /// next write goes as soon as the first is stored, with all of them, without lingering.
+    /// With `workers` claim workers and a write in flight, `full` records arriving behind it
+    /// go in a write of their own at once: no linger, no wait for the first write's answer.
     async fn a_full_write_goes_at_once(workers: usize, full: u32) {
         let (journal, fake, mut writes, token) = start(workers);
         let first = record(&journal, 1);
         assert_eq!(writes.recv().await.unwrap().0, vec![key(1, true)]);
-        let later: Vec<_> = (2..2 + full).map(|n| record(&journal, n)).collect();
-        settle().await;
         tokio::time::sleep(ms(50)).await;
-        let done = Instant::now();
-        fake.done.add_permits(1);
-        first.await.unwrap().unwrap();
+        let arrived = Instant::now();
+        let later: Vec<_> = (2..2 + full).map(|n| record(&journal, n)).collect();
         let (keys, at) = writes.recv().await.unwrap();
         let mut want: Vec<_> = (2..2 + full).map(|n| key(n, true)).collect();
         want.sort();
         assert_eq!(keys, want, "all of them, in key order");
-        assert_eq!(at, done, "no linger once the write is full");
-        fake.done.add_permits(1);
+        assert_eq!(at, arrived, "no linger, no wait for the write in flight");
+        settle().await;
+        assert!(!first.is_finished(), "the first write is still in flight");
+        fake.done.add_permits(2);
+        first.await.unwrap().unwrap();
         for pass in later {
             pass.await.unwrap().unwrap();
         }
@@ -476,6 +530,57 @@ mod writer {
         let (keys, at) = writes.recv().await.unwrap();
         assert_eq!(keys, vec![key(1, false), key(2, false)]);
         assert_eq!(at, t1 + RELEASE_WINDOW);
+        token.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_most_max_in_flight_writes_go_at_once() {
+        // 2 workers: every record is a full write.
+        let (journal, fake, mut writes, token) = start(2);
+        let n = MAX_IN_FLIGHT as u32;
+        let mut passes = Vec::new();
+        for i in 1..=n {
+            passes.push(record(&journal, i));
+            assert_eq!(writes.recv().await.unwrap().0, vec![key(i, true)]);
+        }
+        passes.extend([record(&journal, n + 1), record(&journal, n + 2)]);
+        settle().await;
+        assert!(writes.try_recv().is_err(), "no more than {n} in flight");
+        // One answer makes room: the two records left share the next write.
+        fake.done.add_permits(1);
+        let (keys, _) = writes.recv().await.unwrap();
+        assert_eq!(keys.len(), 2, "{keys:?}");
+        fake.done.add_permits(n as usize);
+        for pass in passes {
+            pass.await.unwrap().unwrap();
+        }
+        token.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_write_leaves_the_others_in_flight_and_pauses_new_ones() {
+        let (journal, fake, mut writes, token) = start(2);
+        fake.failing.lock().unwrap().insert("pvc-1".into());
+        let one = record(&journal, 1);
+        assert_eq!(writes.recv().await.unwrap().0, vec![key(1, true)]);
+        let two = record(&journal, 2);
+        assert_eq!(writes.recv().await.unwrap().0, vec![key(2, true)]);
+        // The first write's answer: refused.
+        fake.done.add_permits(1);
+        let e = one.await.unwrap().unwrap_err();
+        assert!(e.to_string().contains("pvc-1 refused"), "{e}");
+        let failed = Instant::now();
+        assert!(!journal.has_claim("1"));
+        // A record arriving now waits out the pause; the second write is still in flight.
+        let three = record(&journal, 3);
+        let (keys, at) = writes.recv().await.unwrap();
+        assert_eq!(keys, vec![key(3, true)]);
+        assert_eq!(at, failed + WRITE_BACKOFF.0, "no write during the pause");
+        assert!(!two.is_finished());
+        fake.done.add_permits(2);
+        two.await.unwrap().unwrap();
+        three.await.unwrap().unwrap();
+        assert!(journal.has_claim("2") && journal.has_claim("3"));
         token.cancel();
     }
 }
