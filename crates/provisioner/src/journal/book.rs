@@ -17,6 +17,47 @@ use crate::request::Intent;
 /// QPS (20) hands over 50 claims in about 3 s, which then cost about 7 patches, and API requests
 /// per volume stay below upstream's (`e2e/bench/api-requests.sh`).
 pub const LINGER: Duration = Duration::from_millis(500);
+/// The shortest quiet spell that ends a stream of records (see [`Arrivals::quiet`]).
+pub const QUIET_MIN: Duration = Duration::from_millis(10);
+
+/// When records arrive: the time between arrivals, smoothed, to tell the end of a stream. A
+/// stream of records is over when none has come for twice the usual time between them: then
+/// those waiting are written at once rather than [`LINGER`] after the last write (the tail of a
+/// burst of 50 claims waited up to 500 ms for records that would not come: every PV in 0.94 s
+/// against upstream's 0.38 s). While claims trickle in at an even pace (kube-controller-manager
+/// handing them over at its QPS), no gap is that long, and they still share a patch per
+/// [`LINGER`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Arrivals {
+    /// The last arrival, as an offset from any fixed start the caller chooses.
+    last: Option<Duration>,
+    /// The smoothed time between arrivals (each gap counted up to [`LINGER`]).
+    gap: Option<Duration>,
+}
+
+impl Arrivals {
+    /// A record arrived at `now`.
+    pub fn arrived(&mut self, now: Duration) {
+        if let Some(last) = self.last {
+            let sample = now.saturating_sub(last).min(LINGER);
+            // An exponential average, a quarter weight to the newest gap.
+            self.gap = Some(self.gap.map_or(sample, |g| (g * 3 + sample) / 4));
+        }
+        self.last = Some(now);
+    }
+
+    /// How long before `now` the last record arrived.
+    pub fn since_last(&self, now: Duration) -> Option<Duration> {
+        self.last.map(|l| now.saturating_sub(l))
+    }
+
+    /// The quiet spell that ends a stream: twice the usual gap, between [`QUIET_MIN`] and
+    /// [`LINGER`] ([`LINGER`] while no gap is known).
+    pub fn quiet(&self) -> Duration {
+        self.gap
+            .map_or(LINGER, |g| (g * 2).clamp(QUIET_MIN, LINGER))
+    }
+}
 
 /// What the writer does next, decided whenever no write is in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,15 +70,29 @@ pub enum Next {
     Wait(Duration),
 }
 
-/// Group commit, decided whenever the writer may start a write (fewer than
-/// [`MAX_IN_FLIGHT`](super::MAX_IN_FLIGHT) in flight): `records` how many records wait,
-/// `anything` whether a record or a release waits, `since_record_write` how long ago the last
-/// write with records started, `full` how many waiting records are worth a write at once,
+/// What the writer knows when it decides: `records` how many records wait, `anything` whether
+/// a record or a release waits, `since_record_write` how long ago the last write with records
+/// started, `since_arrival` how long ago the last record arrived and `quiet` the quiet spell
+/// that ends a stream ([`Arrivals`]), `full` how many waiting records are worth a write at once,
 /// `in_flight` how many writes are in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Look {
+    pub records: usize,
+    pub anything: bool,
+    pub since_record_write: Option<Duration>,
+    pub since_arrival: Duration,
+    pub quiet: Duration,
+    pub full: usize,
+    pub in_flight: usize,
+}
+
+/// Group commit, decided whenever the writer may start a write (fewer than
+/// [`MAX_IN_FLIGHT`](super::MAX_IN_FLIGHT) in flight), from what it knows ([`Look`]).
 ///
 /// - A record after a quiet spell (no record write for [`LINGER`]) is written at once: a lone
 ///   claim pays one round trip.
-/// - While records stream in, they share one patch per [`LINGER`], unless `full` of them wait
+/// - While records stream in, they share one patch per [`LINGER`], or go when the stream stops
+///   (no record for `quiet`, [`Arrivals`]), unless `full` of them wait
 ///   (half the claim workers, at most `FULL_WRITE`): then at once, also while other writes are
 ///   in flight, so the journal never holds most workers idle; a burst is written as fast as the
 ///   API server stores it, in several patches at a time, each carrying what arrived since the
@@ -46,13 +101,16 @@ pub enum Next {
 ///   its answer (or for more records), so a trickle is not split into a write per record.
 /// - Releases never start a write while records flow: they ride along with the next record, or
 ///   go alone after [`RELEASE_WINDOW`] without one (the last releases of a burst share one).
-pub fn next(
-    records: usize,
-    anything: bool,
-    since_record_write: Option<Duration>,
-    full: usize,
-    in_flight: usize,
-) -> Next {
+pub fn next(look: Look) -> Next {
+    let Look {
+        records,
+        anything,
+        since_record_write,
+        since_arrival,
+        quiet,
+        full,
+        in_flight,
+    } = look;
     if records >= full.max(1) {
         return Next::Write;
     }
@@ -61,7 +119,9 @@ pub fn next(
     }
     if records > 0 {
         return match since_record_write {
-            Some(d) if d < LINGER => Next::Wait(LINGER - d),
+            Some(d) if d < LINGER && since_arrival < quiet => {
+                Next::Wait((LINGER - d).min(quiet - since_arrival))
+            }
             _ => Next::Write,
         };
     }

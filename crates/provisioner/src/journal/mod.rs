@@ -75,7 +75,7 @@ pub const ANN_DRIVER: &str = "provisioner.csi-controller-manager.io/driver";
 
 mod book;
 
-pub use book::{Answer, Batch, Book, LINGER, Next, Waiter, next};
+pub use book::{Answer, Arrivals, Batch, Book, LINGER, Look, Next, QUIET_MIN, Waiter, next};
 
 /// The journal ConfigMap's name for `driver`: `csi-volume-intents.` and the driver's name
 /// lowercased, with anything a DNS subdomain does not allow replaced by `-`. In node deployment
@@ -103,6 +103,9 @@ pub struct Journal {
     name: String,
     driver: String,
     book: Mutex<Book>,
+    /// When records arrive (offsets from `epoch`), to tell when a stream stops.
+    arrivals: Mutex<Arrivals>,
+    epoch: tokio::time::Instant,
     wake: Notify,
     /// Waiting records written at once (see [`next`]).
     full: usize,
@@ -127,6 +130,8 @@ impl Journal {
             name,
             driver: driver.to_string(),
             book: Mutex::default(),
+            arrivals: Mutex::default(),
+            epoch: tokio::time::Instant::now(),
             wake: Notify::new(),
             full: workers.div_ceil(2).clamp(1, FULL_WRITE),
         }
@@ -134,6 +139,10 @@ impl Journal {
 
     fn book(&self) -> std::sync::MutexGuard<'_, Book> {
         self.book.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn arrivals(&self) -> std::sync::MutexGuard<'_, Arrivals> {
+        self.arrivals.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The ConfigMap's name.
@@ -178,6 +187,7 @@ impl Journal {
     pub async fn record(&self, intent: &Intent) -> Result<(), Error> {
         let (tx, rx) = oneshot::channel();
         self.book().record(intent, tx).map_err(Error::Held)?;
+        self.arrivals().arrived(self.epoch.elapsed());
         self.wake.notify_one();
         let answer = tokio::time::timeout(RECORD_TIMEOUT, rx).await;
         match answer {
@@ -240,18 +250,40 @@ impl Journal {
         loop {
             let now = Instant::now();
             let paused = paused_until.is_some_and(|t| t > now);
+            let (records, anything) = {
+                let book = self.book();
+                (book.records_waiting(), book.waiting().1)
+            };
             let decision = if paused || writes.len() >= MAX_IN_FLIGHT {
                 Next::Idle
             } else {
-                let (records, anything) = {
-                    let book = self.book();
-                    (book.records_waiting(), book.waiting().1)
+                let (since_arrival, quiet) = {
+                    let arrivals = self.arrivals();
+                    let at = now - self.epoch;
+                    (
+                        arrivals.since_last(at).unwrap_or(Duration::MAX),
+                        arrivals.quiet(),
+                    )
                 };
-                let since = last_record_write.map(|t| now - t);
-                next(records, anything, since, self.full, writes.len())
+                next(Look {
+                    records,
+                    anything,
+                    since_record_write: last_record_write.map(|t| now - t),
+                    since_arrival,
+                    quiet,
+                    full: self.full,
+                    in_flight: writes.len(),
+                })
             };
             let write_now = match decision {
                 Next::Write => true,
+                // Records: the wait is worked out afresh at each look (a new arrival moves the
+                // end of the stream later).
+                Next::Wait(wait) if records > 0 => {
+                    deadline = Some(now + wait);
+                    false
+                }
+                // Releases alone: a later look may only bring their write forward.
                 Next::Wait(wait) => {
                     let until =
                         *deadline.insert(deadline.map_or(now + wait, |d| d.min(now + wait)));

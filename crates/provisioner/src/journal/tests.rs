@@ -71,7 +71,64 @@ fn group_commit(
     #[case] in_flight: usize,
     #[case] want: Next,
 ) {
-    assert_eq!(next(records, anything, since, full, in_flight), want);
+    // A record arrived just now, in a stream whose end is not in sight.
+    let look = Look {
+        records,
+        anything,
+        since_record_write: since,
+        since_arrival: Duration::ZERO,
+        quiet: LINGER,
+        full,
+        in_flight,
+    };
+    assert_eq!(next(look), want);
+}
+
+#[rstest]
+// Records every 20 ms or so: wait for the next one, at most the quiet spell...
+#[case::stream_flowing(ms(5), ms(40), Next::Wait(ms(35)))]
+// ... or until LINGER after the last write, whichever comes first.
+#[case::linger_first(ms(5), ms(450), Next::Wait(LINGER - ms(100)))]
+// The stream stopped: no record for the quiet spell, write what waits.
+#[case::stream_stopped(ms(40), ms(40), Next::Write)]
+fn a_stream_that_stops_is_written_at_once(
+    #[case] since_arrival: Duration,
+    #[case] quiet: Duration,
+    #[case] want: Next,
+) {
+    let look = Look {
+        records: 3,
+        anything: true,
+        since_record_write: Some(ms(100)),
+        since_arrival,
+        quiet,
+        full: 50,
+        in_flight: 0,
+    };
+    assert_eq!(next(look), want);
+}
+
+#[test]
+fn the_quiet_spell_follows_the_gaps_between_records() {
+    let mut a = Arrivals::default();
+    assert_eq!(a.quiet(), LINGER, "no gap known: the linger alone");
+    a.arrived(ms(0));
+    assert_eq!(a.quiet(), LINGER);
+    a.arrived(ms(20));
+    assert_eq!(a.quiet(), ms(40), "twice the gap");
+    for t in [40, 60, 80] {
+        a.arrived(ms(t));
+    }
+    assert_eq!(a.quiet(), ms(40));
+    assert_eq!(a.since_last(ms(95)), Some(ms(15)));
+    // Records at once: the floor.
+    for _ in 0..20 {
+        a.arrived(ms(80));
+    }
+    assert_eq!(a.quiet(), QUIET_MIN);
+    // A long pause counts as LINGER, and the average follows it up.
+    a.arrived(ms(10_000));
+    assert!(a.quiet() > QUIET_MIN && a.quiet() <= LINGER);
 }
 
 #[test]
@@ -447,15 +504,19 @@ mod writer {
         let t0 = Instant::now();
         let first = record(&journal, 1);
         assert_eq!(writes.recv().await.unwrap().0, vec![key(1, true)]);
-        // Three records and a release arrive while the first write is in flight.
-        let later: Vec<_> = (2..5).map(|n| record(&journal, n)).collect();
-        settle().await;
+        // Three records, 150 ms apart (a stream that goes on), and a release arrive while the
+        // first write is in flight.
+        let mut later = Vec::new();
+        for n in 2..5 {
+            tokio::time::sleep(ms(150)).await;
+            later.push(record(&journal, n));
+            settle().await;
+        }
         journal.release("pvc-0");
         assert!(
             writes.try_recv().is_err(),
             "fewer than half the workers wait for the write in flight"
         );
-        tokio::time::sleep(ms(50)).await;
         fake.done.add_permits(1);
         first.await.unwrap().unwrap();
         // A stream: they share the next write, LINGER after the first one started.
@@ -581,6 +642,36 @@ mod writer {
         two.await.unwrap().unwrap();
         three.await.unwrap().unwrap();
         assert!(journal.has_claim("2") && journal.has_claim("3"));
+        token.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_tail_of_a_burst_goes_once_the_records_stop() {
+        let (journal, fake, mut writes, token) = start(100);
+        let t0 = Instant::now();
+        let first = record(&journal, 1);
+        assert_eq!(writes.recv().await.unwrap().0, vec![key(1, true)]);
+        // The last three records of a burst, 5 ms apart, fewer than a full write.
+        let mut tail = Vec::new();
+        for n in 2..5 {
+            tokio::time::sleep(ms(5)).await;
+            tail.push(record(&journal, n));
+            settle().await;
+        }
+        tokio::time::sleep(ms(85)).await;
+        fake.done.add_permits(1);
+        first.await.unwrap().unwrap();
+        let (keys, at) = writes.recv().await.unwrap();
+        assert_eq!(keys, vec![key(2, true), key(3, true), key(4, true)]);
+        assert_eq!(
+            at,
+            t0 + ms(100),
+            "at once when the first write is stored, not LINGER after it started"
+        );
+        fake.done.add_permits(1);
+        for pass in tail {
+            pass.await.unwrap().unwrap();
+        }
         token.cancel();
     }
 }
