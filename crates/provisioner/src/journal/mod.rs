@@ -5,7 +5,8 @@
 //! hold one entry per volume name (the [`Intent`] as JSON). Writes use group commit ([`next`]): one
 //! writer task makes JSON merge patches, and whatever arrives during a write goes into a later
 //! one. A record after a quiet spell is written at once (a lone claim pays one round trip); while
-//! records stream in, they share one patch per [`LINGER`], or go at once when half the claim
+//! records stream in, they share one patch per [`LINGER`] or go when the stream stops
+//! ([`Arrivals`]), or go at once when half the claim
 //! workers (at most [`FULL_WRITE`]) wait, even while other writes are in flight (up to
 //! [`MAX_IN_FLIGHT`]): a burst is written as fast as the API server stores it, a record waiting
 //! one round trip, and the journal never caps throughput at workers per window.
