@@ -471,6 +471,21 @@ mod writer {
         tokio::spawn(async move { j.record(&intent(&format!("pvc-{n}"), &n.to_string())).await })
     }
 
+    /// Records `ns`, one every `gap` (the first after one gap).
+    async fn spaced_records(
+        journal: &Arc<Journal>,
+        ns: std::ops::Range<u32>,
+        gap: Duration,
+    ) -> Vec<tokio::task::JoinHandle<Result<(), Error>>> {
+        let mut passes = Vec::new();
+        for n in ns {
+            tokio::time::sleep(gap).await;
+            passes.push(record(journal, n));
+            settle().await;
+        }
+        passes
+    }
+
     fn key(n: u32, record: bool) -> (String, bool) {
         (format!("pvc-{n}"), record)
     }
@@ -506,12 +521,7 @@ mod writer {
         assert_eq!(writes.recv().await.unwrap().0, vec![key(1, true)]);
         // Three records, 150 ms apart (a stream that goes on), and a release arrive while the
         // first write is in flight.
-        let mut later = Vec::new();
-        for n in 2..5 {
-            tokio::time::sleep(ms(150)).await;
-            later.push(record(&journal, n));
-            settle().await;
-        }
+        let later = spaced_records(&journal, 2..5, ms(150)).await;
         journal.release("pvc-0");
         assert!(
             writes.try_recv().is_err(),
@@ -652,12 +662,7 @@ mod writer {
         let first = record(&journal, 1);
         assert_eq!(writes.recv().await.unwrap().0, vec![key(1, true)]);
         // The last three records of a burst, 5 ms apart, fewer than a full write.
-        let mut tail = Vec::new();
-        for n in 2..5 {
-            tokio::time::sleep(ms(5)).await;
-            tail.push(record(&journal, n));
-            settle().await;
-        }
+        let tail = spaced_records(&journal, 2..5, ms(5)).await;
         tokio::time::sleep(ms(85)).await;
         fake.done.add_permits(1);
         first.await.unwrap().unwrap();
