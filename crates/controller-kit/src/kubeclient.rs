@@ -1,6 +1,7 @@
-//! API clients: one for the controllers, with the client-side budget of `--kube-api-qps` and
-//! `--kube-api-burst`, and one for leader election with no budget, so that a busy controller can
-//! never delay a lease renewal.
+//! API clients: for the controllers, clients that share the client-side budget of
+//! `--kube-api-qps` and `--kube-api-burst` and take turns when it runs short (one per controller,
+//! [`turns`]), and one for leader election with no budget, so that a busy controller can never
+//! delay a lease renewal.
 
 use std::path::Path;
 
@@ -8,6 +9,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
 mod token_bucket;
+mod turns;
 
 /// The User-Agent of the controllers' client.
 pub const USER_AGENT: &str = concat!("csi-controller-manager/", env!("CARGO_PKG_VERSION"));
@@ -47,10 +49,22 @@ pub enum ClientError {
 /// The process's API clients.
 #[derive(Clone)]
 pub struct Clients {
-    /// For controllers and informers: rate-limited.
+    /// For informers and start-up calls: on the shared budget.
     pub main: Client,
     /// For leader election only: not rate-limited.
     pub election: Client,
+    config: Config,
+    budget: turns::Budget,
+}
+
+impl Clients {
+    /// A client of its own on the shared budget (a controller's), taking turns with the others
+    /// when the budget runs short.
+    pub fn taking_turns(&self) -> Result<Client, ClientError> {
+        Ok(kube::client::ClientBuilder::try_from(self.config.clone())?
+            .with_layer(&self.budget.layer())
+            .build())
+    }
 }
 
 impl std::fmt::Debug for Clients {
@@ -96,8 +110,16 @@ pub async fn clients(
         http::HeaderValue::from_static(ELECTION_USER_AGENT),
     ));
     let election = Client::try_from(election_config)?;
-    let main = rate_limited(config, qps, burst)?;
-    Ok(Clients { main, election })
+    let budget = turns::Budget::new(qps, burst);
+    let main = kube::client::ClientBuilder::try_from(config.clone())?
+        .with_layer(&budget.layer())
+        .build();
+    Ok(Clients {
+        main,
+        election,
+        config,
+        budget,
+    })
 }
 
 /// One more rate-limited client with a budget of its own (e.g. the provisioner's

@@ -159,6 +159,12 @@ pub async fn run(flags: Flags) -> Result<(), AppError> {
     } else {
         None
     };
+    // A client per controller on the one shared budget: when it runs short they take turns, so
+    // one controller's backlog (a resync after a start) never holds another's requests back.
+    let mut controller_clients = std::collections::BTreeMap::new();
+    for kind in &kinds {
+        controller_clients.insert(*kind, clients.taking_turns()?);
+    }
     let csi_driver = csi::Driver {
         client: csi.clone(),
         discovery: discovery.clone(),
@@ -225,6 +231,7 @@ pub async fn run(flags: Flags) -> Result<(), AppError> {
             driver: &csi_driver,
             capacity_client,
             journal_client,
+            clients: controller_clients,
         },
         &mut informers,
     );

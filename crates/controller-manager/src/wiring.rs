@@ -239,6 +239,9 @@ pub struct Wiring<'a> {
     /// The intent journal's own API client (same budget as the controllers', a limiter of its
     /// own), when the provisioner runs.
     pub journal_client: Option<kube::Client>,
+    /// Each controller's own client on the shared budget (`Clients::taking_turns`); a
+    /// controller without one uses the context's.
+    pub clients: std::collections::BTreeMap<ControllerKind, kube::Client>,
 }
 
 /// Builds the controllers of `kinds`, registering their informers; returns those built.
@@ -255,11 +258,16 @@ pub fn build_controllers(
         driver,
         capacity_client,
         journal_client,
+        clients,
     } = wiring;
     let mut built: Vec<(ControllerKind, Arc<dyn Controller>)> = Vec::new();
     for kind in kinds {
         let context = ControllerContext {
             workers: flags.workers(*kind),
+            client: clients
+                .get(kind)
+                .cloned()
+                .unwrap_or_else(|| context.client.clone()),
             ..context.clone()
         };
         match kind {

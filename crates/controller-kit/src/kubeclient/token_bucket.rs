@@ -48,8 +48,11 @@ impl Bucket {
             self.tokens = (self.tokens + gained).min(self.burst);
             self.at = now;
         }
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        // Within rounding of a whole token counts as one: else a wait of a few nanoseconds
+        // could come back, which a timer of millisecond resolution ends at once, again and
+        // again.
+        if self.tokens >= 1.0 - 1e-9 {
+            self.tokens = (self.tokens - 1.0).max(0.0);
             None
         } else {
             Some(Duration::from_secs_f64((1.0 - self.tokens) / self.qps))
