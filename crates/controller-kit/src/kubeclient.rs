@@ -170,9 +170,9 @@ async fn load_config(source: Source<'_>) -> Result<Config, ClientError> {
 }
 
 /// client-go's token bucket: `burst` requests at once, `qps` a second sustained
-/// ([`token_bucket`]).
+/// ([`token_bucket`]), for this client alone (a budget of one client, [`turns`]).
 fn rate_limited(config: Config, qps: f32, burst: u32) -> Result<Client, ClientError> {
     Ok(kube::client::ClientBuilder::try_from(config)?
-        .with_layer(&token_bucket::TokenBucketLayer::new(qps, burst))
+        .with_layer(&turns::Budget::new(qps, burst).layer())
         .build())
 }

@@ -252,4 +252,25 @@ mod tests {
         assert_eq!(other.await.unwrap(), [100]);
         first.call(()).await.unwrap();
     }
+
+    // A budget of one client is client-go's token bucket. Six requests at burst 4, QPS 2: four
+    // at once, then one every 0.5 s: the last at 1 s (a fixed window of 4 per 2 s would send it
+    // at 2 s).
+    #[tokio::test(start_paused = true)]
+    async fn requests_after_the_burst_wait_for_the_next_token_not_a_window() {
+        let t0 = Instant::now();
+        let sent = send(client(&Budget::new(2.0, 4)), 6, t0).await.unwrap();
+        assert_eq!(sent, [0, 0, 0, 0, 500, 1000]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn poll_ready_twice_takes_one_token() {
+        let mut svc = client(&Budget::new(1.0, 1));
+        svc.ready().await.unwrap();
+        svc.ready().await.unwrap();
+        let t0 = Instant::now();
+        svc.call(()).await.unwrap();
+        svc.ready().await.unwrap();
+        assert_eq!(Instant::now() - t0, Duration::from_secs(1));
+    }
 }
