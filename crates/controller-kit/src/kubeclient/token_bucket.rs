@@ -37,21 +37,20 @@ impl Bucket {
         }
     }
 
-    /// Takes a token if there is one at `now` (`None`); else how long until there is.
-    pub(super) fn take(&mut self, now: Instant) -> Option<Duration> {
+    /// Takes the next token at `now`: how long until it is the caller's (zero when one is
+    /// left). Tokens not yet there are owed, the balance below zero, and later callers wait
+    /// behind them: a caller holding a reservation is served before one that comes after it.
+    pub(super) fn reserve(&mut self, now: Instant) -> Duration {
         if now > self.at {
             let gained = now.duration_since(self.at).as_secs_f64() * self.qps;
             self.tokens = (self.tokens + gained).min(self.burst);
             self.at = now;
         }
-        // Within rounding of a whole token counts as one: else a wait of a few nanoseconds
-        // could come back, which a timer of millisecond resolution ends at once, again and
-        // again.
-        if self.tokens >= 1.0 - 1e-9 {
-            self.tokens = (self.tokens - 1.0).max(0.0);
-            None
+        self.tokens -= 1.0;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
         } else {
-            Some(Duration::from_secs_f64((1.0 - self.tokens) / self.qps))
+            Duration::from_secs_f64(-self.tokens / self.qps)
         }
     }
 }
@@ -62,20 +61,22 @@ mod tests {
 
     #[test]
     fn a_full_bucket_gives_burst_tokens_then_one_per_interval() {
+        let ms = Duration::from_millis;
         let t0 = Instant::now();
         let mut b = Bucket::new(2.0, 4, t0);
         for _ in 0..4 {
-            assert_eq!(b.take(t0), None);
+            assert_eq!(b.reserve(t0), Duration::ZERO);
         }
-        assert_eq!(b.take(t0), Some(Duration::from_millis(500)));
-        let t1 = t0 + Duration::from_millis(500);
-        assert_eq!(b.take(t1), None);
-        assert_eq!(b.take(t1), Some(Duration::from_millis(500)));
+        // The next tokens are owed, in order.
+        assert_eq!(b.reserve(t0), ms(500));
+        assert_eq!(b.reserve(t0), ms(1000));
+        // Half a second on, one came (and is owed): the next is 1 s away.
+        assert_eq!(b.reserve(t0 + ms(500)), ms(1000));
         // A long pause refills to `burst`, not beyond.
-        let t2 = t1 + Duration::from_secs(60);
+        let t2 = t0 + Duration::from_secs(60);
         for _ in 0..4 {
-            assert_eq!(b.take(t2), None);
+            assert_eq!(b.reserve(t2), Duration::ZERO);
         }
-        assert!(b.take(t2).is_some());
+        assert_eq!(b.reserve(t2), ms(500));
     }
 }

@@ -1,21 +1,24 @@
 //! One API budget shared by several clients that take turns when it runs short: each controller
 //! has a client of its own, and all of them draw on the one `--kube-api-qps`/`--kube-api-burst`
 //! bucket ([`Bucket`], client-go's token bucket), so the process never sends more than the
-//! flags allow. While tokens are left, a request goes at once; when they run short, the clients
-//! waiting are served one token each in turn. With a single client (every controller's requests
-//! in one queue), a controller with one request to make waited behind another's whole backlog:
-//! after a restart the resync of one controller held the others back for a second or two with a
-//! few hundred objects (docs/reliability.md, crash safety).
+//! flags allow. While tokens are left, a request goes at once; when they run short, each
+//! request reserves the next token not yet owed and waits for it. Each client's service sits
+//! behind kube's `Buffer`, whose one worker calls `poll_ready` and `call`, so a client holds at
+//! most one reservation at a time: a client with a backlog reserves its next token only once
+//! its previous request has gone, and a client with one request to make reserves the token
+//! after it, so the clients take turns. With a single client (every controller's requests in
+//! one queue), a controller with one request waited behind another's whole backlog: after a
+//! restart the resync of one controller held the others back for a second or two with a few
+//! hundred objects (docs/reliability.md, crash safety).
 //!
-//! Each client's service sits behind kube's `Buffer`, whose one worker calls `poll_ready` and
-//! `call`, so a client waits for at most one token at a time: the turns are between clients,
-//! and each client's own requests keep their order.
+//! A reservation is kept by the service until used: a request abandoned while it waits (its
+//! caller timed out) leaves it to the client's next request, and nothing waits on a client that
+//! went away. A budget of one client is the token bucket itself.
 
-use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll, Waker};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
@@ -23,71 +26,33 @@ use tower::{Layer, Service};
 
 use super::token_bucket::Bucket;
 
-/// The shared bucket and the clients waiting for its tokens.
-#[derive(Debug)]
-struct State {
-    bucket: Bucket,
-    /// Clients waiting for a token, in turn order; each at most once.
-    waiting: VecDeque<u64>,
-    /// How to wake each waiting client but the first (which waits on its own timer).
-    wakers: HashMap<u64, Waker>,
-    next_id: u64,
-}
-
-impl State {
-    /// Wakes the client whose turn it now is.
-    fn wake_first(&mut self) {
-        if let Some(first) = self.waiting.front()
-            && let Some(waker) = self.wakers.remove(first)
-        {
-            waker.wake();
-        }
-    }
-}
-
 /// A budget of `burst` requests at once and `qps` a second, shared by every client built with
 /// one of its [`Budget::layer`]s.
 #[derive(Debug, Clone)]
 pub struct Budget {
-    state: Arc<Mutex<State>>,
+    bucket: Arc<Mutex<Bucket>>,
 }
 
 impl Budget {
     /// `qps` and `burst` must be positive (checked by the caller, as for the flags).
     pub fn new(qps: f32, burst: u32) -> Self {
         Budget {
-            state: Arc::new(Mutex::new(State {
-                bucket: Bucket::new(qps, burst, Instant::now()),
-                waiting: VecDeque::new(),
-                wakers: HashMap::new(),
-                next_id: 0,
-            })),
+            bucket: Arc::new(Mutex::new(Bucket::new(qps, burst, Instant::now()))),
         }
     }
 
     /// The layer of one more client on this budget.
     pub fn layer(&self) -> TurnLayer {
-        let id = {
-            let mut state = lock(&self.state);
-            state.next_id += 1;
-            state.next_id
-        };
         TurnLayer {
-            state: self.state.clone(),
-            id,
+            bucket: self.bucket.clone(),
         }
     }
 }
 
-fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    state.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// One client's place in a [`Budget`]; build one client with it.
-#[derive(Debug)]
+/// One client's place in a [`Budget`].
+#[derive(Debug, Clone)]
 pub struct TurnLayer {
-    state: Arc<Mutex<State>>,
-    id: u64,
+    bucket: Arc<Mutex<Bucket>>,
 }
 
 impl<S> Layer<S> for TurnLayer {
@@ -96,22 +61,24 @@ impl<S> Layer<S> for TurnLayer {
     fn layer(&self, inner: S) -> Turn<S> {
         Turn {
             inner,
-            state: self.state.clone(),
-            id: self.id,
+            bucket: self.bucket.clone(),
             sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            reserved: false,
             has_token: false,
         }
     }
 }
 
-/// The service: ready once it holds a token of the shared budget and the inner service is
-/// ready.
+/// The service: ready once its reserved token of the shared budget is due and the inner
+/// service is ready.
 pub struct Turn<S> {
     inner: S,
-    state: Arc<Mutex<State>>,
-    id: u64,
+    bucket: Arc<Mutex<Bucket>>,
+    /// Until the reserved token is due.
     sleep: Pin<Box<Sleep>>,
-    /// A token was taken for the next `call` (poll_ready may be called again before it).
+    /// A token is reserved, due when `sleep` ends.
+    reserved: bool,
+    /// A token is held for the next `call` (poll_ready may be called again before it).
     has_token: bool,
 }
 
@@ -124,32 +91,27 @@ where
     type Future = S::Future;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        while !self.has_token {
-            let now = Instant::now();
-            let wait = {
-                let mut state = lock(&self.state);
-                if !state.waiting.contains(&self.id) {
-                    state.waiting.push_back(self.id);
+        if !self.has_token {
+            if !self.reserved {
+                let now = Instant::now();
+                let wait = self
+                    .bucket
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .reserve(now);
+                if wait.is_zero() {
+                    self.has_token = true;
+                } else {
+                    self.sleep.as_mut().reset(now + wait);
+                    self.reserved = true;
                 }
-                if state.waiting.front() != Some(&self.id) {
-                    // Another client's turn: it wakes this one when it has its token.
-                    state.wakers.insert(self.id, cx.waker().clone());
+            }
+            if self.reserved {
+                if self.sleep.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
-                match state.bucket.take(now) {
-                    None => {
-                        state.waiting.pop_front();
-                        state.wakers.remove(&self.id);
-                        state.wake_first();
-                        self.has_token = true;
-                        continue;
-                    }
-                    Some(wait) => wait,
-                }
-            };
-            self.sleep.as_mut().reset(now + wait);
-            if self.sleep.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
+                self.reserved = false;
+                self.has_token = true;
             }
         }
         self.inner.poll_ready(cx)
@@ -160,19 +122,6 @@ where
         debug_assert!(self.has_token, "call without poll_ready");
         self.has_token = false;
         self.inner.call(request)
-    }
-}
-
-impl<S> Drop for Turn<S> {
-    /// A client that goes away gives up its turn, so the others are not left waiting for it.
-    fn drop(&mut self) {
-        let mut state = lock(&self.state);
-        let was_first = state.waiting.front() == Some(&self.id);
-        state.waiting.retain(|id| *id != self.id);
-        state.wakers.remove(&self.id);
-        if was_first {
-            state.wake_first();
-        }
     }
 }
 
@@ -238,19 +187,22 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_client_dropped_while_waiting_gives_up_its_turn() {
+    async fn a_request_abandoned_while_waiting_leaves_its_token_to_the_next() {
         let budget = Budget::new(10.0, 1);
         let t0 = Instant::now();
-        let mut first = client(&budget);
-        first.ready().await.unwrap();
-        // Its next request waits for the next token (100 ms); meanwhile another queues.
-        let mut waiting = client(&budget);
-        assert!(futures::poll!(Box::pin(waiting.ready())).is_pending());
+        let mut svc = client(&budget);
+        svc.ready().await.unwrap();
+        svc.call(()).await.unwrap();
+        // The next request reserves the token due at 100 ms and is given up at 10 ms.
+        let waiting = tokio::time::timeout(Duration::from_millis(10), svc.ready()).await;
+        assert!(waiting.is_err());
+        // Another client queues behind that reservation, not blocked by it.
         let other = send(client(&budget), 1, t0);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        drop(waiting);
-        assert_eq!(other.await.unwrap(), [100]);
-        first.call(()).await.unwrap();
+        // The client's next request uses the token it reserved.
+        svc.ready().await.unwrap();
+        assert_eq!(Instant::now() - t0, Duration::from_millis(100));
+        svc.call(()).await.unwrap();
+        assert_eq!(other.await.unwrap(), [200]);
     }
 
     // A budget of one client is client-go's token bucket. Six requests at burst 4, QPS 2: four
